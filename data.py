@@ -1,0 +1,471 @@
+"""Demonstrations: the episode format, loading, and the `data.py` CLI.
+
+Episode format (one folder per dataset):
+  DIR/meta.json               fps, dimension names, gripper indices and convention, cameras, image size, tasks
+  DIR/episode_000000.npz      images/<camera> (T,H,W,3) uint8, qpos (T,D) float32, action (T,A) float32,
+                              instruction (str), task (str), seed (int)
+The format is generic in dimensions: meta.json names every qpos / action dimension, so a single-arm
+robot with 8-D actions uses the same files as the 14-D bimanual scene.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+EPISODE_KEYS = ("qpos", "action", "instruction", "task", "seed")
+META_KEYS = ("fps", "action_names", "qpos_names", "gripper_indices", "gripper_convention",
+             "cameras", "image_size", "tasks")
+
+
+class DataError(ValueError):
+    """Bad data on disk or bad arguments; the message names the file and the key."""
+
+
+# ----------------------------------------------------------------------------- writing (atomic)
+
+def atomic_write_bytes(path: Path, write_fn) -> None:
+    """Write via a temporary file in the same folder, then rename: a kill leaves no half file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give them the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_episode(path: Path, episode: dict) -> None:
+    arrays = {f"images/{cam}": img for cam, img in episode["images"].items()}
+    arrays["qpos"] = np.asarray(episode["qpos"], np.float32)
+    arrays["action"] = np.asarray(episode["action"], np.float32)
+    arrays["instruction"] = np.array(episode["instruction"])
+    arrays["task"] = np.array(episode["task"])
+    arrays["seed"] = np.array(int(episode["seed"]), np.int64)
+    atomic_write_bytes(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def save_meta(folder: Path, meta: dict) -> None:
+    atomic_write_bytes(Path(folder) / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+
+
+# ----------------------------------------------------------------------------- reading (validated)
+
+def load_episode(path) -> dict:
+    """Load one episode as {'images': {cam: (T,H,W,3) uint8}, 'qpos', 'action', 'instruction', 'task', 'seed'}.
+
+    Raises DataError naming the file and the key when something is missing or malformed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such episode file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            raw = {k: z[k] for k in z.files}
+    except Exception as e:  # zip errors, truncated files, pickled objects
+        raise DataError(f"{path}: not a readable episode .npz ({type(e).__name__}: {e})") from None
+    for k in EPISODE_KEYS:
+        if k not in raw:
+            raise DataError(f"{path}: missing key '{k}' (has {sorted(raw)})")
+    images = {k.split("/", 1)[1]: v for k, v in raw.items() if k.startswith("images/")}
+    qpos, action = raw["qpos"], raw["action"]
+    if qpos.ndim != 2 or action.ndim != 2:
+        raise DataError(f"{path}: 'qpos' and 'action' must be (T, D); got {qpos.shape} and {action.shape}")
+    T = len(action)
+    if T == 0:
+        raise DataError(f"{path}: key 'action' is empty (T = 0)")
+    if len(qpos) != T:
+        raise DataError(f"{path}: 'qpos' has {len(qpos)} steps but 'action' has {T}")
+    for name, arr in (("qpos", qpos), ("action", action)):
+        if not np.isfinite(arr).all():
+            raise DataError(f"{path}: key '{name}' holds NaN or inf")
+    for cam, img in images.items():
+        if img.dtype != np.uint8 or img.ndim != 4 or img.shape[0] != T or img.shape[-1] != 3:
+            raise DataError(f"{path}: key 'images/{cam}' must be ({T}, H, W, 3) uint8; got {img.shape} {img.dtype}")
+    return {"images": images, "qpos": qpos.astype(np.float32), "action": action.astype(np.float32),
+            "instruction": str(raw["instruction"]), "task": str(raw["task"]), "seed": int(raw["seed"])}
+
+
+def load_meta(folder) -> dict:
+    """Load and check DIR/meta.json; DataError names the file and the missing or malformed key."""
+    path = Path(folder) / "meta.json"
+    if not path.is_file():
+        raise DataError(f"{path}: missing (is {folder} an episode folder made by `data.py generate`?)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    for k in META_KEYS:
+        if k not in meta:
+            raise DataError(f"{path}: missing key '{k}'")
+    A = len(meta["action_names"])
+    bad = [i for i in meta["gripper_indices"] if not (0 <= int(i) < A)]
+    if not meta["gripper_indices"] or bad:
+        raise DataError(f"{path}: key 'gripper_indices' = {meta['gripper_indices']} must name action dimensions in [0, {A})")
+    return meta
+
+
+def episode_paths(folder) -> list[Path]:
+    return sorted(Path(folder).glob("episode_*.npz"))
+
+
+# ----------------------------------------------------------------------------- generation
+
+def make_meta(tasks: list[str], cameras, image_size) -> dict:
+    import sim
+    return {
+        "format_version": 1,
+        "robot": "bimanual_6dof",
+        "fps": sim.FPS,
+        "action_names": sim.ACTION_NAMES,
+        "qpos_names": sim.ACTION_NAMES,
+        "gripper_indices": sim.GRIPPER_INDICES,
+        "gripper_convention": "normalised opening: 1 = open, 0 = closed (action: commanded; qpos: measured)",
+        "arms": list(sim.ARMS),
+        "cameras": list(cameras),
+        "image_size": list(image_size),
+        "tasks": {t: {"gripper_events": sim.TASKS[t].gripper_events, "arms": list(sim.TASKS[t].arms), "both_arms": sim.TASKS[t].both_arms,
+                      "max_steps": sim.TASKS[t].max_steps, "description": sim.TASKS[t].description}
+                  for t in tasks},
+    }
+
+
+_worker_env = {}
+
+
+def _attempt(args):
+    """Run the expert once (in a worker); returns (seed, success, stage, steps, episode or None)."""
+    import sim
+    task, seed, cameras, image_size = args
+    key = (task, tuple(cameras), tuple(image_size))
+    if key not in _worker_env:
+        _worker_env.clear()
+        _worker_env[key] = sim.Env(task, cameras=cameras, image_size=image_size, render=True)
+    env = _worker_env[key]
+    # Success first without rendering (cheap), then re-record only successful seeds: physics is
+    # deterministic, so the recorded rollout is the same one.
+    ok, stage, steps, _ = sim.run_expert(task, seed, env, record=False)
+    ep = sim.run_expert(task, seed, env, record=True)[3] if ok else None
+    return seed, ok, stage, steps, ep
+
+
+class Progress:
+    """A one-line progress bar on stderr (no dependency)."""
+
+    def __init__(self, total, label):
+        import sys
+        import time
+        self.total, self.label, self.t0, self.n, self.out, self.time = total, label, time.time(), 0, sys.stderr, time
+
+    def update(self, n=1, extra=""):
+        self.n += n
+        el = self.time.time() - self.t0
+        rate = self.n / el if el > 0 else 0.0
+        bar = "#" * int(30 * self.n / max(self.total, 1))
+        self.out.write(f"\r{self.label} [{bar:<30}] {self.n}/{self.total} {rate:.2f}/s {extra}")
+        self.out.flush()
+        if self.n >= self.total:
+            self.out.write("\n")
+
+
+def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(96, 96), quiet=False) -> dict:
+    """Record `episodes` successful expert episodes of `task` into `out` (resumes a partial run).
+
+    Seeds are tried in order seed, seed+1, ...; the k-th successful one becomes episode_k. Failed attempts
+    are counted (by furthest stage) and reported, never saved. Returns the generation summary.
+    """
+    import sim
+    if task not in sim.TASKS:
+        raise DataError(f"unknown task '{task}'; known tasks: {', '.join(sim.TASKS)}")
+    cameras = list(cameras or sim.CAMERAS)
+    out = Path(out)
+    meta = make_meta([task], cameras, image_size)
+    gen = {"task": task, "seed": seed, "cameras": cameras, "image_size": list(image_size)}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out}: cannot create output folder ({e.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise DataError(f"{out}: output folder is not writable")
+    existing = [p.name for p in out.iterdir()]
+    if existing:
+        old = None
+        try:
+            old = json.loads((out / "meta.json").read_text())
+        except Exception:
+            pass
+        if old is None or old.get("generation", {}) | {"episodes": None} != gen | {"episodes": None}:
+            raise DataError(f"{out}: output folder is not empty and is not an unfinished run of the same "
+                            f"command (task, seed, cameras, image size); choose a new folder")
+    done = episode_paths(out)
+    for i, p in enumerate(done):  # resume needs contiguous, readable episodes
+        if p.name != f"episode_{i:06d}.npz":
+            raise DataError(f"{p}: episodes are not contiguous (expected episode_{i:06d}.npz)")
+    next_seed = seed
+    if done:
+        with np.load(done[-1]) as z:
+            next_seed = int(z["seed"]) + 1
+    stats = (json.loads((out / "meta.json").read_text()).get("generation_stats") if done else None) or \
+        {"attempts": 0, "failures": [], "saved": 0}
+    if seed + episodes * 2 + 1000 > sim.EVAL_SEED_OFFSET:
+        raise DataError(f"--seed {seed}: demonstration seeds must stay below {sim.EVAL_SEED_OFFSET} "
+                        f"(evaluation seeds start there)")
+    save_meta(out, meta | {"generation": gen | {"episodes": episodes}, "generation_stats": stats})
+    k = len(done)
+    bar = Progress(episodes, task) if not quiet else None
+    if bar:
+        bar.n = k
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+        pool = mp.get_context("spawn").Pool(workers)
+    try:
+        while k < episodes:
+            batch = [(task, s, cameras, tuple(image_size)) for s in range(next_seed, next_seed + max(workers, min(8, episodes - k)))]
+            results = pool.imap(_attempt, batch) if pool else map(_attempt, batch)
+            for s, ok, stage, steps, ep in results:
+                next_seed = s + 1
+                if k >= episodes:
+                    break
+                stats["attempts"] += 1
+                if not ok:
+                    stats["failures"].append({"seed": s, "stage": stage})
+                    continue
+                save_episode(out / f"episode_{k:06d}.npz", ep)
+                k += 1
+                stats["saved"] = k
+                if bar:
+                    bar.update(extra=f"failed attempts: {len(stats['failures'])}")
+            save_meta(out, meta | {"generation": gen | {"episodes": episodes}, "generation_stats": stats})
+    finally:
+        if pool:
+            pool.terminate()
+    return stats
+
+
+# ----------------------------------------------------------------------------- videos
+
+def annotate(frame: np.ndarray, text: str, grippers) -> np.ndarray:
+    """Upscale a frame and add a caption strip: the instruction and one bar per gripper (green open, red closed)."""
+    from PIL import Image, ImageDraw
+    scale = max(2, -(-320 // frame.shape[1]))  # at least 320 px wide so the caption fits
+    img = np.repeat(np.repeat(frame, scale, 0), scale, 1)
+    H, W = img.shape[:2]
+    canvas = Image.new("RGB", (W, H + 34), (20, 20, 20))
+    canvas.paste(Image.fromarray(img), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, H + 2), text[:max(10, W // 6)], fill=(255, 255, 255))
+    for i, g in enumerate(grippers):
+        x0 = 4 + i * (W // 2)
+        g = float(np.clip(g, 0, 1))
+        color = (60, 200, 60) if g > 0.5 else (220, 60, 60)
+        draw.rectangle([x0, H + 18, x0 + int((W // 2 - 40) * g) + 2, H + 28], fill=color)
+        draw.text((x0 + W // 2 - 34, H + 17), f"g{i} {g:.2f}", fill=(200, 200, 200))
+    return np.asarray(canvas)
+
+
+def write_video(path, frames, fps) -> None:
+    import imageio.v2 as imageio
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp.mp4")
+    with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1, quality=7) as w:
+        for f in frames:
+            w.append_data(f)
+    os.replace(tmp, path)
+
+
+def show(folder, episode, out) -> Path:
+    meta = load_meta(folder)
+    paths = episode_paths(folder)
+    if not 0 <= episode < len(paths):
+        raise DataError(f"{folder}: no episode {episode} (has {len(paths)})")
+    ep = load_episode(paths[episode])
+    cams = [c for c in meta["cameras"] if c in ep["images"]]
+    if not cams:
+        raise DataError(f"{paths[episode]}: has no images to show")
+    g_idx = meta["gripper_indices"]
+    frames = [annotate(np.concatenate([ep["images"][c][t] for c in cams], 1), ep["instruction"],
+                       ep["action"][t, g_idx]) for t in range(len(ep["action"]))]
+    write_video(out, frames, meta["fps"])
+    return Path(out)
+
+
+# ----------------------------------------------------------------------------- experts and benchmark
+
+def git_revision() -> str:
+    import subprocess
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def _expert_stats(args):
+    import sim
+    task, seeds = args
+    env = sim.Env(task, render=False)
+    rows = [(s, *sim.run_expert(task, s, env)[:3]) for s in seeds]
+    return task, rows
+
+
+def experts(tasks, n_seeds, workers=1) -> dict:
+    """Expert success over seeds 0..n-1 per task, without rendering; failures listed with their stage."""
+    import sim
+    jobs = [(t, list(range(n_seeds))) for t in tasks]
+    if workers > 1:
+        import multiprocessing as mp
+        with mp.get_context("spawn").Pool(workers) as pool:
+            out = pool.map(_expert_stats, jobs)
+    else:
+        out = list(map(_expert_stats, jobs))
+    report = {}
+    for task, rows in out:
+        stages = [s[0] for s in sim.STAGES[task]]
+        lengths = [r[3] for r in rows]
+        fails = [{"seed": r[0], "furthest_stage": stages[r[2]] if r[2] < len(stages) else "all", "steps": r[3]}
+                 for r in rows if not r[1]]
+        report[task] = {"success": sum(r[1] for r in rows) / len(rows), "seeds": len(rows),
+                        "failures": fails, "failures_by_stage": {s: sum(f["furthest_stage"] == s for f in fails) for s in stages + ["all"]},
+                        "episode_length_mean": float(np.mean(lengths)), "episode_length_max": int(max(lengths)),
+                        "max_steps": sim.TASKS[task].max_steps,
+                        "max_steps_over_longest": round(sim.TASKS[task].max_steps / max(lengths), 2),
+                        "gripper_events": sim.TASKS[task].gripper_events}
+    return report
+
+
+def bench(tasks, episodes=1, cameras=None, image_size=(96, 96)) -> dict:
+    """Per task: physics steps/s, ms per rendered frame per camera, episodes recorded per minute, and the
+    ratio of recording time (expert + physics + render + compression + write) to the floor (physics + render)."""
+    import time
+    import sim
+    cameras = list(cameras or sim.CAMERAS)
+    rows = {}
+    for task in tasks:
+        env = sim.Env(task, cameras=cameras, image_size=image_size, render=True)
+        t_phys = t_render = 0.0
+        n_steps = n_frames = 0
+        t_rec = 0.0
+        for s in range(episodes):
+            # instrumented rollout: time physics and rendering separately
+            env.reset(s)
+            x = sim.Expert(env)
+            for act in x.actions():
+                t0 = time.perf_counter()
+                for c in cameras:
+                    env.render(c)
+                t1 = time.perf_counter()
+                env.data.ctrl[:] = 0  # replaced just below by env.step's own control
+                env.renderer, r = None, env.renderer  # step without re-rendering
+                env.step(act)
+                env.renderer = r
+                t2 = time.perf_counter()
+                t_render += t1 - t0
+                t_phys += t2 - t1
+                n_steps += 1
+                n_frames += len(cameras)
+            # the real recording path: expert check + recorded rollout + compressed atomic write
+            with tempfile.TemporaryDirectory() as d:
+                t0 = time.perf_counter()
+                _worker_env.clear()
+                _, ok, _, _, ep = _attempt((task, s, cameras, tuple(image_size)))
+                if ep is not None:
+                    save_episode(Path(d) / "ep.npz", ep)
+                t_rec += time.perf_counter() - t0
+        rows[task] = {"physics_steps_per_s": n_steps * sim.SUBSTEPS / t_phys,
+                      "ms_per_frame_per_camera": 1000 * t_render / n_frames,
+                      "episodes_per_min": 60 * episodes / t_rec,
+                      "record_over_floor": t_rec / (t_phys + t_render),
+                      "control_steps_per_episode": n_steps / episodes}
+    return rows
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def main(argv=None):
+    import argparse
+    import sys
+    p = argparse.ArgumentParser(prog="data.py", description="Task suite, demonstrations and the episode format.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("tasks", help="one line per task: name, gripper events, arms used")
+    g = sub.add_parser("generate", help="record N successful expert episodes")
+    g.add_argument("--task", required=True)
+    g.add_argument("--episodes", type=int, required=True)
+    g.add_argument("--out", required=True)
+    g.add_argument("--seed", type=int, default=0, help="first seed tried; attempts use seed, seed+1, ...")
+    g.add_argument("--workers", type=int, default=1)
+    g.add_argument("--cameras", nargs="+", default=None, help="subset of: top left_wrist right_wrist")
+    g.add_argument("--image-size", type=int, nargs=2, default=[96, 96], metavar=("H", "W"))
+    s = sub.add_parser("show", help="write an episode as an mp4 with the gripper state drawn")
+    s.add_argument("dir")
+    s.add_argument("--episode", type=int, default=0)
+    s.add_argument("--out", required=True)
+    e = sub.add_parser("experts", help="expert success per task over seeds (no rendering)")
+    e.add_argument("--seeds", type=int, default=100)
+    e.add_argument("--tasks", nargs="+", default=None)
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--out", default=None, help="JSON file to write (e.g. results/experts.json)")
+    b = sub.add_parser("bench", help="simulation and recording speed per task on this machine")
+    b.add_argument("--tasks", nargs="+", default=None)
+    b.add_argument("--episodes", type=int, default=1)
+    b.add_argument("--out", default=None, help="JSON file to write")
+    a = p.parse_args(argv)
+    try:
+        import sim
+        if a.cmd == "tasks":
+            for t in sim.TASKS.values():
+                print(f"{t.name:12s} events={t.gripper_events}  arms={'both at once' if t.both_arms else 'one (left or right: the side of the object)'}  max_steps={t.max_steps}  {t.description}")
+        elif a.cmd == "generate":
+            if a.episodes < 1:
+                raise DataError(f"--episodes must be >= 1, got {a.episodes}")
+            st = generate(a.task, a.episodes, a.out, a.seed, a.workers, a.cameras, a.image_size)
+            print(f"{a.out}: {st['saved']} episodes saved, {st['attempts']} attempts, "
+                  f"{len(st['failures'])} expert failures " + (f"(seeds {[f['seed'] for f in st['failures']]})" if st["failures"] else ""))
+        elif a.cmd == "show":
+            print(show(a.dir, a.episode, a.out))
+        elif a.cmd in ("experts", "bench"):
+            tasks = a.tasks or list(sim.TASKS)
+            unknown = [t for t in tasks if t not in sim.TASKS]
+            if unknown:
+                raise DataError(f"unknown task(s) {unknown}; known tasks: {', '.join(sim.TASKS)}")
+            if a.cmd == "experts":
+                rep = experts(tasks, a.seeds, a.workers)
+                for t, r in rep.items():
+                    print(f"{t:12s} success {r['success']:.2f} over {r['seeds']} seeds; failures by stage "
+                          f"{ {k: v for k, v in r['failures_by_stage'].items() if v} }; longest {r['episode_length_max']} "
+                          f"steps, limit {r['max_steps']} ({r['max_steps_over_longest']}x)")
+            else:
+                rep = bench(tasks, a.episodes)
+                print(f"{'task':12s} {'physics steps/s':>16s} {'ms/frame/cam':>13s} {'episodes/min':>13s} {'record/floor':>13s}")
+                for t, r in rep.items():
+                    print(f"{t:12s} {r['physics_steps_per_s']:16.0f} {r['ms_per_frame_per_camera']:13.1f} "
+                          f"{r['episodes_per_min']:13.1f} {r['record_over_floor']:13.2f}")
+            if a.out:
+                import platform
+                doc = {"command": "python " + " ".join(["data.py", *(argv if argv is not None else sys.argv[1:])]),
+                       "git_revision": git_revision(), "machine": f"{platform.processor() or platform.machine()}, "
+                       f"{os.cpu_count()} cores", "results": rep}
+                Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(Path(a.out), lambda f: f.write(json.dumps(doc, indent=1).encode()))
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
