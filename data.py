@@ -153,11 +153,10 @@ def _attempt(args):
         _worker_env.clear()
         _worker_env[key] = sim.Env(task, cameras=cameras, image_size=image_size, render=True)
     env = _worker_env[key]
-    # Success first without rendering (cheap), then re-record only successful seeds: physics is
-    # deterministic, so the recorded rollout is the same one.
-    ok, stage, steps, _ = sim.run_expert(task, seed, env, record=False)
-    ep = sim.run_expert(task, seed, env, record=True)[3] if ok else None
-    return seed, ok, stage, steps, ep
+    # One recorded pass; a failed attempt's frames are dropped (experts fail rarely, so re-running a
+    # successful seed to record it would cost more than rendering the odd failure).
+    ok, stage, steps, ep = sim.run_expert(task, seed, env, record=True)
+    return seed, ok, stage, steps, ep if ok else None
 
 
 class Progress:

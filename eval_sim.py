@@ -1,0 +1,522 @@
+"""Closed-loop evaluation in the MuJoCo scenes, with failure attribution, comparisons and the main job.
+
+  python eval_sim.py --ckpt RUN/ckpt.pt --task lift_block --episodes 100 --out DIR [--video 2] [--workers 2]
+  python eval_sim.py compare DIR [DIR ...] --out REPORT_DIR      # markdown table + PNG charts + paired test
+  python eval_sim.py probe --ckpt RUN/ckpt.pt --task T --out probe.png   # StaKe heads along a rollout
+  python eval_sim.py main                                          # the README's end-to-end small job
+
+Evaluation seeds are sim.EVAL_SEED_OFFSET + seed * 100_000 + i: disjoint from demonstration seeds (which
+data.py keeps below the offset) by construction, and identical across variants, so results pair up.
+
+Failure types (from the task's ordered progress stages in sim.py; the first stage not reached decides):
+  motion-fail  the next stage needed is a "motion" stage (reach / grasp): it never achieved the grasp it needed
+  skill-fail   the next stage needed is a "skill" stage (lift, transfer, handover, place, stack): it had the
+               grasp and lost it or failed the post-grasp step
+  timeout      every stage was reached but the success condition did not hold long enough before the limit
+The failure step is the step after which progress never advanced (the last stage's step, 0 if none).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+import data
+import segment
+import sim
+
+
+@dataclass
+class EvalConfig:
+    ckpt: str = ""  # checkpoint written by train.py (RUN/ckpt.pt)
+    task: list = field(default_factory=list)  # task name(s); default: the tasks the checkpoint was trained on
+    episodes: int = 20  # evaluation episodes per task
+    out: str = "outputs/eval"  # folder for results.json and videos
+    seed: int = 0  # evaluation seed block: seeds are EVAL_SEED_OFFSET + seed * 100_000 + i
+    video: int = 0  # save this many rollouts per task as mp4 (instruction and gripper state drawn)
+    workers: int = 1  # parallel worker processes (each runs a batch of environments)
+    batch: int = 10  # environments stepped together per worker; one batched policy call per chunk
+    cameras: list = field(default_factory=list)  # default: the checkpoint's cameras
+    blank_images: bool = False  # control: all images black (a VLA should fail without vision)
+    shuffle_instructions: bool = False  # control: each episode gets another episode's instruction
+    device: str = "cpu"  # torch device for the policy
+    max_steps: int = 0  # override the task's step limit (0: use sim.TASKS[task].max_steps)
+
+    def __post_init__(self):
+        if self.episodes < 1 or self.workers < 1 or self.batch < 1 or self.video < 0:
+            raise ValueError("--episodes, --workers and --batch must be >= 1 and --video >= 0")
+        unknown = [t for t in self.task if t not in sim.TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; known tasks: {', '.join(sim.TASKS)}")
+
+
+def eval_seeds(seed, n):
+    return [sim.EVAL_SEED_OFFSET + seed * 100_000 + i for i in range(n)]
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score 95% interval for k successes out of n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    den = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / den
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+# ============================================================================ attribution
+
+def classify(success: bool, stage: int, stages: list) -> str:
+    """Failure type from the furthest stage reached (see module docstring)."""
+    if success:
+        return "success"
+    if stage >= len(stages):
+        return "timeout"
+    return "motion-fail" if stages[stage][1] == "motion" else "skill-fail"
+
+
+def gripper_events(actions: np.ndarray, gripper_indices) -> list:
+    """The policy's own gripper events, from its commanded gripper channels (1 = open, 0 = closed)."""
+    if len(actions) < 2:
+        return []
+    return [int(t) for t, _, _ in segment.segment(actions[:, gripper_indices], levels=(0.0, 1.0)).events]
+
+
+def nearest_distance(step: int, events: list) -> float | None:
+    return float(min(abs(step - e) for e in events)) if events else None
+
+
+# ============================================================================ rollouts
+
+def rollout_batch(policy, task: str, seeds: list, cfg: EvalConfig, instructions=None, record_video=0):
+    """Roll out len(seeds) environments in lock-step; one batched policy call per chunk. Returns per-episode dicts."""
+    cams = cfg.cameras or policy.cameras
+    envs = [sim.Env(task, cameras=cams, image_size=tuple(policy.image_size)) for _ in seeds]
+    obs = [e.reset(s) for e, s in zip(envs, seeds)]
+    if instructions is not None:
+        for o, ins in zip(obs, instructions):
+            o["instruction"] = ins
+    limit = cfg.max_steps or sim.TASKS[task].max_steps
+    n_exec = policy.n_action_steps
+    actions = [[] for _ in seeds]
+    frames = [[] for _ in range(min(record_video, len(seeds)))]
+    latency, calls = 0.0, 0
+    done = [False] * len(seeds)
+    chunk = None
+    for t in range(limit):
+        live = [i for i, d in enumerate(done) if not d]
+        if not live:
+            break
+        if t % n_exec == 0:
+            batch = []
+            for i in live:
+                o = obs[i]
+                if cfg.blank_images:
+                    o = o | {"images": {c: np.zeros_like(v) for c, v in o["images"].items()}}
+                batch.append(o)
+            t0 = time.perf_counter()
+            pred = policy.predict_chunk(batch)  # (B, H, A)
+            latency += time.perf_counter() - t0
+            calls += 1
+            chunk = {i: pred[j] for j, i in enumerate(live)}
+        for i in live:
+            a = chunk[i][t % n_exec]
+            if i < len(frames):
+                frames[i].append(data.annotate(np.concatenate([obs[i]["images"][c] for c in cams], 1),
+                                               obs[i]["instruction"], a[sim.GRIPPER_INDICES]))
+            ins = obs[i]["instruction"]
+            obs[i] = envs[i].step(a)
+            obs[i]["instruction"] = ins
+            actions[i].append(np.asarray(a, np.float32))
+            if envs[i].success:
+                done[i] = True
+    out = []
+    for i, (e, s) in enumerate(zip(envs, seeds)):
+        acts = np.stack(actions[i])
+        ev = gripper_events(acts, sim.GRIPPER_INDICES)
+        fstep = e.stage_steps[-1] if e.stage_steps else 0
+        rng = np.random.default_rng(s)
+        uniform_step = int(rng.integers(0, len(acts)))
+        out.append({
+            "seed": s, "instruction": obs[i]["instruction"], "success": bool(e.success),
+            "furthest_stage": e.stages[e.stage - 1][0] if e.stage else "none", "stages_reached": e.stage,
+            "failure_type": classify(e.success, e.stage, e.stages),
+            "failure_step": None if e.success else fstep,
+            "failure_to_nearest_event": None if e.success else nearest_distance(fstep, ev),
+            "uniform_step_to_nearest_event": None if e.success else nearest_distance(uniform_step, ev),
+            "gripper_events": ev, "length": len(acts),
+            "latency_ms_per_batched_call": 1000 * latency / max(calls, 1), "batch": len(seeds),
+            "video_frames": frames[i] if i < len(frames) else None,
+        })
+    return out
+
+
+def _worker(args):
+    cfg, task, seeds, instructions, record_video = args
+    import torch
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(cfg.workers, 1)))
+    from model import Policy
+    policy = Policy.load(cfg.ckpt, device=cfg.device)
+    return rollout_batch(policy, task, seeds, cfg, instructions, record_video)
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    from model import Policy
+    if not Path(cfg.ckpt).is_file():
+        raise ValueError(f"--ckpt {cfg.ckpt}: no such checkpoint file")
+    policy = Policy.load(cfg.ckpt, device=cfg.device)
+    tasks = cfg.task or list(getattr(policy, "tasks", []) or [])
+    if not tasks:
+        raise ValueError("no --task given and the checkpoint names no tasks")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"command": "python " + " ".join(sys.argv), "git_revision": data.git_revision(),
+               "config": asdict(cfg), "tasks": {}}
+    t_start = time.time()
+    for task in tasks:
+        seeds = eval_seeds(cfg.seed, cfg.episodes)
+        instructions = None
+        if cfg.shuffle_instructions:  # a derangement: every episode gets another episode's instruction
+            ins = [sim.TASKS[task].layout(s).instruction for s in seeds]
+            order = np.random.default_rng(cfg.seed).permutation(len(seeds))
+            instructions = [None] * len(seeds)
+            for i in range(len(seeds)):
+                instructions[order[i]] = ins[order[(i + 1) % len(seeds)]]
+        jobs = []
+        for b in range(0, len(seeds), cfg.batch):
+            sl = slice(b, b + cfg.batch)
+            jobs.append((cfg, task, seeds[sl], instructions[sl] if instructions else None,
+                         max(0, min(cfg.video - b, cfg.batch))))
+        t0 = time.time()
+        if cfg.workers > 1 and len(jobs) > 1:
+            import multiprocessing as mp
+            with mp.get_context("spawn").Pool(cfg.workers) as pool:
+                parts = pool.map(_worker, jobs)
+        else:
+            parts = [rollout_batch(policy, task, j[2], cfg, j[3], j[4]) for j in jobs]
+        eps = [e for p in parts for e in p]
+        wall = time.time() - t0
+        for k, e in enumerate(eps):
+            frames = e.pop("video_frames")
+            if frames:
+                data.write_video(out / f"{task}_{k:03d}_{'ok' if e['success'] else e['failure_type']}.mp4", frames, sim.FPS)
+        results["tasks"][task] = summarise(task, eps, wall)
+        r = results["tasks"][task]
+        print(f"{task:12s} success {r['success_rate']:.2f} [{r['wilson95'][0]:.2f}, {r['wilson95'][1]:.2f}] "
+              f"({r['successes']}/{r['episodes']})  failures {r['failure_types']}  {r['episodes_per_min']:.1f} episodes/min")
+    results["wall_s"] = time.time() - t_start
+    data.atomic_write_bytes(out / "results.json", lambda f: f.write(json.dumps(results, indent=1).encode()))
+    return results
+
+
+def summarise(task, eps, wall):
+    k, n = sum(e["success"] for e in eps), len(eps)
+    fails = [e for e in eps if not e["success"]]
+    near = [e["failure_to_nearest_event"] for e in fails if e["failure_to_nearest_event"] is not None]
+    unif = [e["uniform_step_to_nearest_event"] for e in fails if e["uniform_step_to_nearest_event"] is not None]
+    return {"gripper_events": sim.TASKS[task].gripper_events, "episodes": n, "successes": k,
+            "success_rate": k / n, "wilson95": wilson(k, n),
+            "failure_types": {t: sum(e["failure_type"] == t for e in eps) for t in ("motion-fail", "skill-fail", "timeout")},
+            "failure_to_nearest_event_mean": float(np.mean(near)) if near else None,
+            "uniform_step_to_nearest_event_mean": float(np.mean(unif)) if unif else None,
+            "episodes_per_min": 60 * n / max(wall, 1e-9), "per_episode": eps}
+
+
+# ============================================================================ charts (PIL only; no matplotlib)
+
+PALETTE = [(90, 90, 90), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+
+
+def _canvas(w, h):
+    from PIL import Image, ImageDraw
+    img = Image.new("RGB", (w, h), (255, 255, 255))
+    return img, ImageDraw.Draw(img)
+
+
+def bar_chart(path, groups: list, variants: list, values, lows, highs, title: str):
+    """Grouped bars (groups x variants) of rates in [0, 1] with interval whiskers."""
+    W, H, L, B = 120 + 110 * len(groups), 340, 50, 60
+    img, d = _canvas(W, H)
+    d.text((L, 6), title, fill=(0, 0, 0))
+    y = lambda v: H - B - v * (H - B - 30)  # noqa: E731
+    for v in (0, 0.25, 0.5, 0.75, 1.0):
+        d.line([L, y(v), W - 10, y(v)], fill=(225, 225, 225))
+        d.text((8, y(v) - 6), f"{v:.2f}", fill=(0, 0, 0))
+    bw = 90 / max(len(variants), 1)
+    for gi, g in enumerate(groups):
+        x0 = L + 10 + gi * 110
+        d.text((x0, H - B + 6), g[:16], fill=(0, 0, 0))
+        for vi in range(len(variants)):
+            xa = x0 + vi * bw
+            c = PALETTE[vi % len(PALETTE)]
+            d.rectangle([xa, y(values[gi][vi]), xa + bw - 3, y(0)], fill=c)
+            xm = xa + bw / 2 - 1
+            d.line([xm, y(lows[gi][vi]), xm, y(highs[gi][vi])], fill=(0, 0, 0), width=1)
+    for vi, v in enumerate(variants):
+        d.rectangle([L + vi * 150, H - 22, L + vi * 150 + 10, H - 12], fill=PALETTE[vi % len(PALETTE)])
+        d.text((L + vi * 150 + 14, H - 24), v[:22], fill=(0, 0, 0))
+    img.save(path)
+
+
+def scatter_chart(path, points: list, title: str, xlabel: str, ylabel: str):
+    """points: (x, y, label, colour index). Axes fitted to the data, zero line drawn."""
+    W, H, L, B = 520, 340, 60, 40
+    img, d = _canvas(W, H)
+    d.text((L, 6), title, fill=(0, 0, 0))
+    if points:
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        x0, x1 = min(xs) - 0.5, max(xs) + 0.5
+        y0, y1 = min(min(ys), 0) - 0.1, max(max(ys), 0) + 0.1
+        X = lambda v: L + (v - x0) / (x1 - x0) * (W - L - 20)  # noqa: E731
+        Y = lambda v: H - B - (v - y0) / (y1 - y0) * (H - B - 30)  # noqa: E731
+        d.line([L, Y(0), W - 20, Y(0)], fill=(180, 180, 180))
+        for v in np.linspace(y0, y1, 5):
+            d.text((4, Y(v) - 6), f"{v:+.2f}", fill=(0, 0, 0))
+        for v in sorted(set(xs)):
+            d.text((X(v) - 3, H - B + 4), f"{v:g}", fill=(0, 0, 0))
+        for x, yv, label, ci in points:
+            c = PALETTE[ci % len(PALETTE)]
+            d.ellipse([X(x) - 4, Y(yv) - 4, X(x) + 4, Y(yv) + 4], fill=c)
+            d.text((X(x) + 6, Y(yv) - 6), label[:18], fill=c)
+    d.text((W // 2 - 40, H - 18), xlabel, fill=(0, 0, 0))
+    d.text((4, 18), ylabel, fill=(0, 0, 0))
+    img.save(path)
+
+
+# ============================================================================ compare
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts b (A ok, B fail) and c (A fail, B ok)."""
+    from math import comb
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def paired(base_eps: list, other_eps: list):
+    """Match episodes by seed; returns (n pairs, b, c, p-value)."""
+    a = {e["seed"]: e["success"] for e in base_eps}
+    o = {e["seed"]: e["success"] for e in other_eps}
+    common = sorted(set(a) & set(o))
+    b = sum(a[s] and not o[s] for s in common)
+    c = sum(o[s] and not a[s] for s in common)
+    return len(common), b, c, mcnemar_exact(b, c)
+
+
+def compare(dirs: list, out: str, labels: list | None = None) -> str:
+    """Markdown table and charts for several evaluation folders; the first is the baseline of the paired test."""
+    runs = []
+    for d in dirs:
+        p = Path(d) / "results.json"
+        if not p.is_file():
+            raise ValueError(f"{p}: missing (run eval_sim.py --out {d} first)")
+        runs.append(json.loads(p.read_text()))
+    labels = labels or [Path(d).name for d in dirs]
+    tasks = [t for t in runs[0]["tasks"] if all(t in r["tasks"] for r in runs)]
+    if not tasks:
+        raise ValueError("the evaluation folders share no task")
+    tasks.sort(key=lambda t: (runs[0]["tasks"][t]["gripper_events"], t))
+    outp = Path(out)
+    outp.mkdir(parents=True, exist_ok=True)
+    head = "| task | events | " + " | ".join(labels) + " |"
+    lines = ["Success rate [Wilson 95% interval] (successes / episodes).", "", head,
+             "|" + "---|" * (2 + len(labels))]
+    for t in tasks:
+        cells = []
+        for r in runs:
+            x = r["tasks"][t]
+            cells.append(f"{x['success_rate']:.2f} [{x['wilson95'][0]:.2f}, {x['wilson95'][1]:.2f}] ({x['successes']}/{x['episodes']})")
+        lines.append(f"| {t} | {runs[0]['tasks'][t]['gripper_events']} | " + " | ".join(cells) + " |")
+    points = []
+    if len(runs) > 1:
+        lines += ["", f"Paired test against **{labels[0]}** (same evaluation seeds): exact McNemar on discordant "
+                  "episodes (b = baseline succeeds only, c = variant succeeds only). Relative gain = "
+                  "(variant - baseline) / baseline; 'inconclusive' where the baseline is within 0.1 of floor or ceiling.", "",
+                  "| task | variant | pairs | b | c | p | relative gain |", "|---|---|---|---|---|---|---|"]
+        for vi, (lab, r) in enumerate(zip(labels[1:], runs[1:]), start=1):
+            B = C = N = 0
+            for t in tasks:
+                n, b, c, p = paired(runs[0]["tasks"][t]["per_episode"], r["tasks"][t]["per_episode"])
+                N, B, C = N + n, B + b, C + c
+                base, var = runs[0]["tasks"][t]["success_rate"], r["tasks"][t]["success_rate"]
+                if base < 0.1 or base > 0.9:
+                    gain = "inconclusive"
+                else:
+                    gain = f"{(var - base) / base:+.2f}"
+                    points.append((runs[0]["tasks"][t]["gripper_events"], (var - base) / base, f"{lab}:{t}", vi))
+                lines.append(f"| {t} | {lab} | {n} | {b} | {c} | {p:.3g} | {gain} |")
+            lines.append(f"| all tasks | {lab} | {N} | {B} | {C} | {mcnemar_exact(B, C):.3g} | |")
+    lines += ["", "Failure types (motion-fail / skill-fail / timeout):", "", head, "|" + "---|" * (2 + len(labels))]
+    for t in tasks:
+        cells = ["/".join(str(r["tasks"][t]["failure_types"][k]) for k in ("motion-fail", "skill-fail", "timeout")) for r in runs]
+        lines.append(f"| {t} | {runs[0]['tasks'][t]['gripper_events']} | " + " | ".join(cells) + " |")
+    lines += ["", "Failure step to the rollout's nearest gripper event, mean steps (a uniformly drawn step of the same rollouts in brackets):", "",
+              head, "|" + "---|" * (2 + len(labels))]
+    for t in tasks:
+        cells = []
+        for r in runs:
+            x = r["tasks"][t]
+            f, u = x["failure_to_nearest_event_mean"], x["uniform_step_to_nearest_event_mean"]
+            cells.append("n/a" if f is None else f"{f:.1f} ({u:.1f})")
+        lines.append(f"| {t} | {runs[0]['tasks'][t]['gripper_events']} | " + " | ".join(cells) + " |")
+    md = "\n".join(lines) + "\n"
+    (outp / "compare.md").write_text(md)
+    vals = [[r["tasks"][t]["success_rate"] for r in runs] for t in tasks]
+    lo = [[r["tasks"][t]["wilson95"][0] for r in runs] for t in tasks]
+    hi = [[r["tasks"][t]["wilson95"][1] for r in runs] for t in tasks]
+    bar_chart(outp / "success.png", tasks, labels, vals, lo, hi, "success rate per task (Wilson 95% whiskers)")
+    if len(runs) > 1:
+        scatter_chart(outp / "gain_vs_events.png", points, f"relative gain over {labels[0]} vs gripper events per task",
+                      "gripper events (expert)", "relative gain")
+    return md
+
+
+# ============================================================================ stage probe (the paper's qualitative analysis)
+
+def probe(ckpt: str, task: str, seed: int, out: str, device="cpu") -> dict:
+    """Roll out the policy once; at every step read the StaKe heads (which inference never uses) and plot the
+    stage head's probability against the rollout's true gripper stage, and the keyframe head's error."""
+    from model import Policy
+    from PIL import Image, ImageDraw
+    policy = Policy.load(ckpt, device=device)
+    env = sim.Env(task, cameras=policy.cameras, image_size=tuple(policy.image_size))
+    obs = env.reset(eval_seeds(seed, 1)[0])
+    policy.reset()
+    probs, keys, acts = [], [], []
+    for _ in range(sim.TASKS[task].max_steps):
+        pr = policy.probe(obs)
+        probs.append(np.asarray(pr["stage_prob"], np.float32))
+        keys.append(np.asarray(pr["keyframe"], np.float32))
+        a = policy.select_action(obs)
+        acts.append(a)
+        obs = env.step(a)
+        if env.success:
+            break
+    acts, probs, keys = np.stack(acts), np.stack(probs), np.stack(keys)
+    seg = segment.segment(acts[:, sim.GRIPPER_INDICES], levels=(0.0, 1.0))
+    true_stage = seg.stage.astype(np.float32)  # (T, 2) from the executed commanded gripper
+    true_key = segment.keyframe_targets(acts, seg)
+    key_err = np.abs(keys - true_key)[:, [i for i in range(acts.shape[1]) if i not in sim.GRIPPER_INDICES]].mean(1)
+    T = len(acts)
+    W, H = max(400, 3 * T + 80), 320
+    img = Image.new("RGB", (W, H), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    X = lambda t: 60 + t * (W - 80) / max(T - 1, 1)  # noqa: E731
+    d.text((60, 4), f"{task} seed {obs and env.seed}: success={env.success}; stage head p(skill) vs true stage", fill=(0, 0, 0))
+    for k in range(probs.shape[1]):
+        y0 = 30 + k * 70
+        Y = lambda v, y0=y0: y0 + 60 - 55 * v  # noqa: E731
+        for t in range(T):  # true stage as a band
+            if (true_stage[t, k] if probs.shape[1] == true_stage.shape[1] else true_stage[t].max()):
+                d.rectangle([X(t), y0 + 5, X(t) + 3, y0 + 60], fill=(210, 225, 245))
+        d.line([(X(t), Y(float(probs[t, k]))) for t in range(T)], fill=(214, 39, 40), width=2)
+        d.text((4, y0 + 25), ["left", "right", "any"][k if probs.shape[1] > 1 else 2], fill=(0, 0, 0))
+    y0 = 30 + probs.shape[1] * 70 + 10
+    m = float(key_err.max()) + 1e-6
+    d.text((4, y0), "keyframe |err|", fill=(0, 0, 0))
+    d.line([(X(t), y0 + 70 - 65 * float(key_err[t]) / m) for t in range(T)], fill=(31, 119, 180), width=2)
+    for t, _, kind in seg.events:
+        d.line([X(t), 25, X(t), H - 10], fill=(44, 160, 44) if kind == "open" else (0, 0, 0))
+    d.text((60, H - 14), "blue band: true skill stage; red: stage head p(skill); vertical lines: gripper events", fill=(80, 80, 80))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+    agree = float(((probs > 0.5) == (true_stage[:, :probs.shape[1]] > 0.5 if probs.shape[1] == true_stage.shape[1]
+                                      else true_stage.max(1, keepdims=True) > 0.5)).mean())
+    return {"steps": T, "success": bool(env.success), "stage_agreement": agree,
+            "keyframe_l1_mean": float(key_err.mean()), "events": seg.events}
+
+
+# ============================================================================ the main job
+
+def main_job(argv):
+    """Generate a little data, train briefly, evaluate, print the table, write a video. Each step resumes:
+    rerunning the command after an interruption continues where it stopped."""
+    import subprocess
+    p = argparse.ArgumentParser(prog="eval_sim.py main", description=main_job.__doc__)
+    p.add_argument("--out", default="outputs/main", help="folder for data/, run/, eval/")
+    p.add_argument("--task", default="lift_block")
+    p.add_argument("--demos", type=int, default=40, help="demonstrations to record")
+    p.add_argument("--steps", type=int, default=1500, help="training steps")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--episodes", type=int, default=20, help="evaluation episodes")
+    p.add_argument("--workers", type=int, default=2)
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    py = sys.executable
+    here = Path(__file__).resolve().parent
+    t0 = time.time()
+
+    def run(cmd):
+        print("$ " + " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, cwd=here)
+
+    run([py, "data.py", "generate", "--task", a.task, "--episodes", str(a.demos), "--out", str(out / "data"),
+         "--workers", str(a.workers)])
+    t1 = time.time()
+    run([py, "train.py", "--data", str(out / "data"), "--out", str(out / "run"), "--steps", str(a.steps),
+         "--preset", a.preset, "--seed", "0", "--resume"])
+    t2 = time.time()
+    cfg = EvalConfig(ckpt=str(out / "run" / "ckpt.pt"), task=[a.task], episodes=a.episodes, out=str(out / "eval"),
+                     video=1, workers=a.workers, batch=max(1, -(-a.episodes // a.workers)))
+    evaluate(cfg)
+    t3 = time.time()
+    print(compare([str(out / "eval")], str(out / "report")))
+    print(f"minutes: data {(t1 - t0) / 60:.1f}, train {(t2 - t1) / 60:.1f}, eval {(t3 - t2) / 60:.1f}; "
+          f"video: {sorted((out / 'eval').glob('*.mp4'))[0] if list((out / 'eval').glob('*.mp4')) else 'none'}")
+
+
+# ============================================================================ CLI
+
+def _parse_config(argv) -> EvalConfig:
+    p = argparse.ArgumentParser(prog="eval_sim.py", description=__doc__.split("\n\n")[0])
+    for f in fields(EvalConfig):
+        flag = "--" + f.name.replace("_", "-")
+        helptext = f"(default: {f.default if not callable(f.default_factory) else f.default_factory()})"
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action="store_true", help=helptext)
+        elif f.type in ("list", list):
+            p.add_argument(flag, nargs="+", action="extend", default=[], help=helptext)
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default, help=helptext)
+    a = p.parse_args(argv)
+    return EvalConfig(**{f.name: getattr(a, f.name) for f in fields(EvalConfig)})
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["compare"]:
+            p = argparse.ArgumentParser(prog="eval_sim.py compare")
+            p.add_argument("dirs", nargs="+")
+            p.add_argument("--out", required=True)
+            p.add_argument("--labels", nargs="+", default=None)
+            a = p.parse_args(argv[1:])
+            print(compare(a.dirs, a.out, a.labels))
+        elif argv[:1] == ["probe"]:
+            p = argparse.ArgumentParser(prog="eval_sim.py probe")
+            p.add_argument("--ckpt", required=True)
+            p.add_argument("--task", required=True)
+            p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--out", required=True)
+            a = p.parse_args(argv[1:])
+            print(json.dumps(probe(a.ckpt, a.task, a.seed, a.out)))
+        elif argv[:1] == ["main"]:
+            main_job(argv[1:])
+        else:
+            evaluate(_parse_config(argv))
+    except (ValueError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

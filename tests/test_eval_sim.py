@@ -1,0 +1,129 @@
+"""Evaluation: failure attribution on hand-made rollouts, Wilson intervals, compare and the paired test."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import eval_sim
+import sim
+from conftest import ROOT
+
+
+def _rollout(task, seed, edit):
+    """Run the expert with its actions edited by edit(t, action, env) -> action; return the env at the end."""
+    env = sim.Env(task, render=False)
+    env.reset(seed)
+    acts = list(sim.Expert(env).actions())
+    env.reset(seed)
+    for t, a in enumerate(acts):
+        env.step(edit(t, a.copy(), env))
+    for _ in range(20):
+        env.step(edit(len(acts), acts[-1].copy(), env))
+    return env
+
+
+def test_expert_success_never_close_motion_fail_drop_skill_fail():
+    ok = _rollout("place_block", 0, lambda t, a, e: a)
+    assert eval_sim.classify(ok.success, ok.stage, ok.stages) == "success"
+
+    def never_close(t, a, e):
+        a[sim.GRIPPER_INDICES] = 1.0
+        return a
+    env = _rollout("place_block", 0, never_close)
+    assert eval_sim.classify(env.success, env.stage, env.stages) == "motion-fail"
+
+    lift_end = {}
+
+    def drop_after_lift(t, a, e):
+        n = e.layout.roles["target"]
+        if e.obj_pos(n)[2] > 0.06 and "t" not in lift_end:
+            lift_end["t"] = t
+        if "t" in lift_end:
+            a[sim.GRIPPER_INDICES] = 1.0  # let go in mid-air
+        return a
+    env = _rollout("place_block", 0, drop_after_lift)
+    assert "t" in lift_end
+    assert eval_sim.classify(env.success, env.stage, env.stages) == "skill-fail"
+
+
+def test_wilson_known_values():
+    # reference values of the Wilson score interval (z = 1.96)
+    for k, n, lo, hi in [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (8, 10, 0.4902, 0.9433), (95, 100, 0.8882, 0.9785)]:
+        a, b = eval_sim.wilson(k, n)
+        assert abs(a - lo) < 1e-3 and abs(b - hi) < 1e-3, (k, n, a, b)
+
+
+def test_mcnemar_exact():
+    assert eval_sim.mcnemar_exact(0, 0) == 1.0
+    assert abs(eval_sim.mcnemar_exact(0, 6) - 2 / 64) < 1e-12
+    assert abs(eval_sim.mcnemar_exact(3, 3) - 1.0) < 1e-12
+    assert eval_sim.mcnemar_exact(1, 9) < 0.05 < eval_sim.mcnemar_exact(2, 6)
+
+
+def _fake_results(path, rates_by_task, seed_base=0):
+    tasks = {}
+    for task, outcomes in rates_by_task.items():
+        eps = [{"seed": seed_base + i, "success": bool(o), "failure_type": "success" if o else "motion-fail",
+                "failure_to_nearest_event": None if o else 3.0, "uniform_step_to_nearest_event": None if o else 9.0}
+               for i, o in enumerate(outcomes)]
+        tasks[task] = eval_sim.summarise(task, eps, 1.0)
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps({"tasks": tasks}))
+
+
+def test_compare_table_paired_test_and_charts(tmp_path):
+    base = {"lift_block": [1, 0] * 10, "stack_three": [0] * 20}
+    var = {"lift_block": [1, 1] * 10, "stack_three": [1] + [0] * 19}
+    _fake_results(tmp_path / "none", base)
+    _fake_results(tmp_path / "stake", var)
+    md = eval_sim.compare([str(tmp_path / "none"), str(tmp_path / "stake")], str(tmp_path / "rep"))
+    assert "0.50 [0.30, 0.70] (10/20)" in md and "1.00 [0.84, 1.00] (20/20)" in md
+    row = next(l for l in md.splitlines() if l.startswith("| lift_block | stake |"))
+    assert "| 20 | 0 | 10 |" in row and "0.00195" in row and "+1.00" in row  # p = 2 / 2**10
+    assert "inconclusive" in next(l for l in md.splitlines() if l.startswith("| stack_three | stake |"))
+    for f in ("compare.md", "success.png", "gain_vs_events.png"):
+        assert (tmp_path / "rep" / f).stat().st_size > 500
+
+
+def test_eval_seeds_are_disjoint_from_demo_seeds():
+    import data
+    seeds = eval_sim.eval_seeds(0, 100) + eval_sim.eval_seeds(3, 100)
+    assert min(seeds) >= sim.EVAL_SEED_OFFSET and len(set(seeds)) == 200
+    with pytest.raises(data.DataError, match="below"):
+        data.generate("lift_block", 1, "/tmp/never_written_x", seed=sim.EVAL_SEED_OFFSET, quiet=True)
+
+
+class ReplayPolicy:
+    """The Policy interface, replaying the expert's actions of the seeds it is told about (lock-step batch)."""
+
+    def __init__(self, task, seeds, n_action_steps=5):
+        self.cameras, self.image_size, self.n_action_steps, self.horizon = ["top"], (32, 32), n_action_steps, n_action_steps
+        env = sim.Env(task, render=False)
+        self.plans = []
+        for s in seeds:
+            env.reset(s)
+            self.plans.append(np.stack(list(sim.Expert(env).actions())))
+        self.calls = 0
+
+    def predict_chunk(self, obs_batch):
+        t = self.calls * self.n_action_steps
+        self.calls += 1
+        out = []
+        for p in self.plans[:len(obs_batch)]:
+            idx = np.minimum(np.arange(t, t + self.horizon), len(p) - 1)
+            out.append(p[idx])
+        return np.stack(out)
+
+
+def test_rollout_batch_with_replayed_expert_succeeds_and_reports():
+    seeds = eval_sim.eval_seeds(0, 2)
+    pol = ReplayPolicy("lift_block", seeds)
+    cfg = eval_sim.EvalConfig(ckpt="x", task=["lift_block"], episodes=2)
+    eps = eval_sim.rollout_batch(pol, "lift_block", seeds, cfg, record_video=1)
+    assert all(e["success"] for e in eps)
+    assert all(len(e["gripper_events"]) == 1 for e in eps), "the policy's own close event is found"
+    assert eps[0]["video_frames"] and eps[1]["video_frames"] is None
+    blind = eval_sim.rollout_batch(ReplayPolicy("lift_block", seeds[::-1]), "lift_block", seeds, cfg)
+    assert sum(e["success"] for e in blind) <= 1, "another seed's actions should not solve this seed"
