@@ -1,0 +1,489 @@
+"""The small VLA: a from-scratch ViT + transformer backbone, a flow-matching action expert (pi0 recipe),
+the StaKe stage / keyframe heads, and the `Policy` wrapper shared by simulation and robot evaluation.
+
+Token layout and attention (True = row may attend to column):
+
+                 prefix (images, language, state)   StaKe queries      action tokens
+  prefix         bidirectional (lang padding off)   no                 no
+  StaKe queries  yes                                itself only        no
+  action tokens  yes                                no                 bidirectional
+
+The prefix is encoded once by the backbone and its per-layer keys/values are cached. The StaKe queries
+(backbone weights) and the action tokens (action-expert weights) are separate suffix passes that read
+that cache, so removing the queries cannot change the actions: the action pass never sees them.
+
+Deviations from pi0 (openpi), on purpose:
+  1. Small from-scratch networks instead of pretrained PaliGemma: a timm ViT (shared across cameras, learned
+     camera embedding), a pre-norm transformer backbone with LayerNorm + GELU MLP (not RMSNorm + GeGLU),
+     learned position embeddings (not RoPE), and our own sentencepiece BPE tokenizer trained on the
+     dataset's instructions (not the 256k PaliGemma vocabulary).
+  2. The state token sits in the prefix and is bidirectional with images and language; pi0 puts it first in
+     the suffix, in its own attention block, processed by the expert. Ours lets the StaKe queries read it.
+  3. Horizon 20 (1 s at 20 Hz; pi0: 50), executing 10 steps per chunk; 96 px images (pi0: 224).
+  4. The expert has the backbone's depth (as in pi0) and its own width; its attention runs at the
+     backbone's width so the two streams share keys/values per layer (pi0 shares head count and size).
+  5. Normalisation: z-score with a floor on the std (see train.py), not std + 1e-6 or quantiles.
+  6. Augmentation is a random shift (pad + crop, train.py); pi0 uses crop 95 % + resize, rotation, colour.
+  7. The prefix's last backbone layer only computes keys/values (its output is never read), and the Policy
+     drops trailing language padding before encoding (masked either way; fewer tokens on a CPU).
+Presets: `small` uses depth 3 and an expert half as wide as the backbone (pi0's expert is also narrower)
+to keep one chunk (prefix + 10 Euler steps) near 15-20 ms on 2 CPU cores; `base` is for one GPU.
+Kept from pi0: t = 1 is noise, x_t = t * noise + (1 - t) * actions, target u = noise - actions, MSE loss;
+t ~ Beta(1.5, 1) * 0.999 + 0.001; sine-cosine time embedding (periods 4e-3 .. 4) concatenated to each action
+token and mixed by Linear, swish, Linear; 10 Euler steps from t = 1 with dt = -0.1; action tokens
+bidirectional among themselves; AdamW (0.9, 0.95), clip 1.0, warm-up + cosine, EMA (train.py). Chunk steps
+past an episode's end are masked from the loss (as LeRobot's pi0 port does). Training from scratch takes a
+larger peak learning rate (3e-4, pi0 fine-tunes at 2.5e-5) and a slower EMA (0.999, pi0: 0.99).
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import sentencepiece as spm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+
+STAKE_SEED_OFFSET = 7919  # StaKe: heads and queries draw from Generator(seed + this), never the global RNG
+
+PRESETS = {  # architecture only; training options live in train.py
+    "tiny": dict(patch_size=16, vit_width=64, vit_depth=2, vit_heads=2, width=64, depth=2, heads=2,
+                 expert_width=64, horizon=10, n_action_steps=5, lang_len=24, vocab_size=512),
+    "small": dict(patch_size=16, vit_width=128, vit_depth=4, vit_heads=4, width=128, depth=3, heads=4,
+                  expert_width=64, horizon=20, n_action_steps=10, lang_len=24, vocab_size=512),
+    "base": dict(patch_size=12, vit_width=384, vit_depth=6, vit_heads=6, width=384, depth=8, heads=6,
+                 expert_width=256, horizon=20, n_action_steps=10, lang_len=32, vocab_size=1024),
+}
+
+
+@dataclass
+class ModelConfig:
+    action_dim: int                      # A, e.g. 14 for the bimanual scene
+    state_dim: int                       # D (qpos)
+    n_cameras: int                       # cameras fed to the shared ViT (0 = no images, for toy tests)
+    image_size: tuple = (96, 96)         # (H, W) the ViT sees; other sizes are resized on the device
+    patch_size: int = 16
+    vit_width: int = 128
+    vit_depth: int = 4
+    vit_heads: int = 4
+    width: int = 128                     # backbone width = attention width of every stream
+    depth: int = 4                       # backbone depth = action-expert depth
+    heads: int = 4
+    expert_width: int = 128
+    mlp_ratio: float = 4.0
+    horizon: int = 20                    # H, actions per chunk
+    n_action_steps: int = 10             # executed per chunk before querying again
+    lang_len: int = 24                   # language tokens (padded, masked)
+    vocab_size: int = 512                # set to the trained tokenizer's real size
+    num_steps: int = 10                  # Euler steps at inference
+    n_stage: int = 0                     # StaKe: stage logits (arms, or 1 for --stage-label any); 0 = no stage head
+    keyframe_head: bool = False          # StaKe: keyframe head present
+
+    def __post_init__(self):
+        self.image_size = tuple(int(s) for s in self.image_size)
+        H, W = self.image_size
+        checks = [
+            (self.action_dim > 0 and self.state_dim > 0, "action_dim and state_dim must be > 0"),
+            (self.n_cameras >= 0, "n_cameras must be >= 0"),
+            (H % self.patch_size == 0 and W % self.patch_size == 0,
+             f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}"),
+            (self.width % self.heads == 0, f"width {self.width} not divisible by heads {self.heads}"),
+            (self.vit_width % self.vit_heads == 0, f"vit_width {self.vit_width} not divisible by vit_heads"),
+            (1 <= self.n_action_steps <= self.horizon, "need 1 <= n_action_steps <= horizon"),
+            (self.depth >= 1 and self.num_steps >= 1 and self.lang_len >= 1, "depth, num_steps, lang_len >= 1"),
+            (self.n_stage >= 0, "n_stage must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"ModelConfig: {msg}")
+
+    @classmethod
+    def from_preset(cls, preset: str, **kw) -> "ModelConfig":
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset '{preset}' (choose from {sorted(PRESETS)})")
+        return cls(**{**PRESETS[preset], **kw})
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+class Block(nn.Module):
+    """Pre-norm transformer block whose attention may also read cached keys/values of another stream.
+
+    `dim` is the width of this stream; `attn_dim` the shared attention width (heads * head size)."""
+
+    def __init__(self, dim: int, attn_dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * attn_dim)
+        self.proj = nn.Linear(attn_dim, dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+    def project(self, x):  # (B, N, dim) -> q, k, v each (B, heads, N, head)
+        B, N, _ = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, N, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def finish(self, x, q, k, v, mask):  # mask (B, 1, N, N_keys) bool; k, v may hold a cached prefix
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))  # (B, heads, N, head)
+        x = x + self.proj(a.transpose(1, 2).flatten(2))
+        return x + self.mlp(self.norm2(x))
+
+
+def sincos_time(t: torch.Tensor, dim: int, min_period=4e-3, max_period=4.0) -> torch.Tensor:
+    """pi0 time embedding: (B,) -> (B, dim), sine and cosine at periods geometric in [min, max]."""
+    frac = torch.linspace(0.0, 1.0, dim // 2, device=t.device, dtype=torch.float32)
+    period = min_period * (max_period / min_period) ** frac
+    x = t.float()[:, None] * (2 * math.pi / period)[None]
+    return torch.cat([torch.sin(x), torch.cos(x)], dim=-1)
+
+
+def additive_mask(allowed: torch.Tensor) -> torch.Tensor:
+    """bool (True = may attend) -> float 0 / -inf, built once and shared by all layers (and Euler steps)."""
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
+
+
+def _init(m: nn.Module, generator=None):
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02, generator=generator)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=0.02, generator=generator)
+
+
+# ----------------------------------------------------------------------------- the model
+
+class VLA(nn.Module):
+    def __init__(self, cfg: ModelConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        W, We, A = cfg.width, cfg.expert_width, cfg.action_dim
+        # vision: one ViT for all cameras, learned camera embedding
+        if cfg.n_cameras:
+            self.vit = VisionTransformer(img_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=0,
+                                         global_pool="", class_token=False, embed_dim=cfg.vit_width,
+                                         depth=cfg.vit_depth, num_heads=cfg.vit_heads, mlp_ratio=cfg.mlp_ratio)
+            self.img_proj = nn.Linear(cfg.vit_width, W)
+            self.cam_emb = nn.Parameter(torch.zeros(cfg.n_cameras, W))
+        # language and state
+        self.lang_emb = nn.Embedding(cfg.vocab_size, W)
+        self.lang_pos = nn.Parameter(torch.zeros(cfg.lang_len, W))
+        self.state_proj = nn.Linear(cfg.state_dim, W)
+        self.blocks = nn.ModuleList(Block(W, W, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        # action expert (pi0: action + time -> Linear, swish, Linear)
+        self.action_in = nn.Linear(A, We)
+        self.time_mlp_in = nn.Linear(2 * We, We)
+        self.time_mlp_out = nn.Linear(We, We)
+        self.action_pos = nn.Parameter(torch.zeros(cfg.horizon, We))
+        self.expert = nn.ModuleList(Block(We, W, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.expert_norm = nn.LayerNorm(We)
+        self.action_out = nn.Linear(We, A)
+        for name, m in self.named_modules():
+            if not name.startswith("vit"):  # timm initialises its own ViT
+                _init(m)
+        for p in (self.lang_pos, self.action_pos) + ((self.cam_emb,) if cfg.n_cameras else ()):
+            nn.init.trunc_normal_(p, std=0.02)
+
+        # StaKe: two learnable query tokens (backbone weights) and their heads, created only when enabled,
+        # initialised from their own generator and without touching the global RNG, so the base weights
+        # of the four variants of one seed are identical.
+        with torch.random.fork_rng(devices=[]):
+            g = torch.Generator().manual_seed(seed + STAKE_SEED_OFFSET)
+            if cfg.n_stage:
+                self.stage_query = nn.Parameter(torch.randn(1, 1, W, generator=g) * 0.02)
+                self.stage_head = nn.Sequential(nn.LayerNorm(W), nn.Linear(W, cfg.n_stage))
+                self.stage_head.apply(lambda m: _init(m, g))
+            if cfg.keyframe_head:
+                self.keyframe_query = nn.Parameter(torch.randn(1, 1, W, generator=g) * 0.02)
+                self.keyframe_head = nn.Sequential(nn.LayerNorm(W), nn.Linear(W, A))
+                self.keyframe_head.apply(lambda m: _init(m, g))
+
+    # ---- prefix
+    def encode_prefix(self, images, lang_ids, lang_mask, state):
+        """images (B, C, 3, H, W) in [-1, 1]; lang_ids, lang_mask (B, L); state (B, D) normalised.
+
+        Returns the per-layer (k, v) cache, each (B, heads, P, head), and the key validity (B, P)."""
+        B = state.shape[0]
+        parts, valid = [], []
+        if self.cfg.n_cameras:
+            C = images.shape[1]
+            x = self.vit.forward_features(images.flatten(0, 1))            # (B*C, N, Wv)
+            x = self.img_proj(x).unflatten(0, (B, C)) + self.cam_emb[:C, None]  # (B, C, N, W)
+            parts.append(x.flatten(1, 2))                                   # (B, C*N, W)
+            valid.append(torch.ones(B, x.shape[1] * x.shape[2], dtype=torch.bool, device=state.device))
+        L = lang_ids.shape[1]
+        parts.append(self.lang_emb(lang_ids) + self.lang_pos[:L])           # (B, L, W)
+        valid.append(lang_mask.bool())
+        parts.append(self.state_proj(state)[:, None])                       # (B, 1, W)
+        valid.append(torch.ones(B, 1, dtype=torch.bool, device=state.device))
+        x, valid = torch.cat(parts, 1), torch.cat(valid, 1)                 # (B, P, W), (B, P)
+        mask = additive_mask(valid[:, None, None, :])                       # (B, 1, 1, P) keys
+        cache = []
+        for i, blk in enumerate(self.blocks):
+            q, k, v = blk.project(x)
+            cache.append((k, v))
+            if i < len(self.blocks) - 1:  # the last layer's prefix output is never read
+                x = blk.finish(x, q, k, v, mask)
+        return cache, valid
+
+    @staticmethod
+    def suffix_mask(valid, self_mask):
+        """Suffix rows see the valid prefix keys, and each other as `self_mask` (S, S) allows."""
+        B, S = valid.shape[0], self_mask.shape[0]
+        return additive_mask(torch.cat([valid[:, None, None, :].expand(B, 1, S, valid.shape[1]),
+                                        self_mask[None, None].expand(B, 1, S, S)], dim=-1))  # (B, 1, S, P + S)
+
+    @staticmethod
+    def _suffix(blocks, x, cache, mask):
+        """Run suffix tokens x (B, S, w) through `blocks`, attending to the cached prefix and to each other
+        as `mask` (from suffix_mask) allows. The prefix never attends to the suffix."""
+        for blk, (kp, vp) in zip(blocks, cache):
+            q, k, v = blk.project(x)
+            x = blk.finish(x, q, torch.cat([kp, k], 2), torch.cat([vp, v], 2), mask)
+        return x
+
+    # ---- action expert
+    def velocity(self, cache, valid, x_t, t, mask=None):
+        """x_t (B, H, A) noisy normalised actions, t (B,) -> predicted velocity (B, H, A).
+        Action tokens see the prefix and each other (pi0); `mask` may be passed in to reuse it."""
+        H = x_t.shape[1]
+        a = self.action_in(x_t)                                              # (B, H, We)
+        te = sincos_time(t, a.shape[-1]).to(a.dtype)[:, None].expand(-1, H, -1)
+        a = self.time_mlp_out(F.silu(self.time_mlp_in(torch.cat([a, te], -1)))) + self.action_pos[:H]
+        if mask is None:
+            mask = self.suffix_mask(valid, torch.ones(H, H, dtype=torch.bool, device=a.device))
+        a = self._suffix(self.expert, a, cache, mask)
+        return self.action_out(self.expert_norm(a))
+
+    @torch.no_grad()
+    def sample(self, images, lang_ids, lang_mask, state, noise):
+        """10 Euler steps from noise at t = 1 to actions at t = 0; the prefix is encoded once."""
+        cache, valid = self.encode_prefix(images, lang_ids, lang_mask, state)
+        x, n = noise, self.cfg.num_steps
+        mask = self.suffix_mask(valid, torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device))
+        dt = -1.0 / n
+        for i in range(n):
+            t = torch.full((x.shape[0],), 1.0 + i * dt, device=x.device)
+            x = x + dt * self.velocity(cache, valid, x, t, mask)
+        return x
+
+    # ---- StaKe
+    def stake(self, cache, valid) -> dict:
+        """StaKe: query tokens read the prefix through the backbone; returns the heads' raw outputs."""
+        names = [n for n in ("stage", "keyframe") if hasattr(self, n + "_query")]
+        if not names:
+            return {}
+        B = valid.shape[0]
+        q = torch.cat([getattr(self, n + "_query") for n in names], 1).expand(B, -1, -1)  # (B, Q, W)
+        eye = torch.eye(len(names), dtype=torch.bool, device=q.device)  # each query sees the prefix and itself
+        out = self._suffix(self.blocks, q, cache, self.suffix_mask(valid, eye))  # (B, Q, W)
+        return {n: getattr(self, n + "_head")(out[:, i]) for i, n in enumerate(names)}
+
+    # ---- training losses
+    def forward(self, batch: dict, noise: torch.Tensor, t: torch.Tensor) -> dict:
+        """batch: images, lang_ids, lang_mask, state, actions (B, H, A) normalised, action_valid (B, H),
+        stage (B, n_stage) 0/1 and keyframe (B, A) normalised when the heads exist.
+        noise (B, H, A) ~ N(0, I); t (B,) in (0, 1]. Returns the losses (scalars) and the stage logits."""
+        cache, valid = self.encode_prefix(batch["images"], batch["lang_ids"], batch["lang_mask"], batch["state"])
+        a = batch["actions"]
+        tt = t[:, None, None]
+        x_t = tt * noise + (1 - tt) * a                                      # t = 1 noise, t = 0 data
+        u = noise - a
+        v = self.velocity(cache, valid, x_t, t)
+        m = batch["action_valid"].to(v.dtype)                                # (B, H): padded steps off
+        per_step = ((v.float() - u.float()) ** 2).mean(-1)                   # (B, H)
+        out = {"policy_loss": (per_step * m).sum() / m.sum().clamp(min=1)}
+        heads = self.stake(cache, valid)                                     # StaKe
+        if "stage" in heads:
+            logits = heads["stage"].float()
+            out["stage_logits"] = logits
+            out["stage_loss"] = F.binary_cross_entropy_with_logits(logits, batch["stage"].float())
+        if "keyframe" in heads:
+            out["keyframe_l1"] = (heads["keyframe"].float() - batch["keyframe"].float()).abs().mean()
+        return out
+
+
+def param_counts(model: VLA) -> dict:
+    groups = {"vision": 0, "language": 0, "backbone": 0, "expert": 0, "stake": 0}
+    for n, p in model.named_parameters():
+        if n.startswith(("vit", "img_proj", "cam_emb")):
+            k = "vision"
+        elif n.startswith(("lang_",)):
+            k = "language"
+        elif n.startswith(("blocks", "state_proj")):
+            k = "backbone"
+        elif n.startswith(("stage_", "keyframe_")):
+            k = "stake"
+        else:
+            k = "expert"
+        groups[k] += p.numel()
+    groups["total"] = sum(groups.values())
+    return groups
+
+
+def format_counts(c: dict) -> str:
+    return "params: " + ", ".join(f"{k} {v / 1e6:.3f}M" for k, v in c.items())
+
+
+# ----------------------------------------------------------------------------- tokenizer, normalisation, images
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> bytes:
+    """BPE with byte fallback on the instructions; returns the serialized model proto.
+
+    sentencepiece needs vocab >= 256 bytes + 2 specials (pad, unk) + every distinct character (spaces
+    become '\u2581'); we raise the request to that minimum and let it stop early on a tiny corpus."""
+    texts = [t.strip() for t in texts if t.strip()] or ["empty"]
+    chars = set("".join(t.lower() for t in texts).replace(" ", "\u2581"))
+    vocab = max(int(vocab_size), 256 + 2 + len(chars) + 1)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=buf, model_type="bpe", vocab_size=vocab,
+        byte_fallback=True, hard_vocab_limit=False, character_coverage=1.0, normalization_rule_name="nmt_nfkc_cf",
+        pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, minloglevel=2, num_threads=1)
+    return buf.getvalue()
+
+
+class Tokenizer:
+    def __init__(self, proto: bytes):
+        self.proto = bytes(proto)
+        self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
+        self._cache: dict[str, list[int]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.vocab_size()
+
+    def ids(self, text: str) -> list[int]:
+        if text not in self._cache:
+            self._cache[text] = self.sp.encode(text)
+        return self._cache[text]
+
+    def __call__(self, texts: list[str], length: int):
+        """-> ids (B, length) int64, mask (B, length) bool; truncated and padded with id 0."""
+        ids = np.zeros((len(texts), length), np.int64)
+        mask = np.zeros((len(texts), length), bool)
+        for i, t in enumerate(texts):
+            x = self.ids(t)[:length]
+            ids[i, :len(x)], mask[i, :len(x)] = x, True
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+class Normalizer:
+    """z-score with the floor already applied to the stored std (stats come from train.py)."""
+
+    def __init__(self, stats: dict, device="cpu"):
+        f = lambda k: torch.as_tensor(stats[k], dtype=torch.float32, device=device)
+        self.qm, self.qs, self.am, self.as_ = f("qpos_mean"), f("qpos_std"), f("action_mean"), f("action_std")
+
+    def state(self, q):
+        return (q - self.qm) / self.qs
+
+    def action(self, a):
+        return (a - self.am) / self.as_
+
+    def unaction(self, a):
+        return a * self.as_ + self.am
+
+
+def images_to_input(images: torch.Tensor, size) -> torch.Tensor:
+    """uint8 (B, C, H, W, 3) on the device -> float (B, C, 3, h, w) in [-1, 1], resized to `size` if needed."""
+    B, C = images.shape[:2]
+    x = images.permute(0, 1, 4, 2, 3).flatten(0, 1).float()              # (B*C, 3, H, W)
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return (x / 127.5 - 1.0).unflatten(0, (B, C))
+
+
+# ----------------------------------------------------------------------------- the policy (sim and robot)
+
+class Policy:
+    """Everything evaluation needs, rebuilt from one checkpoint: model, tokenizer, normalisation, names."""
+
+    def __init__(self, model: VLA, tokenizer: Tokenizer, stats: dict, meta: dict, device="cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.cfg = model.cfg
+        self.tokenizer = tokenizer
+        self.norm = Normalizer(stats, self.device)
+        self.meta = meta
+        self.fps = float(meta["fps"])
+        self.action_names = list(meta["action_names"])
+        self.qpos_names = list(meta["qpos_names"])
+        self.gripper_indices = [int(i) for i in meta["gripper_indices"]]
+        self.cameras = list(meta["cameras"])
+        self.image_size = tuple(self.cfg.image_size)
+        self.horizon = self.cfg.horizon
+        self.n_action_steps = self.cfg.n_action_steps
+        self._queue: list[np.ndarray] = []
+
+    @classmethod
+    def load(cls, ckpt_path, device="cpu", use_ema=True) -> "Policy":
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model = VLA(ModelConfig(**ck["model_config"]), seed=0)
+        model.load_state_dict(ck["ema"] if use_ema and ck.get("ema") is not None else ck["model"])
+        return cls(model, Tokenizer(ck["tokenizer"]), ck["stats"], ck["meta"], device)
+
+    def reset(self) -> None:
+        self._queue = []
+
+    def _inputs(self, obs_batch: list[dict]):
+        for cam in self.cameras:
+            for obs in obs_batch:
+                if cam not in obs.get("images", {}):
+                    raise KeyError(f"observation has no image for camera '{cam}' (policy cameras: {self.cameras}; "
+                                   f"got {sorted(obs.get('images', {}))})")
+        dev = self.device
+        if self.cameras:
+            imgs = np.stack([np.stack([np.asarray(o["images"][c]) for c in self.cameras]) for o in obs_batch])
+            images = images_to_input(torch.from_numpy(imgs).to(dev), self.image_size)   # (B, C, 3, H, W)
+        else:
+            images = None
+        qpos = torch.from_numpy(np.stack([np.asarray(o["qpos"], np.float32) for o in obs_batch])).to(dev)
+        if qpos.shape[1] != self.cfg.state_dim:
+            raise ValueError(f"qpos has {qpos.shape[1]} dims, the policy expects {self.cfg.state_dim} ({self.qpos_names})")
+        ids, mask = self.tokenizer([o["instruction"] for o in obs_batch], self.cfg.lang_len)
+        n = max(1, int(mask.sum(1).max()))  # trailing padding is masked anyway: drop it, fewer tokens
+        return images, ids[:, :n].to(dev), mask[:, :n].to(dev), self.norm.state(qpos)
+
+    @torch.inference_mode()
+    def predict_chunk(self, obs_batch: list[dict], generator=None) -> np.ndarray:
+        """(B, horizon, A) absolute actions. `generator` (CPU or on the device) fixes the noise."""
+        images, ids, mask, state = self._inputs(obs_batch)
+        shape = (len(obs_batch), self.horizon, self.cfg.action_dim)
+        gdev = generator.device if generator is not None else self.device
+        noise = torch.randn(shape, generator=generator, device=gdev).to(self.device)
+        x = self.model.sample(images, ids, mask, state, noise)
+        return self.norm.unaction(x).float().cpu().numpy()
+
+    def select_action(self, obs: dict) -> np.ndarray:
+        """Execute `n_action_steps` of each chunk open loop, then query again."""
+        if not self._queue:
+            self._queue = list(self.predict_chunk([obs])[0, :self.n_action_steps])
+        return self._queue.pop(0).astype(np.float32)
+
+    @torch.inference_mode()
+    def probe(self, obs: dict) -> dict:
+        """StaKe heads on one observation: {'stage_prob': (n_stage,), 'keyframe': (A,) absolute}
+        (only the heads this checkpoint has)."""
+        if not (self.cfg.n_stage or self.cfg.keyframe_head):
+            raise RuntimeError("this checkpoint has no StaKe heads (trained with --stage-weight 0 --keyframe-weight 0)")
+        images, ids, mask, state = self._inputs([obs])
+        cache, valid = self.model.encode_prefix(images, ids, mask, state)
+        heads, out = self.model.stake(cache, valid), {}
+        if "stage" in heads:
+            out["stage_prob"] = torch.sigmoid(heads["stage"][0]).float().cpu().numpy()
+        if "keyframe" in heads:
+            out["keyframe"] = self.norm.unaction(heads["keyframe"][0]).float().cpu().numpy()
+        return out
+
+
+if __name__ == "__main__":  # parameter counts of the presets for the bimanual scene (14-D, 3 cameras, 96 px)
+    for name in PRESETS:
+        cfg = ModelConfig.from_preset(name, action_dim=14, state_dim=14, n_cameras=3, n_stage=2, keyframe_head=True)
+        print(f"{name:6s} {format_counts(param_counts(VLA(cfg)))}")

@@ -1,0 +1,150 @@
+"""model.py: the flow-matching expert, the StaKe heads' wiring, and the variants' shared initialisation."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from model import VLA, ModelConfig, Tokenizer, param_counts, train_tokenizer  # noqa: E402
+from train import new_model, sample_noise_time  # noqa: E402
+
+torch.set_num_threads(1)  # 2 shared cores: two threads on tiny ops mostly wait for each other
+
+TINY = dict(patch_size=16, vit_width=32, vit_depth=1, vit_heads=2, width=32, depth=2, heads=2, expert_width=32,
+            horizon=4, n_action_steps=2, lang_len=4, vocab_size=8)
+
+
+def tiny_cfg(**kw):
+    return ModelConfig(**{**TINY, "action_dim": 6, "state_dim": 6, "n_cameras": 1, "image_size": (32, 32), **kw})
+
+
+def fake_batch(cfg, B=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(images=torch.rand(B, cfg.n_cameras, 3, *cfg.image_size, generator=g) * 2 - 1,
+                lang_ids=torch.randint(0, cfg.vocab_size, (B, cfg.lang_len), generator=g),
+                lang_mask=torch.tensor([[True] * (cfg.lang_len - 1) + [False]] * B),
+                state=torch.randn(B, cfg.state_dim, generator=g),
+                actions=torch.randn(B, cfg.horizon, cfg.action_dim, generator=g),
+                action_valid=torch.ones(B, cfg.horizon, dtype=torch.bool),
+                stage=(torch.rand(B, max(cfg.n_stage, 1), generator=g) > 0.5).float(),
+                keyframe=torch.randn(B, cfg.action_dim, generator=g))
+
+
+def test_flow_matching_learns_bimodal_conditional():
+    """Toy, no images: given c = 0 the chunk is all +1 or all -1 (50/50); given c = 1 it is all +2 (80 %)
+    or all -1 (20 %). Samples must land on the modes in those proportions, whole chunks in one mode, and
+    not at the conditional mean (0 and 1.4), where a regression head would put them."""
+    cfg = ModelConfig(**{**TINY, "action_dim": 1, "state_dim": 1, "n_cameras": 0, "lang_len": 1, "vocab_size": 2})
+    torch.manual_seed(0)
+    model = VLA(cfg, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    B, H, steps = 64, cfg.horizon, 1000
+    lang = dict(lang_ids=torch.zeros(B, 1, dtype=torch.long), lang_mask=torch.ones(B, 1, dtype=torch.bool))
+
+    def draw(c):
+        u = torch.rand(len(c), generator=g)
+        mode = torch.where(c == 0, torch.where(u < 0.5, 1.0, -1.0), torch.where(u < 0.8, 2.0, -1.0))
+        return mode[:, None, None] + 0.05 * torch.randn(len(c), H, 1, generator=g)
+
+    for step in range(steps):
+        opt.param_groups[0]["lr"] = 3e-3 * 0.5 * (1 + np.cos(np.pi * step / steps))
+        c = (torch.rand(B, generator=g) < 0.5).float()
+        batch = dict(images=None, state=c[:, None], actions=draw(c), action_valid=torch.ones(B, H, dtype=torch.bool), **lang)
+        noise, t = sample_noise_time(g, B, H, 1, "cpu")
+        loss = model(batch, noise, t)["policy_loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    n = 1000
+    for c, hi, p_hi, mean in ((0.0, 1.0, 0.5, 0.0), (1.0, 2.0, 0.8, 1.4)):
+        x = model.sample(None, lang["lang_ids"][:1].expand(n, 1), lang["lang_mask"][:1].expand(n, 1),
+                         torch.full((n, 1), c), torch.randn(n, H, 1, generator=g))[..., 0]   # (n, H)
+        on_hi, on_lo = (x - hi).abs() < 0.3, (x + 1).abs() < 0.3
+        assert (on_hi | on_lo).float().mean() > 0.9, f"c={c}: samples off the modes"
+        assert ((on_hi.all(1)) | (on_lo.all(1))).float().mean() > 0.85, f"c={c}: chunks mix modes"
+        frac = on_hi.all(1).float().sum() / (on_hi.all(1) | on_lo.all(1)).float().sum()
+        assert abs(float(frac) - p_hi) < 0.08, f"c={c}: mode {hi} gets {float(frac):.2f}, expected {p_hi}"
+        assert ((x - mean).abs() < 0.3).float().mean() < 0.05, f"c={c}: samples collapse to the mean"
+
+
+def test_stake_losses_reach_shared_weights():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(n_stage=2, keyframe_head=True)
+    for loss_name in ("stage_loss", "keyframe_l1"):
+        model = VLA(cfg, seed=0)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        out = model(fake_batch(cfg), torch.randn(4, cfg.horizon, cfg.action_dim), torch.rand(4))
+        out[loss_name].backward()
+        query = model.stage_query if loss_name == "stage_loss" else model.keyframe_query
+        assert query.grad is not None and query.grad.abs().sum() > 0, "query token is detached"
+        assert model.expert[0].qkv.weight.grad is None, "the action expert should get no StaKe gradient"
+        opt.step()
+        after = model.state_dict()
+        for name in ("vit.patch_embed.proj.weight", "vit.blocks.0.attn.qkv.weight", "blocks.0.qkv.weight",
+                     "blocks.1.mlp.0.weight", "lang_emb.weight", "state_proj.weight"):
+            assert not torch.equal(before[name], after[name]), f"{loss_name} did not change {name}"
+
+
+def test_actions_independent_of_stake_queries():
+    """Same weights, same noise: the StaKe model and the same weights without heads give identical
+    velocities and sampled chunks (after some training, so the queries are not at their init)."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(n_stage=2, keyframe_head=True)
+    stake = VLA(cfg, seed=0)
+    opt = torch.optim.AdamW(stake.parameters(), lr=1e-2)
+    for i in range(3):
+        out = stake(fake_batch(cfg, seed=i), torch.randn(4, cfg.horizon, 6), torch.rand(4))
+        (out["policy_loss"] + out["stage_loss"] + out["keyframe_l1"]).backward()
+        opt.step(), opt.zero_grad()
+    plain = VLA(tiny_cfg(), seed=0)
+    missing, unexpected = plain.load_state_dict(stake.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith(("stage_", "keyframe_")) for k in unexpected)
+    batch, noise, t = fake_batch(cfg, seed=9), torch.randn(4, cfg.horizon, 6), torch.rand(4)
+    a, b = stake(batch, noise, t), plain(batch, noise, t)
+    assert "stage_loss" in a and "stage_loss" not in b
+    assert torch.equal(a["policy_loss"], b["policy_loss"])
+    args = (batch["images"], batch["lang_ids"], batch["lang_mask"], batch["state"], noise)
+    x_stake, x_plain = stake.sample(*args), plain.sample(*args)
+    torch.testing.assert_close(x_stake, x_plain, rtol=0, atol=1e-6)
+    assert not torch.allclose(x_stake, noise)  # the sampler did something
+
+
+def test_base_weights_identical_across_variants():
+    models = {(s, k): new_model(tiny_cfg(n_stage=2 * s, keyframe_head=bool(k)), seed=3) for s in (0, 1) for k in (0, 1)}
+    base = models[(0, 0)].state_dict()
+    for (s, k), m in models.items():
+        sd = m.state_dict()
+        assert ("stage_query" in sd) == bool(s) and ("keyframe_query" in sd) == bool(k)
+        assert {n for n in sd if not n.startswith(("stage_", "keyframe_"))} == set(base)
+        for n, v in base.items():
+            assert torch.equal(v, sd[n]), f"variant {(s, k)} differs in {n}"
+    counts = [param_counts(m)["total"] for m in models.values()]
+    assert len(set(counts)) == 4, "a head with weight 0 must not exist"
+    other = new_model(tiny_cfg(), seed=4).state_dict()
+    assert not torch.equal(other["blocks.0.qkv.weight"], base["blocks.0.qkv.weight"])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="divisible by patch_size"):
+        tiny_cfg(image_size=(30, 32))
+    with pytest.raises(ValueError, match="n_action_steps"):
+        tiny_cfg(n_action_steps=9)
+    with pytest.raises(ValueError, match="unknown preset"):
+        ModelConfig.from_preset("huge", action_dim=1, state_dim=1, n_cameras=0)
+
+
+def test_tokenizer_byte_fallback():
+    proto = train_tokenizer(["pick up the red block", "hand the rod to the right arm"], vocab_size=300)
+    tok = Tokenizer(proto)
+    assert Tokenizer(tok.proto).ids("Pick up the Red block") == tok.ids("pick up the red block")  # case folded
+    text = "grasp the zebra \u00fcber-fast \u6a5f"  # words and characters never seen
+    ids = tok.ids(text)
+    assert 1 not in ids, "unknown-token id used: byte fallback is off"
+    assert tok.sp.decode(ids) == text.lower()
+    ids2, mask = tok(["pick", text], 8)
+    assert ids2.shape == (2, 8) and mask[1].all() and not mask[0].all() and (ids2[~mask] == 0).all()

@@ -1,0 +1,170 @@
+"""train.py end to end on tiny synthetic data: resume, overfitting, variants, checkpoints, the Policy, errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+import data  # noqa: E402
+from model import Policy  # noqa: E402
+from synthetic import make_dataset  # noqa: E402
+from train import Options, train  # noqa: E402
+
+torch.set_num_threads(1)  # 2 shared cores: two threads on tiny ops mostly wait for each other
+FAST = dict(preset="tiny", batch_size=8, log_every=1, save_every=1000, warmup=2, shift=2)
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data") / "lift", n_episodes=3, T=30)
+
+
+def run(ds, out, **kw):
+    return train(Options(data=[str(d) for d in (ds if isinstance(ds, list) else [ds])], out=str(out), **{**FAST, **kw}))
+
+
+def obs_at(ep, t, cameras=("top",)):
+    return {"images": {c: ep["images"][c][t] for c in cameras}, "qpos": ep["qpos"][t], "instruction": ep["instruction"]}
+
+
+def test_resume_equals_uninterrupted(ds, tmp_path):
+    kw = dict(steps=6, stage_weight=0.5, keyframe_weight=0.5)
+    run(ds, tmp_path / "full", **kw)
+    run(ds, tmp_path / "cut", stop_after=3, **kw)
+    assert torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=True)["step"] == 3
+    run(ds, tmp_path / "cut", resume=True, **kw)
+    a = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+    for i, s in a["optimizer"]["state"].items():
+        assert torch.equal(s["exp_avg"], b["optimizer"]["state"][i]["exp_avg"])
+    drop = lambda p: [{k: v for k, v in json.loads(l).items() if k != "samples_per_s"}
+                      for l in (p / "metrics.jsonl").read_text().splitlines()]
+    assert drop(tmp_path / "full") == drop(tmp_path / "cut")  # same lines, none duplicated
+    with pytest.raises(ValueError, match="options differ"):
+        run(ds, tmp_path / "cut", resume=True, **{**kw, "seed": 1})
+
+
+def test_overfit_one_episode(tmp_path):
+    ds = make_dataset(tmp_path / "one", n_episodes=1, T=24, seed=5)
+    ep = data.load_episode(data.episode_paths(ds)[0])
+    kw = dict(steps=400, batch_size=32, lr=1e-3, warmup=10, shift=0, log_every=50, stage_weight=0, keyframe_weight=0)
+
+    def chunk_error():
+        policy = Policy.load(tmp_path / "run" / "ckpt.pt", use_ema=False)
+        errs = []
+        for t in (0, 8, 16):
+            pred = policy.predict_chunk([obs_at(ep, t)], generator=torch.Generator().manual_seed(t))[0]
+            true = ep["action"][t: t + policy.horizon]
+            errs.append(np.abs((pred[:len(true)] - true) / np.asarray(policy.norm.as_.cpu())).mean())
+        return float(np.mean(errs))
+
+    run(ds, tmp_path / "run", stop_after=1, **kw)
+    before = chunk_error()
+    run(ds, tmp_path / "run", resume=True, **kw)
+    after = chunk_error()
+    assert after < 0.5 * before, f"chunk error {before:.3f} -> {after:.3f}"  # seen: 1.16 -> 0.44
+
+
+def test_variants_share_data_order_and_init(ds, tmp_path):
+    lines = {}
+    for s, k in ((0, 0), (1, 1), (1, 0)):
+        run(ds, tmp_path / f"v{s}{k}", steps=3, stage_weight=s, keyframe_weight=k, seed=2)
+        lines[s, k] = [json.loads(l) for l in (tmp_path / f"v{s}{k}" / "metrics.jsonl").read_text().splitlines()]
+    first = {v: ls[0]["policy_loss"] for v, ls in lines.items()}
+    assert len(set(first.values())) == 1, f"step-1 policy loss differs across variants: {first}"
+    base = [l["stage_acc_threshold"] for l in lines[0, 0]]
+    assert all([l["stage_acc_threshold"] for l in ls] == base for ls in lines.values())
+    assert lines[1, 1][1]["policy_loss"] != lines[0, 0][1]["policy_loss"]  # StaKe did change training
+    assert "stage_acc" in lines[1, 0][0] and "keyframe_l1" not in lines[1, 0][0] and "stage_loss" not in lines[0, 0][0]
+    other = run(ds, tmp_path / "seed3", steps=1, seed=3)
+    assert other["policy_loss"] != first[0, 0]
+
+
+def test_checkpoint_round_trip_and_policy(ds, tmp_path):
+    run(ds, tmp_path / "r", steps=3, stage_weight=1, keyframe_weight=1, stage_label="any", init_from="")
+    ck = torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)
+    for key in ("model", "ema", "optimizer", "step", "options", "model_config", "stats", "tokenizer", "meta", "git", "rng"):
+        assert key in ck
+    p1, p2 = Policy.load(tmp_path / "r" / "ckpt.pt"), Policy.load(tmp_path / "r" / "ckpt.pt", use_ema=False)
+    for k, v in ck["ema"].items():
+        assert torch.equal(p1.model.state_dict()[k], v)
+    assert any(not torch.equal(p2.model.state_dict()[k], v) for k, v in ck["ema"].items())
+    ep = data.load_episode(data.episode_paths(ds)[0])
+    obs = [obs_at(ep, 3), obs_at(ep, 20)]
+    c1 = p1.predict_chunk(obs, generator=torch.Generator().manual_seed(0))
+    c2 = Policy.load(tmp_path / "r" / "ckpt.pt").predict_chunk(obs, generator=torch.Generator().manual_seed(0))
+    assert c1.shape == (2, p1.horizon, 14) and c1.dtype == np.float32 and np.array_equal(c1, c2)
+    assert (p1.fps, p1.cameras, p1.gripper_indices, p1.image_size) == (20.0, ["top"], [6, 13], (32, 32))
+    # select_action: n_action_steps per chunk, then a new query
+    calls = []
+    real = p1.predict_chunk
+    p1.predict_chunk = lambda ob, generator=None: calls.append(1) or real(ob, generator)
+    acts = [p1.select_action(obs[0]) for _ in range(p1.n_action_steps + 1)]
+    assert len(calls) == 2 and acts[0].shape == (14,)
+    p1.reset()
+    p1.select_action(obs[0])
+    assert len(calls) == 3
+    # other image sizes are resized; a missing camera is named
+    big = {**obs[0], "images": {"top": np.repeat(np.repeat(obs[0]["images"]["top"], 2, 0), 2, 1)}}
+    assert p1.predict_chunk([big]).shape == (1, p1.horizon, 14)
+    with pytest.raises(KeyError, match="'top'"):
+        p1.predict_chunk([{**obs[0], "images": {"wrist": obs[0]["images"]["top"]}}])
+    probe = p1.probe(obs[0])
+    assert probe["stage_prob"].shape == (1,) and probe["keyframe"].shape == (14,)
+    run(ds, tmp_path / "plain", steps=1, stage_weight=0, keyframe_weight=0)
+    with pytest.raises(RuntimeError, match="no StaKe heads"):
+        Policy.load(tmp_path / "plain" / "ckpt.pt").probe(obs[0])
+    # --init-from: base weights from the checkpoint's EMA, tokenizer and stats reused, new heads fresh
+    run(ds, tmp_path / "ft", steps=1, init_from=str(tmp_path / "plain" / "ckpt.pt"), lr=0.0)
+    ft = torch.load(tmp_path / "ft" / "ckpt.pt", weights_only=True)
+    src = torch.load(tmp_path / "plain" / "ckpt.pt", weights_only=True)
+    assert ft["tokenizer"] == src["tokenizer"] and ft["stats"] == src["stats"] and "stage_query" in ft["model"]
+    assert all(torch.equal(ft["model"][k], v) for k, v in src["ema"].items())
+
+
+def test_bad_input_fails_before_training(ds, tmp_path):
+    (tmp_path / "empty").mkdir()
+    data.save_meta(tmp_path / "empty", json.loads((Path(ds) / "meta.json").read_text()))
+    with pytest.raises(data.DataError, match="no episode"):
+        run(tmp_path / "empty", tmp_path / "o1", steps=1)
+    single = make_dataset(tmp_path / "franka", n_episodes=1, T=20, action_dim=8, gripper_indices=(7,))
+    with pytest.raises(data.DataError, match="differs"):
+        run([ds, single], tmp_path / "o2", steps=1)
+    meta = json.loads((Path(ds) / "meta.json").read_text())
+    del meta["gripper_indices"]
+    bad = make_dataset(tmp_path / "nogrip", n_episodes=1, T=20)
+    data.save_meta(bad, meta)
+    with pytest.raises(data.DataError, match="gripper_indices"):
+        run(bad, tmp_path / "o3", steps=1)
+    run(ds, tmp_path / "ck14", steps=1)
+    with pytest.raises(data.DataError, match="disagrees with the checkpoint"):
+        run(single, tmp_path / "o4", steps=1, init_from=str(tmp_path / "ck14" / "ckpt.pt"))
+    assert not any((tmp_path / f"o{i}" / "ckpt.pt").exists() for i in range(1, 5))
+
+
+def test_cli_smoke(ds, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "train.py"), "--data", str(ds), "--out", str(tmp_path / "run"), "--steps", "3",
+           "--preset", "tiny", "--seed", "1", "--stage-weight", "0.1", "--keyframe-weight", "0.1", "--batch-size", "4",
+           "--log-every", "1", "--threads", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "params:" in r.stdout and "__1" in r.stdout
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in rows] == [1, 2, 3]
+    for key in ("policy_loss", "stage_loss", "stage_acc", "stage_acc_threshold", "keyframe_l1", "lr", "samples_per_s"):
+        assert np.isfinite(rows[-1][key])
+    assert (tmp_path / "run" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    bad = subprocess.run(cmd[:3] + [str(tmp_path / "nowhere")] + cmd[4:], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
