@@ -192,9 +192,9 @@ def _layout_lift_bar(task, rng):
 
 def _layout_handover(task, rng):
     colors = list(rng.permutation(["red", "blue"]))
-    rods = _sample_positions(rng, [(0.14, 0.24, -0.16, -0.02), (0.14, 0.24, 0.04, 0.16)], min_dist=0.1)
+    rods = _sample_positions(rng, [(0.06, 0.28, -0.2, -0.02), (0.06, 0.28, 0.02, 0.2)], min_dist=0.1)
     rng.shuffle(rods)
-    pad = (rng.uniform(-0.26, -0.14), rng.uniform(-0.12, 0.12), 0.0)
+    pad = (rng.uniform(-0.3, -0.1), rng.uniform(-0.15, 0.15), 0.0)
     p = {f"rod_{colors[0]}": rods[0], f"rod_{colors[1]}": rods[1], "pad_white": pad}
     return Layout(p, _phrase(task, rng, color=colors[0]), {"target": f"rod_{colors[0]}", "pad": "pad_white"}, {})
 
@@ -203,7 +203,7 @@ def _layout_stack(task, rng, n):
     colors = list(rng.permutation(list(COLORS)))  # n stacked + (4 - n) distractors, all on the table
     k = min(4, n + 1)
     sides = rng.choice([-1, 1], size=k)
-    centre = (rng.uniform(-0.04, 0.04), rng.uniform(-0.1, 0.1), 0.0)
+    centre = (rng.uniform(-0.08, 0.08), rng.uniform(-0.12, 0.12), 0.0)
     poses = _sample_positions(rng, [_side_region(s) for s in sides] + [(centre[0],) * 2 + (centre[1],) * 2],
                               min_dist=0.09)
     names = [f"block_{c}" for c in colors[:k]]

@@ -127,3 +127,18 @@ def test_rollout_batch_with_replayed_expert_succeeds_and_reports():
     assert eps[0]["video_frames"] and eps[1]["video_frames"] is None
     blind = eval_sim.rollout_batch(ReplayPolicy("lift_block", seeds[::-1]), "lift_block", seeds, cfg)
     assert sum(e["success"] for e in blind) <= 1, "another seed's actions should not solve this seed"
+
+
+def test_main_job_pipeline_tiny(tmp_path):
+    """The README's main job end to end on a tiny setting: data -> train -> evaluate -> table -> video."""
+    out = tmp_path / "main"
+    r = subprocess.run([sys.executable, "eval_sim.py", "main", "--out", str(out), "--demos", "2", "--steps", "4",
+                        "--preset", "tiny", "--episodes", "2", "--workers", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads((out / "eval" / "results.json").read_text())
+    ep = res["tasks"]["lift_block"]["per_episode"]
+    assert len(ep) == 2 and all(e["failure_type"] in ("success", "motion-fail", "skill-fail", "timeout") for e in ep)
+    assert "| lift_block | 1 |" in r.stdout, "the table is printed"
+    assert list((out / "eval").glob("*.mp4")), "a video is written"
+    assert (out / "run" / "ckpt.pt").is_file() and len(list((out / "data").glob("episode_*.npz"))) == 2
