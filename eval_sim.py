@@ -110,6 +110,10 @@ def rollout_batch(policy, task: str, seeds: list, cfg: EvalConfig, instructions=
     latency, calls = 0.0, 0
     done = [False] * len(seeds)
     chunk = None
+    noise = {}
+    if hasattr(policy, "device"):  # the flow's noise is seeded by the batch's first seed: reruns repeat exactly
+        import torch
+        noise = {"generator": torch.Generator().manual_seed(int(seeds[0]))}
     for t in range(limit):
         live = [i for i, d in enumerate(done) if not d]
         if not live:
@@ -122,7 +126,7 @@ def rollout_batch(policy, task: str, seeds: list, cfg: EvalConfig, instructions=
                     o = o | {"images": {c: np.zeros_like(v) for c, v in o["images"].items()}}
                 batch.append(o)
             t0 = time.perf_counter()
-            pred = policy.predict_chunk(batch)  # (B, H, A)
+            pred = policy.predict_chunk(batch, **noise)  # (B, H, A)
             latency += time.perf_counter() - t0
             calls += 1
             chunk = {i: pred[j] for j, i in enumerate(live)}
@@ -145,7 +149,8 @@ def rollout_batch(policy, task: str, seeds: list, cfg: EvalConfig, instructions=
         rng = np.random.default_rng(s)
         uniform_step = int(rng.integers(0, len(acts)))
         out.append({
-            "seed": s, "instruction": obs[i]["instruction"], "success": bool(e.success),
+            "seed": s, "instruction": obs[i]["instruction"], "true_instruction": e.layout.instruction,
+            "success": bool(e.success),
             "furthest_stage": e.stages[e.stage - 1][0] if e.stage else "none", "stages_reached": e.stage,
             "failure_type": classify(e.success, e.stage, e.stages),
             "failure_step": None if e.success else fstep,
