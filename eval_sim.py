@@ -392,6 +392,8 @@ def probe(ckpt: str, task: str, seed: int, out: str, device="cpu") -> dict:
     stage head's probability against the rollout's true gripper stage, and the keyframe head's error."""
     from model import Policy
     from PIL import Image, ImageDraw
+    import torch
+    torch.manual_seed(seed)  # select_action draws the flow's noise from the global generator
     policy = Policy.load(ckpt, device=device)
     env = sim.Env(task, cameras=policy.cameras, image_size=tuple(policy.image_size))
     obs = env.reset(eval_seeds(seed, 1)[0])
@@ -412,11 +414,11 @@ def probe(ckpt: str, task: str, seed: int, out: str, device="cpu") -> dict:
     true_key = segment.keyframe_targets(acts, seg)
     key_err = np.abs(keys - true_key)[:, [i for i in range(acts.shape[1]) if i not in sim.GRIPPER_INDICES]].mean(1)
     T = len(acts)
-    W, H = max(400, 3 * T + 80), 320
+    W, H = max(560, 3 * T + 80), 320
     img = Image.new("RGB", (W, H), (255, 255, 255))
     d = ImageDraw.Draw(img)
     X = lambda t: 60 + t * (W - 80) / max(T - 1, 1)  # noqa: E731
-    d.text((60, 4), f"{task} seed {obs and env.seed}: success={env.success}; stage head p(skill) vs true stage", fill=(0, 0, 0))
+    d.text((60, 4), f"{task} seed {env.seed}: success={env.success}; stage head p(skill) vs true stage", fill=(0, 0, 0))
     for k in range(probs.shape[1]):
         y0 = 30 + k * 70
         Y = lambda v, y0=y0: y0 + 60 - 55 * v  # noqa: E731
@@ -513,7 +515,8 @@ def main(argv=None):
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--out", required=True)
             a = p.parse_args(argv[1:])
-            print(json.dumps(probe(a.ckpt, a.task, a.seed, a.out)))
+            res = probe(a.ckpt, a.task, a.seed, a.out)
+            print(json.dumps({"command": "python eval_sim.py " + " ".join(argv), "git_revision": data.git_revision()} | res))
         elif argv[:1] == ["main"]:
             main_job(argv[1:])
         else:
