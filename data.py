@@ -337,10 +337,12 @@ def experts(tasks, n_seeds, workers=1) -> dict:
     for task, rows in out:
         stages = [s[0] for s in sim.STAGES[task]]
         lengths = [r[3] for r in rows]
-        fails = [{"seed": r[0], "furthest_stage": stages[r[2]] if r[2] < len(stages) else "all", "steps": r[3]}
+        # failed_at_stage: the first stage the attempt did not reach ("all" = every stage reached, success
+        # condition not held long enough)
+        fails = [{"seed": r[0], "failed_at_stage": stages[r[2]] if r[2] < len(stages) else "all", "steps": r[3]}
                  for r in rows if not r[1]]
         report[task] = {"success": sum(r[1] for r in rows) / len(rows), "seeds": len(rows),
-                        "failures": fails, "failures_by_stage": {s: sum(f["furthest_stage"] == s for f in fails) for s in stages + ["all"]},
+                        "failures": fails, "failures_by_stage": {s: sum(f["failed_at_stage"] == s for f in fails) for s in stages + ["all"]},
                         "episode_length_mean": float(np.mean(lengths)), "episode_length_max": int(max(lengths)),
                         "max_steps": sim.TASKS[task].max_steps,
                         "max_steps_over_longest": round(sim.TASKS[task].max_steps / max(lengths), 2),
@@ -445,7 +447,7 @@ def main(argv=None):
             if a.cmd == "experts":
                 rep = experts(tasks, a.seeds, a.workers)
                 for t, r in rep.items():
-                    print(f"{t:12s} success {r['success']:.2f} over {r['seeds']} seeds; failures by stage "
+                    print(f"{t:12s} success {r['success']:.2f} over {r['seeds']} seeds; failures by the stage not reached "
                           f"{ {k: v for k, v in r['failures_by_stage'].items() if v} }; longest {r['episode_length_max']} "
                           f"steps, limit {r['max_steps']} ({r['max_steps_over_longest']}x)")
             else:
