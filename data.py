@@ -308,7 +308,8 @@ def git_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                              cwd=Path(__file__).resolve().parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        # results/ is where figures are written; its own changes do not make the code dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"], capture_output=True,
                                text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except Exception:
