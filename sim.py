@@ -192,7 +192,7 @@ def _layout_lift_bar(task, rng):
 
 def _layout_handover(task, rng):
     colors = list(rng.permutation(["red", "blue"]))
-    rods = _sample_positions(rng, [(0.06, 0.28, -0.2, -0.02), (0.06, 0.28, 0.02, 0.2)], min_dist=0.1)
+    rods = _sample_positions(rng, [(0.06, 0.28, -0.21, -0.01), (0.06, 0.28, 0.01, 0.21)], min_dist=0.1)
     rng.shuffle(rods)
     pad = (rng.uniform(-0.3, -0.1), rng.uniform(-0.15, 0.15), 0.0)
     p = {f"rod_{colors[0]}": rods[0], f"rod_{colors[1]}": rods[1], "pad_white": pad}
