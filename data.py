@@ -146,6 +146,7 @@ _worker_env = {}
 
 def _attempt(args):
     """Run the expert once (in a worker); returns (seed, success, stage, steps, episode or None)."""
+    import experts
     import sim
     task, seed, cameras, image_size = args
     key = (task, tuple(cameras), tuple(image_size))
@@ -155,7 +156,7 @@ def _attempt(args):
     env = _worker_env[key]
     # One recorded pass; a failed attempt's frames are dropped (experts fail rarely, so re-running a
     # successful seed to record it would cost more than rendering the odd failure).
-    ok, stage, steps, ep = sim.run_expert(task, seed, env, record=True)
+    ok, stage, steps, ep = experts.run_expert(task, seed, env, record=True)
     return seed, ok, stage, steps, ep if ok else None
 
 
@@ -317,10 +318,11 @@ def git_revision() -> str:
 
 
 def _expert_stats(args):
+    import experts
     import sim
     task, seeds = args
     env = sim.Env(task, render=False)
-    rows = [(s, *sim.run_expert(task, s, env)[:3]) for s in seeds]
+    rows = [(s, *experts.run_expert(task, s, env)[:3]) for s in seeds]
     return task, rows
 
 
@@ -355,6 +357,7 @@ def bench(tasks, episodes=1, cameras=None, image_size=(96, 96)) -> dict:
     """Per task: physics steps/s, ms per rendered frame per camera, episodes recorded per minute, and the
     ratio of recording time (expert + physics + render + compression + write) to the floor (physics + render)."""
     import time
+    import experts
     import sim
     cameras = list(cameras or sim.CAMERAS)
     rows = {}
@@ -366,7 +369,7 @@ def bench(tasks, episodes=1, cameras=None, image_size=(96, 96)) -> dict:
         for s in range(episodes):
             # instrumented rollout: time physics and rendering separately
             env.reset(s)
-            x = sim.Expert(env)
+            x = experts.Expert(env)
             for act in x.actions():
                 t0 = time.perf_counter()
                 for c in cameras:

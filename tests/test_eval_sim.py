@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import eval_sim
+import experts
 import sim
 from conftest import ROOT
 
@@ -15,7 +16,7 @@ def _rollout(task, seed, edit):
     """Run the expert with its actions edited by edit(t, action, env) -> action; return the env at the end."""
     env = sim.Env(task, render=False)
     env.reset(seed)
-    acts = list(sim.Expert(env).actions())
+    acts = list(experts.Expert(env).actions())
     env.reset(seed)
     for t, a in enumerate(acts):
         env.step(edit(t, a.copy(), env))
@@ -104,7 +105,7 @@ class ReplayPolicy:
         self.plans = []
         for s in seeds:
             env.reset(s)
-            self.plans.append(np.stack(list(sim.Expert(env).actions())))
+            self.plans.append(np.stack(list(experts.Expert(env).actions())))
         self.calls = 0
 
     def predict_chunk(self, obs_batch):

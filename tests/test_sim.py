@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+import experts
 import sim
 
 
@@ -9,7 +10,7 @@ import sim
 def test_expert_succeeds_and_stages_advance(task):
     env = sim.Env(task, render=False)
     for seed in (0, 1):
-        ok, stage, steps, _ = sim.run_expert(task, seed, env)
+        ok, stage, steps, _ = experts.run_expert(task, seed, env)
         assert ok, f"{task} seed {seed}: expert failed at stage {stage}"
         assert stage == len(sim.STAGES[task]), "every progress stage is reached by a successful expert"
         # the evaluation step limit leaves room (about 1.5x the expert's longest episode)
@@ -37,10 +38,10 @@ def test_grasp_is_friction_only_and_measured_gripper_partly_closed():
     env.reset(0)
     m = env.model
     assert m.neq == 2 and all(m.eq_type[i] == sim.mujoco.mjtEq.mjEQ_JOINT for i in range(m.neq))  # finger coupling only
-    x = sim.Expert(env)
+    x = experts.Expert(env)
     acts = list(zip(range(10_000), x.actions()))
     env.reset(0)
-    x = sim.Expert(env)
+    x = experts.Expert(env)
     for i, a in enumerate(x.actions()):
         env.step(a)
         if i == len(acts) - 5:
@@ -89,7 +90,7 @@ def test_blind_replay_fails():
     """Replaying one seed's expert actions on other seeds must (nearly always) fail: the tasks need perception."""
     env = sim.Env("lift_block", render=False)
     env.reset(0)
-    actions = list(sim.Expert(env).actions())
+    actions = list(experts.Expert(env).actions())
     wins = 0
     for s in range(1, 9):
         env.reset(s)

@@ -1,0 +1,224 @@
+"""Scripted experts for the task suite in sim.py: waypoint plans in end-effector space, solved to joint
+targets by damped least-squares IK (sim.solve_ik) every control step.
+
+Used by data.py (demonstrations), the tests, and as a stand-in for a human on the robot path.
+"""
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+
+from sim import ARMS, BLOCK, FPS, Env, natural_finger_dir, solve_ik, topdown_rot
+
+# ============================================================================ scripted experts
+# Plans are generators of actions in end-effector space: each move interpolates the tcp pose (min-jerk
+# position, slerp orientation) and solves IK every control step. Targets are read from the live state at
+# the start of each move, so plans adapt to where objects actually are. Gripper commands are steps between
+# 1 (open) and 0 (closed): clean events. The recorded action is the joint target, not the pose.
+
+def _slerp(q0, q1, s):
+    d = float(np.dot(q0, q1))
+    if d < 0:
+        q1, d = -q1, -d
+    if d > 0.9995:
+        q = q0 + s * (q1 - q0)
+        return q / np.linalg.norm(q)
+    th = np.arccos(d)
+    return (np.sin((1 - s) * th) * q0 + np.sin(s * th) * q1) / np.sin(th)
+
+
+def _quat(R):
+    q = np.empty(4)
+    mujoco.mju_mat2Quat(q, R.ravel())
+    return q
+
+
+def _mat(q):
+    R = np.empty(9)
+    mujoco.mju_quat2Mat(R, q)
+    return R.reshape(3, 3)
+
+
+class Expert:
+    """Scripted expert for env's task; iterate `actions()` while stepping the env with each action."""
+
+    SPEED = 0.35  # m/s for free-space moves
+
+    def __init__(self, env: Env):
+        self.e = env
+        self.q = {a: env.home[a].copy() for a in ARMS}
+        self.grip = {a: 1.0 for a in ARMS}
+        self.pose = {}
+        for a in ARMS:  # the commanded pose starts at the home pose
+            d = env._ik_data
+            d.qpos[env.arm_qadr[a]] = self.q[a]
+            mujoco.mj_kinematics(env.model, d)
+            self.pose[a] = (d.site_xpos[env.tcp[a]].copy(), d.site_xmat[env.tcp[a]].reshape(3, 3).copy())
+
+    def action(self):
+        return np.concatenate([np.r_[self.q[a], self.grip[a]] for a in ARMS]).astype(np.float32)
+
+    def actions(self):
+        yield from PLANS[self.e.task.name](self)
+
+    # -- primitives
+    def move(self, targets: dict, steps=None, grip: dict | None = None):
+        """Move arms to {arm: (pos, R)} over `steps` control steps (default: from distance and SPEED)."""
+        starts = {a: self.pose[a] for a in targets}
+        if steps is None:
+            dist = max(np.linalg.norm(targets[a][0] - starts[a][0]) for a in targets) if targets else 0
+            steps = int(np.clip(np.ceil(dist / self.SPEED * FPS), 8, 40))
+        self.grip.update(grip or {})
+        for k in range(1, steps + 1):
+            s = k / steps
+            s = s * s * s * (10 - 15 * s + 6 * s * s)  # min-jerk profile
+            for a, (p1, R1) in targets.items():
+                p0, R0 = starts[a]
+                p = p0 + s * (p1 - p0)
+                R = _mat(_slerp(_quat(R0), _quat(R1), s))
+                self.q[a] = solve_ik(self.e, a, p, R, self.q[a], iters=20)
+                self.pose[a] = (p, R)
+            yield self.action()
+
+    def wait(self, steps, grip: dict | None = None):
+        self.grip.update(grip or {})
+        for _ in range(steps):
+            yield self.action()
+
+    def grasp_rot(self, arm, name):
+        e, p = self.e, self.e.obj_pos(name)
+        nat = natural_finger_dir(arm, p)
+        obj = next(o for o in e.objects if o.name == name)
+        yaw = e.obj_yaw(name)
+        if obj.kind == "block":  # any of the four faces: pick the one nearest the natural wrist roll
+            cands = [np.array([np.cos(yaw + k * np.pi / 2), np.sin(yaw + k * np.pi / 2)]) for k in range(4)]
+        else:  # long objects are pinched across their width
+            cands = [s * np.array([-np.sin(yaw), np.cos(yaw)]) for s in (1, -1)]
+        return topdown_rot(max(cands, key=lambda u: float(u @ nat)))
+
+    def pick(self, arm, name, along=0.0, lift=0.10):
+        """Approach from above, descend, close, lift. `along`: grasp offset along the object's long axis."""
+        p = self.e.obj_pos(name) + along * self.e.obj_axis(name)
+        R = self.grasp_rot(arm, name)
+        yield from self.move({arm: (p + [0, 0, 0.10], R)})
+        yield from self.move({arm: (p + [0, 0, 0.002], R)}, steps=10)
+        yield from self.wait(8, grip={arm: 0.0})
+        yield from self.move({arm: (p + [0, 0, lift], R)}, steps=10)
+
+    def place(self, arm, name, target_xy, support_z):
+        """Carry the held object over target_xy and release it resting on a surface at height support_z."""
+        e = self.e
+        offset = self.pose[arm][0] - e.obj_pos(name)  # where the object sits in the grasp right now
+        z = support_z + e.objects_half(name)[2] + 0.004
+        R = self.pose[arm][1]
+        goal = np.r_[target_xy, z] + offset
+        yield from self.move({arm: (goal + [0, 0, 0.08], R)})
+        yield from self.move({arm: (goal, R)}, steps=10)
+        yield from self.wait(6, grip={arm: 1.0})
+        yield from self.move({arm: (goal + [0, 0, 0.08], R)}, steps=8)
+
+    def go_home(self, arms):
+        targets = {}
+        for a in arms:
+            d = self.e._ik_data
+            d.qpos[self.e.arm_qadr[a]] = self.e.home[a]
+            mujoco.mj_kinematics(self.e.model, d)
+            targets[a] = (d.site_xpos[self.e.tcp[a]].copy(), d.site_xmat[self.e.tcp[a]].reshape(3, 3).copy())
+        yield from self.move(targets)
+
+
+def _plan_lift(x: Expert):
+    n = x.e.layout.roles["target"]
+    arm = x.e.layout.arm_for[n]
+    yield from x.pick(arm, n, lift=0.12)
+    yield from x.wait(30)
+
+
+def _plan_place(x: Expert):
+    e = x.e
+    n, pad = e.layout.roles["target"], e.layout.roles["pad"]
+    arm = e.layout.arm_for[n]
+    yield from x.pick(arm, n)
+    yield from x.place(arm, n, e.obj_pos(pad)[:2], 0.0)
+    yield from x.go_home([arm])
+    yield from x.wait(12)
+
+
+def _plan_lift_bar(x: Expert):
+    e = x.e
+    c, ax = e.obj_pos("bar"), e.obj_axis("bar")
+    ax = ax if ax[0] > 0 else -ax  # +ax points to the right arm
+    grasp = {"left": c - 0.11 * ax, "right": c + 0.11 * ax}
+    R = {a: x.grasp_rot(a, "bar") for a in ARMS}
+    yield from x.move({a: (grasp[a] + [0, 0, 0.10], R[a]) for a in ARMS})
+    yield from x.move({a: (grasp[a] + [0, 0, 0.002], R[a]) for a in ARMS}, steps=10)
+    yield from x.wait(8, grip={"left": 0.0, "right": 0.0})
+    yield from x.move({a: (grasp[a] + [0, 0, 0.11], R[a]) for a in ARMS}, steps=16)
+    yield from x.wait(30)
+
+
+def _plan_handover(x: Expert):
+    e = x.e
+    n, pad = e.layout.roles["target"], e.layout.roles["pad"]
+    ax = e.obj_axis(n)
+    ax = ax if ax[0] > 0 else -ax
+    yield from x.pick("right", n, along=0.05 * (1 if e.obj_axis(n)[0] > 0 else -1), lift=0.12)
+    # carry so that the stick's centre is over the table centre, 18 cm up
+    offset = x.pose["right"][0] - e.obj_pos(n)
+    yield from x.move({"right": (np.array([0.0, 0.0, 0.18]) + offset, x.pose["right"][1])})
+    yield from x.wait(4)
+    ax = e.obj_axis(n)
+    ax = ax if ax[0] > 0 else -ax
+    g = e.obj_pos(n) - 0.05 * ax
+    R = x.grasp_rot("left", n)
+    yield from x.move({"left": (g + [0, 0, 0.08], R)})
+    yield from x.move({"left": (g + [0, 0, 0.002], R)}, steps=10)
+    yield from x.wait(8, grip={"left": 0.0})
+    yield from x.wait(6, grip={"right": 1.0})
+    p, Rr = x.pose["right"]
+    yield from x.move({"right": (p + [0.05, 0, 0.06], Rr)}, steps=8)
+    home = x.go_home(["right"])
+    yield from home
+    yield from x.place("left", n, e.obj_pos(pad)[:2], 0.0)
+    yield from x.go_home(["left"])
+    yield from x.wait(12)
+
+
+def _plan_stack(x: Expert, n_blocks):
+    e = x.e
+    for i in range(n_blocks):
+        n = e.layout.roles[f"block{i}"]
+        arm = e.layout.arm_for[n]
+        yield from x.pick(arm, n, lift=0.06 + 0.04 * i)
+        if i == 0:
+            yield from x.place(arm, n, e.obj_pos(e.layout.roles["pad"])[:2], 0.0)
+        else:
+            below = e.layout.roles[f"block{i - 1}"]
+            yield from x.place(arm, n, e.obj_pos(below)[:2], e.obj_pos(below)[2] + BLOCK)
+        yield from x.go_home([arm])
+    yield from x.wait(12)
+
+
+PLANS = {"lift_block": _plan_lift, "place_block": _plan_place, "lift_bar": _plan_lift_bar,
+         "handover": _plan_handover, "stack_two": lambda x: _plan_stack(x, 2),
+         "stack_three": lambda x: _plan_stack(x, 3)}
+
+
+def run_expert(task: str, seed: int, env: Env | None = None, record=False):
+    """Roll out the expert once. Returns (success, furthest stage, steps, episode-or-None)."""
+    env = env or Env(task, render=record)
+    obs = env.reset(seed)
+    x = Expert(env)
+    frames, qpos, actions = {c: [] for c in env.cameras}, [], []
+    for act in x.actions():
+        if record:
+            for c, img in obs["images"].items():
+                frames[c].append(img)
+            qpos.append(obs["qpos"])
+            actions.append(act)
+        obs = env.step(act)
+    ep = None
+    if record:
+        ep = {"images": {c: np.stack(v) for c, v in frames.items()}, "qpos": np.stack(qpos),
+              "action": np.stack(actions), "instruction": env.layout.instruction, "task": task, "seed": seed}
+    return env.success, env.stage, env.t, ep
