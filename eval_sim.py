@@ -177,7 +177,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     if not Path(cfg.ckpt).is_file():
         raise ValueError(f"--ckpt {cfg.ckpt}: no such checkpoint file")
     policy = Policy.load(cfg.ckpt, device=cfg.device)
-    tasks = cfg.task or list(getattr(policy, "tasks", []) or [])
+    tasks = cfg.task or list(getattr(policy, "meta", {}).get("tasks", {}))  # default: the tasks it was trained on
     if not tasks:
         raise ValueError("no --task given and the checkpoint names no tasks")
     out = Path(cfg.out)
