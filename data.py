@@ -302,6 +302,19 @@ def show(folder, episode, out) -> Path:
     return Path(out)
 
 
+# ----------------------------------------------------------------------------- success-rate interval
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score 95% interval for k successes out of n; (0, 1) when n = 0. Shared by both evaluators."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    den = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / den
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, float(c - h)), min(1.0, float(c + h)))
+
+
 # ----------------------------------------------------------------------------- experts and benchmark
 
 def git_revision() -> str:
@@ -375,10 +388,7 @@ def bench(tasks, episodes=1, cameras=None, image_size=(96, 96)) -> dict:
                 for c in cameras:
                     env.render(c)
                 t1 = time.perf_counter()
-                env.data.ctrl[:] = 0  # replaced just below by env.step's own control
-                env.renderer, r = None, env.renderer  # step without re-rendering
-                env.step(act)
-                env.renderer = r
+                env.apply(act)  # physics only; the renders were timed above
                 t2 = time.perf_counter()
                 t_render += t1 - t0
                 t_phys += t2 - t1

@@ -519,14 +519,7 @@ def go_home(backend, clock=time.monotonic, sleep=time.sleep, interrupted=None, t
 
 # ----------------------------------------------------------------------------- recording and trials
 
-def wilson(k: int, n: int, z: float = 1.96):
-    """Wilson score interval of a success rate k / n (95% for z = 1.96); (0, 1) when n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    d = 1 + z * z / n
-    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
+wilson = data.wilson  # Wilson score 95% interval, shared with eval_sim.py
 
 
 def save_rollout(out: Path, policy, o: Options, rec: dict, fps: float, log=print) -> Path:

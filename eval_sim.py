@@ -60,15 +60,7 @@ def eval_seeds(seed, n):
     return [sim.EVAL_SEED_OFFSET + seed * 100_000 + i for i in range(n)]
 
 
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score 95% interval for k successes out of n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    den = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / den
-    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, c - h), min(1.0, c + h))
+wilson = data.wilson  # Wilson score 95% interval (data.py, shared with eval_real.py)
 
 
 # ============================================================================ attribution

@@ -325,6 +325,11 @@ class Env:
         return np.concatenate([np.r_[self.home[a], 1.0] for a in ARMS]).astype(np.float32)
 
     def step(self, action) -> dict:
+        self.apply(action)
+        return self.observe()
+
+    def apply(self, action) -> None:
+        """Send one control step's action and advance the physics (no rendering)."""
         action = np.asarray(action, np.float64)
         if action.shape != (14,) or not np.isfinite(action).all():
             raise ValueError(f"action must be 14 finite numbers, got shape {action.shape}")
@@ -336,7 +341,6 @@ class Env:
         mujoco.mj_step(self.model, self.data, nstep=SUBSTEPS)
         self.t += 1
         self._update_progress()
-        return self.observe()
 
     def qpos(self) -> np.ndarray:
         d = self.data
