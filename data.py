@@ -312,7 +312,8 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     den = 1 + z * z / n
     c = (p + z * z / (2 * n)) / den
     h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, float(c - h)), min(1.0, float(c + h)))
+    # the bounds are exactly 0 at k = 0 and exactly 1 at k = n; say so rather than leave it to rounding
+    return (0.0 if k == 0 else max(0.0, float(c - h)), 1.0 if k == n else min(1.0, float(c + h)))
 
 
 # ----------------------------------------------------------------------------- experts and benchmark
