@@ -124,6 +124,9 @@ def episode_paths(folder) -> list[Path]:
 
 def make_meta(tasks: list[str], cameras, image_size) -> dict:
     import sim
+    suite = sim.suite_of(tasks[0])
+    if suite is not sim:  # another robot's suite (twin.py) writes its own layout
+        return suite.make_meta(tasks, cameras, image_size)
     return {
         "format_version": 1,
         "robot": "bimanual_6dof",
@@ -152,7 +155,7 @@ def _attempt(args):
     key = (task, tuple(cameras), tuple(image_size))
     if key not in _worker_env:
         _worker_env.clear()
-        _worker_env[key] = sim.Env(task, cameras=cameras, image_size=image_size, render=True)
+        _worker_env[key] = sim.make_env(task, cameras=cameras, image_size=image_size, render=True)
     env = _worker_env[key]
     # One recorded pass; a failed attempt's frames are dropped (experts fail rarely, so re-running a
     # successful seed to record it would cost more than rendering the odd failure).
@@ -186,9 +189,11 @@ def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(9
     are counted (by furthest stage) and reported, never saved. Returns the generation summary.
     """
     import sim
-    if task not in sim.TASKS:
-        raise DataError(f"unknown task '{task}'; known tasks: {', '.join(sim.TASKS)}")
-    cameras = list(cameras or sim.CAMERAS)
+    try:
+        suite = sim.suite_of(task)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    cameras = list(cameras or suite.CAMERAS)
     out = Path(out)
     meta = make_meta([task], cameras, image_size)
     gen = {"task": task, "seed": seed, "cameras": cameras, "image_size": list(image_size)}
@@ -335,7 +340,7 @@ def _expert_stats(args):
     import experts
     import sim
     task, seeds = args
-    env = sim.Env(task, render=False)
+    env = sim.make_env(task, render=False)
     rows = [(s, *experts.run_expert(task, s, env)[:3]) for s in seeds]
     return task, rows
 
@@ -352,7 +357,8 @@ def experts(tasks, n_seeds, workers=1) -> dict:
         out = list(map(_expert_stats, jobs))
     report = {}
     for task, rows in out:
-        stages = [s[0] for s in sim.STAGES[task]]
+        suite = sim.suite_of(task)
+        stages = [s[0] for s in suite.STAGES[task]]
         lengths = [r[3] for r in rows]
         # failed_at_stage: the first stage the attempt did not reach ("all" = every stage reached, success
         # condition not held long enough)
@@ -361,9 +367,9 @@ def experts(tasks, n_seeds, workers=1) -> dict:
         report[task] = {"success": sum(r[1] for r in rows) / len(rows), "seeds": len(rows),
                         "failures": fails, "failures_by_stage": {s: sum(f["failed_at_stage"] == s for f in fails) for s in stages + ["all"]},
                         "episode_length_mean": float(np.mean(lengths)), "episode_length_max": int(max(lengths)),
-                        "max_steps": sim.TASKS[task].max_steps,
-                        "max_steps_over_longest": round(sim.TASKS[task].max_steps / max(lengths), 2),
-                        "gripper_events": sim.TASKS[task].gripper_events}
+                        "max_steps": suite.TASKS[task].max_steps,
+                        "max_steps_over_longest": round(suite.TASKS[task].max_steps / max(lengths), 2),
+                        "gripper_events": suite.TASKS[task].gripper_events}
     return report
 
 
@@ -373,20 +379,21 @@ def bench(tasks, episodes=1, cameras=None, image_size=(96, 96)) -> dict:
     import time
     import experts
     import sim
-    cameras = list(cameras or sim.CAMERAS)
     rows = {}
     for task in tasks:
-        env = sim.Env(task, cameras=cameras, image_size=image_size, render=True)
+        suite = sim.suite_of(task)
+        cams = list(cameras or suite.CAMERAS)
+        env = sim.make_env(task, cameras=cams, image_size=image_size, render=True)
         t_phys = t_render = 0.0
         n_steps = n_frames = 0
         t_rec = 0.0
         for s in range(episodes):
             # instrumented rollout: time physics and rendering separately
             env.reset(s)
-            x = experts.Expert(env)
+            x = experts.make_expert(env)
             for act in x.actions():
                 t0 = time.perf_counter()
-                for c in cameras:
+                for c in cams:
                     env.render(c)
                 t1 = time.perf_counter()
                 env.apply(act)  # physics only; the renders were timed above
@@ -394,12 +401,12 @@ def bench(tasks, episodes=1, cameras=None, image_size=(96, 96)) -> dict:
                 t_render += t1 - t0
                 t_phys += t2 - t1
                 n_steps += 1
-                n_frames += len(cameras)
+                n_frames += len(cams)
             # the real recording path: expert check + recorded rollout + compressed atomic write
             with tempfile.TemporaryDirectory() as d:
                 t0 = time.perf_counter()
                 _worker_env.clear()
-                _, ok, _, _, ep = _attempt((task, s, cameras, tuple(image_size)))
+                _, ok, _, _, ep = _attempt((task, s, cams, tuple(image_size)))
                 if ep is not None:
                     save_episode(Path(d) / "ep.npz", ep)
                 t_rec += time.perf_counter() - t0
@@ -425,7 +432,8 @@ def main(argv=None):
     g.add_argument("--out", required=True)
     g.add_argument("--seed", type=int, default=0, help="first seed tried; attempts use seed, seed+1, ...")
     g.add_argument("--workers", type=int, default=1)
-    g.add_argument("--cameras", nargs="+", default=None, help="subset of: top left_wrist right_wrist")
+    g.add_argument("--cameras", nargs="+", default=None, help="subset of: top left_wrist right_wrist "
+                   "(Franka twin tasks: front wrist); default: all of the task's scene")
     g.add_argument("--image-size", type=int, nargs=2, default=[96, 96], metavar=("H", "W"))
     s = sub.add_parser("show", help="write an episode as an mp4 with the gripper state drawn")
     s.add_argument("dir")
@@ -433,7 +441,7 @@ def main(argv=None):
     s.add_argument("--out", required=True)
     e = sub.add_parser("experts", help="expert success per task over seeds (no rendering)")
     e.add_argument("--seeds", type=int, default=100)
-    e.add_argument("--tasks", nargs="+", default=None)
+    e.add_argument("--tasks", nargs="+", default=None, help="default: the bimanual suite (twin tasks: franka_*)")
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--out", default=None, help="JSON file to write (e.g. results/experts.json)")
     b = sub.add_parser("bench", help="simulation and recording speed per task on this machine")
@@ -444,8 +452,11 @@ def main(argv=None):
     try:
         import sim
         if a.cmd == "tasks":
-            for t in sim.TASKS.values():
-                print(f"{t.name:12s} events={t.gripper_events}  arms={'both at once' if t.both_arms else 'one (left or right: the side of the object)'}  max_steps={t.max_steps}  {t.description}")
+            for suite in sim.suites():
+                for t in suite.TASKS.values():
+                    arms = ("both at once" if t.both_arms else "one (left or right: the side of the object)") \
+                        if suite is sim else f"one ({suite.ROBOT})"
+                    print(f"{t.name:17s} events={t.gripper_events}  arms={arms}  max_steps={t.max_steps}  {t.description}")
         elif a.cmd == "generate":
             if a.episodes < 1:
                 raise DataError(f"--episodes must be >= 1, got {a.episodes}")
@@ -456,9 +467,9 @@ def main(argv=None):
             print(show(a.dir, a.episode, a.out))
         elif a.cmd in ("experts", "bench"):
             tasks = a.tasks or list(sim.TASKS)
-            unknown = [t for t in tasks if t not in sim.TASKS]
+            unknown = [t for t in tasks if t not in sim.all_tasks()]
             if unknown:
-                raise DataError(f"unknown task(s) {unknown}; known tasks: {', '.join(sim.TASKS)}")
+                raise DataError(f"unknown task(s) {unknown}; known tasks: {', '.join(sim.all_tasks())}")
             if a.cmd == "experts":
                 rep = experts(tasks, a.seeds, a.workers)
                 for t, r in rep.items():

@@ -4,6 +4,12 @@
   python eval_real.py --ckpt CKPT --ip 172.16.0.2 --instruction "..."              # live, dynamics 0.2
   franky-sim -s mujoco &                                                          # no robot: the protocol twin
   python eval_real.py --ckpt CKPT --ip 127.0.0.1 --realtime ignore --camera none --instruction "..."
+  python eval_real.py --ckpt CKPT --robot mujoco --task franka_pick_place --episodes 50   # the MuJoCo twin
+  python eval_real.py record --robot franky|mujoco --task NAME --instruction "..." --out DIR  # demonstrations
+
+--robot mujoco (twin.py) runs the same loop, limits and caps on the simulated Franka with rendered cameras and
+a simulated clock (as fast as the CPU allows), over randomised evaluation seeds, scored by the task's success
+predicate; it writes OUT/results.json (default OUT: results/twin/TASK). `record` is in record.py.
 
 Each rollout: connect (the address is probed first, so a wrong one fails in seconds), open the gripper and
 move to the ready pose, then at a fixed rate (default: the checkpoint's fps, held by the clock, not by sleeping
@@ -109,8 +115,8 @@ def opt(default, help, **kw):
 @dataclass
 class Options:
     ckpt: str = opt("", "checkpoint to run (model.py Policy.load)")
-    instruction: str = opt("", "language instruction given to the policy")
-    task: str = opt("real", "task name stored in the episode and trials.csv")
+    instruction: str = opt("", "language instruction given to the policy (--robot mujoco: default the layout's)")
+    task: str = opt("real", "task name stored in the episode and trials.csv (--robot mujoco: a twin task)")
     robot: str = opt("franky", "robot backend", choices=["franky", "mujoco"])
     ip: str = opt("", "robot FCI address (franky-sim prints its own, usually 127.0.0.1)")
     arm: str = opt("fr3", "joint limits to enforce", choices=sorted(ARMS))
@@ -139,7 +145,9 @@ class Options:
     label: str = opt("", "success|fail for every rollout instead of asking", choices=["", "success", "fail"])
     out: str = opt("results/real", "episode folder (meta.json, episode_*.npz/.mp4, trials.csv)")
     device: str = opt("cpu", "torch device for the policy")
-    seed: int = opt(0, "torch seed (policy noise) and the episode's seed field")
+    seed: int = opt(0, "torch seed (policy noise) and the episode's seed field (--robot mujoco: the evaluation "
+                       "seed block, as eval_sim.py)")
+    video: int = opt(0, "--robot mujoco: save this many rollouts (episode + mp4) in OUT/rollouts")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,8 +285,7 @@ class DryRunBackend:
 
 def make_backend(o: Options, log=print):
     if o.robot == "mujoco":
-        raise RobotError("--robot mujoco arrives with the Franka twin issue; until then run franky-sim "
-                         "(`franky-sim -s mujoco`) and use --robot franky --ip 127.0.0.1 --realtime ignore")
+        raise RobotError("--robot mujoco runs through twin.evaluate (python eval_real.py --robot mujoco ...)")
     if not o.ip:
         raise RobotError("--ip is required (the robot's FCI address)")
     return FrankyBackend(o.ip, o.arm, o.dynamics, o.realtime, o.gripper_speed, o.gripper_force,
@@ -441,9 +448,11 @@ def check_layout(policy) -> None:
                          f"{policy.action_names}, gripper_indices {policy.gripper_indices}")
 
 
-def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.monotonic, sleep=time.sleep, log=print):
+def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.monotonic, sleep=time.sleep, log=print,
+                done=None):
     """One rollout, appended step by step to rec['images'|'qpos'|'action'] (so a failure keeps what was
-    recorded); returns why it ended. The arm is stopped on every way out."""
+    recorded); returns why it ended. The arm is stopped on every way out. `done()` (the twin's success
+    predicate) ends the rollout early with 'done'."""
     fps = o.fps or float(policy.fps)
     dt = 1.0 / fps
     n_exec = 1 if o.query == "step" else max(1, min(o.n_action_steps or policy.n_action_steps, policy.horizon))
@@ -467,6 +476,8 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
             for step in range(o.max_steps):
                 if interrupted.is_set():
                     return "ctrl-c"
+                if done is not None and done():
+                    return "done"
                 q, width = backend.read_state()
                 images = {c: resize(cam.read(), hw) for c, cam in cameras.items()}
                 qpos = np.append(q, width).astype(np.float32)
@@ -647,9 +658,17 @@ def run(o: Options, policy=None, backend=None, cameras=None, clock=time.monotoni
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["record"]:
+        import record
+        return record.main(argv[1:])
     o = Options(**vars(build_parser().parse_args(argv)))
     try:
-        run(o)
+        if o.robot == "mujoco":
+            import twin
+            twin.evaluate(o)
+        else:
+            run(o)
     except RobotError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

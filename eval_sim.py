@@ -2,6 +2,7 @@
 
   python eval_sim.py --ckpt RUN/ckpt.pt --task lift_block --episodes 100 --out DIR [--video 2] [--workers 2]
   python eval_sim.py compare DIR [DIR ...] --out REPORT_DIR      # markdown table + PNG charts + paired test
+  python eval_sim.py compare none=D1,D2 stake=D3,D4 --out R      # several training seeds per variant
   python eval_sim.py probe --ckpt RUN/ckpt.pt --task T --out probe.png   # StaKe heads along a rollout
   python eval_sim.py main                                          # the README's end-to-end small job
 
@@ -159,12 +160,18 @@ def _worker(args):
     cfg, task, seeds, instructions, record_video = args
     import torch
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(cfg.workers, 1)))
-    from model import Policy
-    policy = Policy.load(cfg.ckpt, device=cfg.device)
-    return rollout_batch(policy, task, seeds, cfg, instructions, record_video)
+    if (cfg.ckpt, cfg.device) not in _worker_policy:  # a worker serves one evaluate() call: load once
+        from model import Policy
+        _worker_policy.clear()
+        _worker_policy[cfg.ckpt, cfg.device] = Policy.load(cfg.ckpt, device=cfg.device)
+    return rollout_batch(_worker_policy[cfg.ckpt, cfg.device], task, seeds, cfg, instructions, record_video)
 
 
-def evaluate(cfg: EvalConfig) -> dict:
+_worker_policy = {}
+
+
+def evaluate(cfg: EvalConfig, command: str | None = None) -> dict:
+    """Evaluate cfg.ckpt on each task; writes OUT/results.json. `command` (default: this process's argv) is recorded."""
     from model import Policy
     if not Path(cfg.ckpt).is_file():
         raise ValueError(f"--ckpt {cfg.ckpt}: no such checkpoint file")
@@ -174,43 +181,54 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise ValueError("no --task given and the checkpoint names no tasks")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"command": "python " + " ".join(sys.argv), "git_revision": data.git_revision(),
+    results = {"command": command or "python " + " ".join(sys.argv), "git_revision": data.git_revision(),
                "config": asdict(cfg), "tasks": {}}
     t_start = time.time()
-    for task in tasks:
-        seeds = eval_seeds(cfg.seed, cfg.episodes)
-        instructions = None
-        if cfg.shuffle_instructions:  # a derangement: every episode gets another episode's instruction
-            ins = [sim.TASKS[task].layout(s).instruction for s in seeds]
-            order = np.random.default_rng(cfg.seed).permutation(len(seeds))
-            instructions = [None] * len(seeds)
-            for i in range(len(seeds)):
-                instructions[order[i]] = ins[order[(i + 1) % len(seeds)]]
-        jobs = []
-        for b in range(0, len(seeds), cfg.batch):
-            sl = slice(b, b + cfg.batch)
-            jobs.append((cfg, task, seeds[sl], instructions[sl] if instructions else None,
-                         max(0, min(cfg.video - b, cfg.batch))))
-        t0 = time.time()
-        if cfg.workers > 1 and len(jobs) > 1:
-            import multiprocessing as mp
-            with mp.get_context("spawn").Pool(cfg.workers) as pool:
-                parts = pool.map(_worker, jobs)
-        else:
-            parts = [rollout_batch(policy, task, j[2], cfg, j[3], j[4]) for j in jobs]
-        eps = [e for p in parts for e in p]
-        wall = time.time() - t0
-        for k, e in enumerate(eps):
-            frames = e.pop("video_frames")
-            if frames:
-                data.write_video(out / f"{task}_{k:03d}_{'ok' if e['success'] else e['failure_type']}.mp4", frames, sim.FPS)
-        results["tasks"][task] = summarise(task, eps, wall)
-        r = results["tasks"][task]
-        print(f"{task:12s} success {r['success_rate']:.2f} [{r['wilson95'][0]:.2f}, {r['wilson95'][1]:.2f}] "
-              f"({r['successes']}/{r['episodes']})  failures {r['failure_types']}  {r['episodes_per_min']:.1f} episodes/min")
+    pool = None  # one pool for all tasks: each worker imports torch once, not once per task
+    if cfg.workers > 1 and cfg.episodes > cfg.batch:
+        import multiprocessing as mp
+        pool = mp.get_context("spawn").Pool(cfg.workers)
+    try:
+        for task in tasks:
+            _evaluate_task(cfg, task, policy, pool, out, results)
+    finally:
+        if pool is not None:
+            pool.terminate()
     results["wall_s"] = time.time() - t_start
     data.atomic_write_bytes(out / "results.json", lambda f: f.write(json.dumps(results, indent=1).encode()))
     return results
+
+
+def _evaluate_task(cfg: EvalConfig, task: str, policy, pool, out: Path, results: dict) -> None:
+    """Roll out one task (in the pool's workers when given) and store its summary in results["tasks"][task]."""
+    seeds = eval_seeds(cfg.seed, cfg.episodes)
+    instructions = None
+    if cfg.shuffle_instructions:  # a derangement: every episode gets another episode's instruction
+        ins = [sim.TASKS[task].layout(s).instruction for s in seeds]
+        order = np.random.default_rng(cfg.seed).permutation(len(seeds))
+        instructions = [None] * len(seeds)
+        for i in range(len(seeds)):
+            instructions[order[i]] = ins[order[(i + 1) % len(seeds)]]
+    jobs = []
+    for b in range(0, len(seeds), cfg.batch):
+        sl = slice(b, b + cfg.batch)
+        jobs.append((cfg, task, seeds[sl], instructions[sl] if instructions else None,
+                     max(0, min(cfg.video - b, cfg.batch))))
+    t0 = time.time()
+    if pool is not None and len(jobs) > 1:
+        parts = pool.map(_worker, jobs)
+    else:
+        parts = [rollout_batch(policy, task, j[2], cfg, j[3], j[4]) for j in jobs]
+    eps = [e for p in parts for e in p]
+    wall = time.time() - t0
+    for k, e in enumerate(eps):
+        frames = e.pop("video_frames")
+        if frames:
+            data.write_video(out / f"{task}_{k:03d}_{'ok' if e['success'] else e['failure_type']}.mp4", frames, sim.FPS)
+    results["tasks"][task] = summarise(task, eps, wall)
+    r = results["tasks"][task]
+    print(f"{task:12s} success {r['success_rate']:.2f} [{r['wilson95'][0]:.2f}, {r['wilson95'][1]:.2f}] "
+          f"({r['successes']}/{r['episodes']})  failures {r['failure_types']}  {r['episodes_per_min']:.1f} episodes/min")
 
 
 def summarise(task, eps, wall):
@@ -239,7 +257,7 @@ def _canvas(w, h):
 
 def bar_chart(path, groups: list, variants: list, values, lows, highs, title: str):
     """Grouped bars (groups x variants) of rates in [0, 1] with interval whiskers."""
-    W, H, L, B = 120 + 110 * len(groups), 340, 50, 60
+    W, H, L, B = max(120 + 110 * len(groups), 60 + 110 * len(variants), 7 * len(title) + 60), 340, 50, 60
     img, d = _canvas(W, H)
     d.text((L, 6), title, fill=(0, 0, 0))
     y = lambda v: H - B - v * (H - B - 30)  # noqa: E731
@@ -257,8 +275,8 @@ def bar_chart(path, groups: list, variants: list, values, lows, highs, title: st
             xm = xa + bw / 2 - 1
             d.line([xm, y(lows[gi][vi]), xm, y(highs[gi][vi])], fill=(0, 0, 0), width=1)
     for vi, v in enumerate(variants):
-        d.rectangle([L + vi * 150, H - 22, L + vi * 150 + 10, H - 12], fill=PALETTE[vi % len(PALETTE)])
-        d.text((L + vi * 150 + 14, H - 24), v[:22], fill=(0, 0, 0))
+        d.rectangle([L + vi * 110, H - 22, L + vi * 110 + 10, H - 12], fill=PALETTE[vi % len(PALETTE)])
+        d.text((L + vi * 110 + 14, H - 24), v[:14], fill=(0, 0, 0))
     img.save(path)
 
 
@@ -309,68 +327,105 @@ def paired(base_eps: list, other_eps: list):
     return len(common), b, c, mcnemar_exact(b, c)
 
 
+def _pool(task: str, res: list) -> dict:
+    """One variant's results on a task, pooled over its folders (training seeds)."""
+    xs = [r["tasks"][task] for r in res]
+    k, n = sum(x["successes"] for x in xs), sum(x["episodes"] for x in xs)
+    rates = [x["success_rate"] for x in xs]
+    fails = [e for x in xs for e in x["per_episode"] if not e["success"]]
+    mean = lambda key: float(np.mean(v)) if (v := [e[key] for e in fails if e.get(key) is not None]) else None  # noqa: E731
+    return {"successes": k, "episodes": n, "success_rate": k / max(n, 1), "wilson95": list(wilson(k, n)),
+            "seed_rates": rates, "seed_mean": float(np.mean(rates)), "seed_std": float(np.std(rates, ddof=1)) if len(rates) > 1 else 0.0,
+            "failure_types": {t: sum(x["failure_types"][t] for x in xs) for t in ("motion-fail", "skill-fail", "timeout")},
+            "failure_to_nearest_event_mean": mean("failure_to_nearest_event"),
+            "uniform_step_to_nearest_event_mean": mean("uniform_step_to_nearest_event")}
+
+
 def compare(dirs: list, out: str, labels: list | None = None) -> str:
-    """Markdown table and charts for several evaluation folders; the first is the baseline of the paired test."""
+    """Markdown table, compare.json and charts for several variants; the first is the baseline of the paired test.
+
+    Each entry of `dirs` is one evaluation folder or a list of folders (one per training seed of that variant).
+    Rates and failure counts are pooled over a variant's folders, with the mean and spread over seeds beside
+    them. The paired test matches folder i of the variant with folder i of the baseline (a variant with a
+    single folder, such as the base policy, with the baseline's first folder only, so that no episode counts
+    twice), and episodes within a pair of folders by evaluation seed."""
+    groups = [[str(d)] if isinstance(d, (str, Path)) else [str(x) for x in d] for d in dirs]
     runs = []
-    for d in dirs:
-        p = Path(d) / "results.json"
-        if not p.is_file():
-            raise ValueError(f"{p}: missing (run eval_sim.py --out {d} first)")
-        runs.append(json.loads(p.read_text()))
-    labels = labels or [Path(d).name for d in dirs]
-    tasks = [t for t in runs[0]["tasks"] if all(t in r["tasks"] for r in runs)]
+    for g in groups:
+        if not g:
+            raise ValueError("compare: a variant has no evaluation folder")
+        for d in g:
+            if not (Path(d) / "results.json").is_file():
+                raise ValueError(f"{Path(d) / 'results.json'}: missing (run eval_sim.py --out {d} first)")
+        runs.append([json.loads((Path(d) / "results.json").read_text()) for d in g])
+    labels = labels or [Path(g[0]).name for g in groups]
+    if len(labels) != len(runs):
+        raise ValueError(f"compare: {len(labels)} labels for {len(runs)} variants")
+    tasks = [t for t in runs[0][0]["tasks"] if all(t in r["tasks"] for res in runs for r in res)]
     if not tasks:
         raise ValueError("the evaluation folders share no task")
-    tasks.sort(key=lambda t: (runs[0]["tasks"][t]["gripper_events"], t))
+    events = {t: runs[0][0]["tasks"][t]["gripper_events"] for t in tasks}
+    tasks.sort(key=lambda t: (events[t], t))
+    pooled = {t: [_pool(t, res) for res in runs] for t in tasks}
+    multi = any(len(g) > 1 for g in groups)
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     head = "| task | events | " + " | ".join(labels) + " |"
-    lines = ["Success rate [Wilson 95% interval] (successes / episodes).", "", head,
-             "|" + "---|" * (2 + len(labels))]
+    rule = "|" + "---|" * (2 + len(labels))
+    row = lambda t, cells: f"| {t} | {events[t]} | " + " | ".join(cells) + " |"  # noqa: E731
+    lines = ["Success rate [Wilson 95% interval] (successes / episodes)" + (
+        ", pooled over training seeds (seeds per variant: " + ", ".join(f"{l} {len(g)}" for l, g in zip(labels, groups)) + ")"
+        if multi else "") + ".", "", head, rule]
     for t in tasks:
-        cells = []
-        for r in runs:
-            x = r["tasks"][t]
-            cells.append(f"{x['success_rate']:.2f} [{x['wilson95'][0]:.2f}, {x['wilson95'][1]:.2f}] ({x['successes']}/{x['episodes']})")
-        lines.append(f"| {t} | {runs[0]['tasks'][t]['gripper_events']} | " + " | ".join(cells) + " |")
-    points = []
+        lines.append(row(t, [f"{x['success_rate']:.2f} [{x['wilson95'][0]:.2f}, {x['wilson95'][1]:.2f}] "
+                             f"({x['successes']}/{x['episodes']})" for x in pooled[t]]))
+    if multi:
+        lines += ["", "Mean success rate over training seeds ± standard deviation (min - max):", "", head, rule]
+        for t in tasks:
+            lines.append(row(t, [f"{x['seed_mean']:.2f} ± {x['seed_std']:.2f} ({min(x['seed_rates']):.2f} - "
+                                 f"{max(x['seed_rates']):.2f})" for x in pooled[t]]))
+    points, paired_json = [], {}
     if len(runs) > 1:
-        lines += ["", f"Paired test against **{labels[0]}** (same evaluation seeds): exact McNemar on discordant "
-                  "episodes (b = baseline succeeds only, c = variant succeeds only). Relative gain = "
-                  "(variant - baseline) / baseline; 'inconclusive' where the baseline is within 0.1 of floor or ceiling.", "",
+        lines += ["", f"Paired test against **{labels[0]}** (same evaluation seeds" + (
+                  ", same training seed; a single-folder variant against the first seed only" if multi else "") + "): exact McNemar on discordant episodes (b = baseline succeeds only, c = variant succeeds only). "
+                  "Relative gain = (variant - baseline) / baseline; 'inconclusive' where the baseline is within 0.1 of floor or ceiling.", "",
                   "| task | variant | pairs | b | c | p | relative gain |", "|---|---|---|---|---|---|---|"]
-        for vi, (lab, r) in enumerate(zip(labels[1:], runs[1:]), start=1):
+        for vi, (lab, res) in enumerate(zip(labels[1:], runs[1:]), start=1):
+            m = min(len(runs[0]), len(res))
+            if m > 1 and len(runs[0]) != len(res):
+                raise ValueError(f"compare: {lab} has {len(res)} folders and {labels[0]} {len(runs[0])}: cannot pair them")
             B = C = N = 0
+            paired_json[lab] = {}
             for t in tasks:
-                n, b, c, p = paired(runs[0]["tasks"][t]["per_episode"], r["tasks"][t]["per_episode"])
-                N, B, C = N + n, B + b, C + c
-                base, var = runs[0]["tasks"][t]["success_rate"], r["tasks"][t]["success_rate"]
-                if base < 0.1 or base > 0.9:
-                    gain = "inconclusive"
-                else:
-                    gain = f"{(var - base) / base:+.2f}"
-                    points.append((runs[0]["tasks"][t]["gripper_events"], (var - base) / base, f"{lab}:{t}", vi))
-                lines.append(f"| {t} | {lab} | {n} | {b} | {c} | {p:.3g} | {gain} |")
+                n = b = c = 0
+                for i in range(m):
+                    ni, bi, ci, _ = paired(runs[0][i]["tasks"][t]["per_episode"], res[i]["tasks"][t]["per_episode"])
+                    n, b, c = n + ni, b + bi, c + ci
+                N, B, C, p = N + n, B + b, C + c, mcnemar_exact(b, c)
+                base, var = pooled[t][0]["success_rate"], pooled[t][vi]["success_rate"]
+                gain = None if base < 0.1 or base > 0.9 else (var - base) / base
+                if gain is not None:
+                    points.append((events[t], gain, f"{lab}:{t}", vi))
+                paired_json[lab][t] = {"pairs": n, "b": b, "c": c, "p": p, "relative_gain": gain}
+                lines.append(f"| {t} | {lab} | {n} | {b} | {c} | {p:.3g} | {'inconclusive' if gain is None else f'{gain:+.2f}'} |")
+            paired_json[lab]["all tasks"] = {"pairs": N, "b": B, "c": C, "p": mcnemar_exact(B, C)}
             lines.append(f"| all tasks | {lab} | {N} | {B} | {C} | {mcnemar_exact(B, C):.3g} | |")
-    lines += ["", "Failure types (motion-fail / skill-fail / timeout):", "", head, "|" + "---|" * (2 + len(labels))]
+    lines += ["", "Failure types (motion-fail / skill-fail / timeout" + (", summed over seeds" if multi else "") + "):", "", head, rule]
     for t in tasks:
-        cells = ["/".join(str(r["tasks"][t]["failure_types"][k]) for k in ("motion-fail", "skill-fail", "timeout")) for r in runs]
-        lines.append(f"| {t} | {runs[0]['tasks'][t]['gripper_events']} | " + " | ".join(cells) + " |")
+        lines.append(row(t, ["/".join(str(x["failure_types"][k]) for k in ("motion-fail", "skill-fail", "timeout")) for x in pooled[t]]))
     lines += ["", "Failure step to the rollout's nearest gripper event, mean steps (a uniformly drawn step of the same rollouts in brackets):", "",
-              head, "|" + "---|" * (2 + len(labels))]
+              head, rule]
     for t in tasks:
-        cells = []
-        for r in runs:
-            x = r["tasks"][t]
-            f, u = x["failure_to_nearest_event_mean"], x["uniform_step_to_nearest_event_mean"]
-            cells.append("n/a" if f is None else f"{f:.1f} ({u:.1f})")
-        lines.append(f"| {t} | {runs[0]['tasks'][t]['gripper_events']} | " + " | ".join(cells) + " |")
+        lines.append(row(t, ["n/a" if x["failure_to_nearest_event_mean"] is None else
+                             f"{x['failure_to_nearest_event_mean']:.1f} ({x['uniform_step_to_nearest_event_mean']:.1f})" for x in pooled[t]]))
     md = "\n".join(lines) + "\n"
-    (outp / "compare.md").write_text(md)
-    vals = [[r["tasks"][t]["success_rate"] for r in runs] for t in tasks]
-    lo = [[r["tasks"][t]["wilson95"][0] for r in runs] for t in tasks]
-    hi = [[r["tasks"][t]["wilson95"][1] for r in runs] for t in tasks]
-    bar_chart(outp / "success.png", tasks, labels, vals, lo, hi, "success rate per task (Wilson 95% whiskers)")
+    summary = {"labels": labels, "folders": dict(zip(labels, groups)), "baseline": labels[0], "paired": paired_json,
+               "tasks": {t: {"gripper_events": events[t], "variants": dict(zip(labels, pooled[t]))} for t in tasks}}
+    data.atomic_write_bytes(outp / "compare.md", lambda f: f.write(md.encode()))
+    data.atomic_write_bytes(outp / "compare.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
+    bar_chart(outp / "success.png", tasks, labels, [[x["success_rate"] for x in pooled[t]] for t in tasks],
+              [[x["wilson95"][0] for x in pooled[t]] for t in tasks], [[x["wilson95"][1] for x in pooled[t]] for t in tasks],
+              "success rate per task (Wilson 95% whiskers)")
     if len(runs) > 1:
         scatter_chart(outp / "gain_vs_events.png", points, f"relative gain over {labels[0]} vs gripper events per task",
                       "gripper events (expert)", "relative gain")
@@ -495,11 +550,13 @@ def main(argv=None):
     try:
         if argv[:1] == ["compare"]:
             p = argparse.ArgumentParser(prog="eval_sim.py compare")
-            p.add_argument("dirs", nargs="+")
+            p.add_argument("dirs", nargs="+", help="DIR, or LABEL=DIR1,DIR2,... (one folder per training seed)")
             p.add_argument("--out", required=True)
             p.add_argument("--labels", nargs="+", default=None)
             a = p.parse_args(argv[1:])
-            print(compare(a.dirs, a.out, a.labels))
+            named = [d.split("=", 1) if "=" in d else (None, d) for d in a.dirs]
+            labels = a.labels or [lab or Path(d).name for lab, d in named]
+            print(compare([d.split(",") for _, d in named], a.out, labels))
         elif argv[:1] == ["probe"]:
             p = argparse.ArgumentParser(prog="eval_sim.py probe")
             p.add_argument("--ckpt", required=True)

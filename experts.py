@@ -8,7 +8,8 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from sim import ARMS, BLOCK, FPS, Env, natural_finger_dir, solve_ik, topdown_rot
+import sim
+from sim import ARMS, BLOCK, FPS, Env, solve_ik, topdown_rot
 
 # ============================================================================ scripted experts
 # Plans are generators of actions in end-effector space: each move interpolates the tcp pose (min-jerk
@@ -43,20 +44,23 @@ class Expert:
     """Scripted expert for env's task; iterate `actions()` while stepping the env with each action."""
 
     SPEED = 0.35  # m/s for free-space moves
+    MIN_STEPS, MAX_STEPS = 8, 40  # bounds on a free-space move's duration (control steps)
+    JOINT_SPEED = None  # rad/s: if set, moves last long enough that no joint's peak speed exceeds it
+    GRASP_WAIT, RELEASE_WAIT = 8, 6  # control steps the gripper gets to close / open
 
     def __init__(self, env: Env):
         self.e = env
-        self.q = {a: env.home[a].copy() for a in ARMS}
-        self.grip = {a: 1.0 for a in ARMS}
+        self.q = {a: env.home[a].copy() for a in env.arms}
+        self.grip = {a: 1.0 for a in env.arms}
         self.pose = {}
-        for a in ARMS:  # the commanded pose starts at the home pose
+        for a in env.arms:  # the commanded pose starts at the home pose
             d = env._ik_data
             d.qpos[env.arm_qadr[a]] = self.q[a]
             mujoco.mj_kinematics(env.model, d)
             self.pose[a] = (d.site_xpos[env.tcp[a]].copy(), d.site_xmat[env.tcp[a]].reshape(3, 3).copy())
 
     def action(self):
-        return np.concatenate([np.r_[self.q[a], self.grip[a]] for a in ARMS]).astype(np.float32)
+        return np.concatenate([np.r_[self.q[a], self.grip[a]] for a in self.e.arms]).astype(np.float32)
 
     def actions(self):
         yield from PLANS[self.e.task.name](self)
@@ -67,11 +71,11 @@ class Expert:
         starts = {a: self.pose[a] for a in targets}
         if steps is None:
             dist = max(np.linalg.norm(targets[a][0] - starts[a][0]) for a in targets) if targets else 0
-            steps = int(np.clip(np.ceil(dist / self.SPEED * FPS), 8, 40))
+            steps = int(np.clip(np.ceil(dist / self.SPEED * FPS), self.MIN_STEPS, self.MAX_STEPS))
+        steps = max(steps, self.joint_steps(targets))
         self.grip.update(grip or {})
         for k in range(1, steps + 1):
-            s = k / steps
-            s = s * s * s * (10 - 15 * s + 6 * s * s)  # min-jerk profile
+            s = self.profile(k / steps)
             for a, (p1, R1) in targets.items():
                 p0, R0 = starts[a]
                 p = p0 + s * (p1 - p0)
@@ -80,6 +84,26 @@ class Expert:
                 self.pose[a] = (p, R)
             yield self.action()
 
+    PEAK = 1.875  # the profile's peak speed over its mean speed
+
+    @staticmethod
+    def profile(s):
+        return s * s * s * (10 - 15 * s + 6 * s * s)  # min-jerk: 0 -> 1 over s in [0, 1]
+
+    def joint_steps(self, targets) -> int:
+        """Steps a move needs so that the fastest joint, on the move's profile (peak speed PEAK x the mean),
+        stays under JOINT_SPEED; 0 when there is no joint-speed limit."""
+        if self.JOINT_SPEED is None:
+            return 0
+        dq = 0.0
+        for a, (p1, R1) in targets.items():  # follow the path in 10 pieces: IK far away may pick another posture
+            p0, R0 = self.pose[a]
+            q = self.q[a]
+            for s in np.linspace(0.1, 1.0, 10):
+                q_next = solve_ik(self.e, a, p0 + s * (p1 - p0), _mat(_slerp(_quat(R0), _quat(R1), s)), q, iters=20)
+                dq, q = max(dq, 10 * np.abs(q_next - q).max()), q_next  # mean joint speed x move time
+        return int(np.ceil(self.PEAK * dq * FPS / self.JOINT_SPEED))
+
     def wait(self, steps, grip: dict | None = None):
         self.grip.update(grip or {})
         for _ in range(steps):
@@ -87,7 +111,7 @@ class Expert:
 
     def grasp_rot(self, arm, name):
         e, p = self.e, self.e.obj_pos(name)
-        nat = natural_finger_dir(arm, p)
+        nat = e.finger_dir(arm, p)
         obj = next(o for o in e.objects if o.name == name)
         yaw = e.obj_yaw(name)
         if obj.kind == "block":  # any of the four faces: pick the one nearest the natural wrist roll
@@ -102,7 +126,7 @@ class Expert:
         R = self.grasp_rot(arm, name)
         yield from self.move({arm: (p + [0, 0, 0.10], R)})
         yield from self.move({arm: (p + [0, 0, 0.002], R)}, steps=10)
-        yield from self.wait(8, grip={arm: 0.0})
+        yield from self.wait(self.GRASP_WAIT, grip={arm: 0.0})
         yield from self.move({arm: (p + [0, 0, lift], R)}, steps=10)
 
     def place(self, arm, name, target_xy, support_z):
@@ -114,7 +138,7 @@ class Expert:
         goal = np.r_[target_xy, z] + offset
         yield from self.move({arm: (goal + [0, 0, 0.08], R)})
         yield from self.move({arm: (goal, R)}, steps=10)
-        yield from self.wait(6, grip={arm: 1.0})
+        yield from self.wait(self.RELEASE_WAIT, grip={arm: 1.0})
         yield from self.move({arm: (goal + [0, 0, 0.08], R)}, steps=8)
 
     def go_home(self, arms):
@@ -204,11 +228,71 @@ PLANS = {"lift_block": _plan_lift, "place_block": _plan_place, "lift_bar": _plan
          "stack_three": lambda x: _plan_stack(x, 3)}
 
 
+# ============================================================================ the Franka twin (twin.py)
+
+class FrankaExpert(Expert):
+    """The same primitives on the 7-DoF twin, slower: every joint's peak speed stays under 0.45 rad/s, so
+    the demonstrations fit eval_real.py's default per-step cap (0.5 rad/s) with margin for servo lag."""
+
+    SPEED = 0.2
+    MAX_STEPS = 60
+    JOINT_SPEED = 0.45
+    GRASP_WAIT, RELEASE_WAIT = 12, 10  # the twin's gripper moves at 0.1 m/s
+    RAMP = 0.2  # trapezoidal speed profile: accelerate over the first 20% of a move, brake over the last 20%
+    PEAK = 1 / (1 - RAMP)
+
+    @classmethod
+    def profile(cls, s):
+        r, v = cls.RAMP, cls.PEAK
+        if s < r:
+            return 0.5 * v / r * s * s
+        if s > 1 - r:
+            return 1 - 0.5 * v / r * (1 - s) ** 2
+        return v * (s - r / 2)
+
+    def actions(self):
+        yield from FRANKA_PLANS[self.e.task.name](self)
+
+
+def _plan_franka_pick_place(x: Expert):
+    e = x.e
+    n = e.layout.roles["target"]
+    yield from x.pick("arm", n)
+    yield from x.place("arm", n, e.obj_pos(e.layout.roles["pad"])[:2], 0.0)
+    yield from x.wait(12)  # no return home: the task is done once the block rests, released
+
+
+def _plan_franka_stack(x: Expert):
+    e = x.e
+    top, base = e.layout.roles["block1"], e.layout.roles["block0"]
+    yield from x.pick("arm", top)
+    yield from x.place("arm", top, e.obj_pos(base)[:2], e.obj_pos(base)[2] + BLOCK)
+    yield from x.wait(12)
+
+
+def _plan_franka_bin(x: Expert):
+    import twin
+    e = x.e
+    n, b = e.layout.roles["target"], e.layout.roles["bin"]
+    yield from x.pick("arm", n, lift=0.12)
+    yield from x.place("arm", n, e.obj_pos(b)[:2], 2 * twin.BIN_HALF[2] + 0.01)  # released 1 cm above the rim
+    yield from x.wait(12)
+
+
+FRANKA_PLANS = {"franka_pick_place": _plan_franka_pick_place, "franka_stack": _plan_franka_stack,
+                "franka_put_in_bin": _plan_franka_bin}
+
+
+def make_expert(env) -> Expert:
+    """The scripted expert for env's task, whichever suite (sim.py or twin.py) it belongs to."""
+    return FrankaExpert(env) if env.task.name in FRANKA_PLANS else Expert(env)
+
+
 def run_expert(task: str, seed: int, env: Env | None = None, record=False):
     """Roll out the expert once. Returns (success, furthest stage, steps, episode-or-None)."""
-    env = env or Env(task, render=record)
+    env = env or sim.make_env(task, render=record)
     obs = env.reset(seed)
-    x = Expert(env)
+    x = make_expert(env)
     frames, qpos, actions = {c: [] for c in env.cameras}, [], []
     for act in x.actions():
         if record:

@@ -264,7 +264,10 @@ class Env:
     """One task's scene. reset(seed) -> obs; step(action) -> obs. Tracks progress stages and success.
 
     obs = {"images": {camera: (H, W, 3) uint8}, "qpos": (14,) float32, "instruction": str}
+    twin.FrankaEnv subclasses it (one arm named "arm"): everything below that loops over arms uses self.arms.
     """
+
+    arms = ARMS
 
     def __init__(self, task: str, cameras=CAMERAS, image_size=(96, 96), render=True):
         if task not in TASKS:
@@ -292,6 +295,7 @@ class Env:
         self.obj_qadr = {o.name: m.jnt_qposadr[jid(o.name)] for o in self.objects if o.kind != "pad"}
         self.home = home_qpos(self)
         self.stages = STAGES[self.task.name]
+        self.success_fn = SUCCESS[self.task.name]
 
     # -- episode
     def reset(self, seed: int) -> dict:
@@ -302,13 +306,14 @@ class Env:
         for o in self.objects:
             x, y, yaw = self.layout.poses.get(o.name, (0.0, 0.9, 0.0))
             z = o.half[2] if abs(y) < 0.45 else -0.75 + o.half[2]  # parked objects rest on the floor
-            if o.kind == "pad":
-                m.body_pos[self.obj_body[o.name]] = (x, y, 0.001 if abs(y) < 0.45 else -0.749)
+            if o.name not in self.obj_qadr:  # fixed bodies (pads; twin.py's bins) are moved in the model
+                z0 = 0.001 if o.kind == "pad" else 0.0
+                m.body_pos[self.obj_body[o.name]] = (x, y, z0 if abs(y) < 0.45 else -0.75 + z0)
                 m.body_quat[self.obj_body[o.name]] = yaw_quat(yaw)
             else:
                 a = self.obj_qadr[o.name]
                 d.qpos[a:a + 7] = (x, y, z, *yaw_quat(yaw))
-        for a in ARMS:
+        for a in self.arms:
             d.qpos[self.arm_qadr[a]] = self.home[a]
             d.qpos[self.finger_qadr[a]] = MAX_OPENING / 2
         d.ctrl[:] = self.home_action()
@@ -372,25 +377,29 @@ class Env:
     def objects_half(self, name) -> tuple:
         return next(o.half for o in self.objects if o.name == name)
 
+    def finger_dir(self, arm, p) -> np.ndarray:
+        """Direction the fingers separate along when this arm reaches p top-down (used by the experts)."""
+        return natural_finger_dir(arm, p)
+
     def tcp_pos(self, arm) -> np.ndarray:
         return self.data.site_xpos[self.tcp[arm]].copy()
 
     def grasped_by(self, name) -> set:
         """Arms whose two finger pads both touch the object (a friction grasp)."""
         g = self.obj_geom[name]
-        touching = {a: set() for a in ARMS}
+        touching = {a: set() for a in self.arms}
         for c in self.data.contact[:self.data.ncon]:
             other = c.geom2 if c.geom1 == g else c.geom1 if c.geom2 == g else None
             if other is None:
                 continue
-            for a in ARMS:
+            for a in self.arms:
                 if other in self.pad_geoms[a]:
                     touching[a].add(other)
-        return {a for a in ARMS if len(touching[a]) == 2}
+        return {a for a in self.arms if len(touching[a]) == 2}
 
     def touched_by_gripper(self, name) -> bool:
         g = self.obj_geom[name]
-        pads = self.pad_geoms["left"] | self.pad_geoms["right"]
+        pads = set().union(*(self.pad_geoms[a] for a in self.arms))
         return any((c.geom1 == g and c.geom2 in pads) or (c.geom2 == g and c.geom1 in pads)
                    for c in self.data.contact[:self.data.ncon])
 
@@ -399,7 +408,7 @@ class Env:
         while self.stage < len(self.stages) and self.stages[self.stage][2](self):
             self.stage += 1
             self.stage_steps.append(self.t)
-        ok, need = SUCCESS[self.task.name](self)
+        ok, need = self.success_fn(self)
         self.hold = self.hold + 1 if ok else 0
         if self.hold >= need and not self.success:
             self.success, self.success_step = True, self.t
@@ -415,7 +424,7 @@ def _reached(role, arm=None, dist=0.04):
         n = e.layout.roles[role]
         p, ax, h = e.obj_pos(n), e.obj_axis(n), e.objects_half(n)
         seg = h[0] - h[1]  # half-length of the graspable axis: 0 for a cube, longer for sticks and bars
-        for a in ([arm] if arm else ARMS):
+        for a in ([arm] if arm else e.arms):
             v = e.tcp_pos(a) - p
             closest = p + np.clip(v @ ax, -seg, seg) * ax
             if np.linalg.norm((e.tcp_pos(a) - closest)[:2]) < dist and abs(v[2]) < 0.06:
@@ -425,7 +434,7 @@ def _reached(role, arm=None, dist=0.04):
 
 
 def _grasped(role, arm=None):
-    return lambda e: bool(e.grasped_by(e.layout.roles[role]) & ({arm} if arm else set(ARMS)))
+    return lambda e: bool(e.grasped_by(e.layout.roles[role]) & ({arm} if arm else set(e.arms)))
 
 
 def _lifted(role, height=0.03):
@@ -560,3 +569,33 @@ def home_qpos(env) -> dict:
         p = np.array([-0.22 if a == "left" else 0.22, 0.0, 0.22])
         out[a] = solve_ik(env, a, p, topdown_rot(natural_finger_dir(a, p)), [0, -0.3, 0.9, 0, 1.0, 0], iters=300)
     return out
+
+
+# ============================================================================ suites
+# A suite is a module holding one robot's scene and tasks: ROBOT, TASKS, STAGES, Env, FPS, ACTION_NAMES,
+# GRIPPER_INDICES, ARMS, CAMERAS. This module is the bimanual one; twin.py is the single-arm Franka twin.
+# data.py and experts.py find a task's suite with suite_of().
+ROBOT = "bimanual_6dof"
+
+
+def suites() -> list:
+    import sys
+    import twin  # imported here: twin.py imports this module
+    return [sys.modules[__name__], twin]
+
+
+def suite_of(task: str):
+    """The suite module that defines `task`; ValueError naming every known task otherwise."""
+    for s in suites():
+        if task in s.TASKS:
+            return s
+    raise ValueError(f"unknown task '{task}'; known tasks: {', '.join(all_tasks())}")
+
+
+def all_tasks() -> list:
+    return [t for s in suites() for t in s.TASKS]
+
+
+def make_env(task: str, **kw) -> Env:
+    """The environment of any suite's task (same arguments as Env)."""
+    return suite_of(task).Env(task, **kw)

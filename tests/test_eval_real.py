@@ -322,6 +322,27 @@ def test_flags_from_the_dataclass():
         er.check_options(er.Options(dynamics=1.5))
 
 
+def test_done_predicate_ends_the_rollout_and_stops():
+    clock, n = FakeClock(), {"k": 0}
+
+    def done():
+        n["k"] += 1
+        return n["k"] > 5                                # e.g. the twin's success predicate
+    policy, backend = FakePolicy(clock=clock), FakeBackend(clock=clock)
+    rec = {"images": {}, "qpos": [], "action": [], "instruction": "x"}
+    ended = er.run_episode(policy, backend, {}, opts(max_steps=12), rec, clock, clock.sleep, log=lambda *a: None, done=done)
+    assert ended == "done" and len(rec["action"]) == 5 and backend.kinds()[-1] == "stop"
+
+
+def test_mujoco_robot_and_record_refuse_a_task_the_twin_lacks(capsys):
+    assert er.main(["--robot", "mujoco", "--task", "lift_block", "--ckpt", "nope.pt"]) == 2
+    assert "twin task" in capsys.readouterr().err
+    assert er.main(["record", "--robot", "mujoco", "--task", "real", "--out", "unused"]) == 2
+    assert "franka_pick_place" in capsys.readouterr().err
+    assert er.main(["record", "--robot", "franky", "--task", "t", "--out", "unused"]) == 2
+    assert "--ip is required" in capsys.readouterr().err
+
+
 def test_nothing_listening_fails_fast(capsys):
     t = time.monotonic()
     with pytest.raises(er.RobotError, match="refused"):

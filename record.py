@@ -1,0 +1,307 @@
+"""Kinesthetic demonstrations in the episode format: `python eval_real.py record --robot franky|mujoco ...`.
+
+  python eval_real.py record --robot franky --ip 172.16.0.2 --task pick_red --instruction "put the red block on the pad" \
+      --camera realsense:SERIAL1,realsense:SERIAL2 --out data/real_pick --episodes 10
+  python eval_real.py record --robot mujoco --task franka_pick_place --out data/twin_rec --episodes 5
+
+On the real arm (franky): guiding mode. The operator moves the arm by hand (holding the two guiding buttons by
+the flange) while this script reads the joints and the cameras at the control rate; SPACE toggles the gripper
+(grasp / open), ENTER or q ends the episode. On the twin (mujoco): the scripted expert stands in for the hand:
+it drives the arm and the gripper, and the recorder reads only what it reads on the real arm (the measured
+joints, the gripper width, the cameras and the gripper command).
+
+Recorded: qpos[t] = [measured joints, measured width / 0.08] and action[t] = [measured joints at t+1, the
+gripper command at t (1 = open, 0 = closed)]: the absolute target a position-controlled policy sends at t to
+be where the hand had the arm at t+1. One observation more than steps is read; the last is dropped.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import data
+import eval_real as er
+
+
+def record_episode(arm, cameras: dict, fps: float, max_steps: int, clock=time.monotonic, sleep=time.sleep,
+                   image_size=None) -> dict:
+    """Read arm + cameras at `fps` until arm.finished() or max_steps; returns {'images', 'qpos', 'action', 'overruns'}.
+
+    arm: read_state() -> (q (7,), width in [0, 1]); gripper_command() -> 1 open / 0 closed; finished() -> bool.
+    """
+    dt, reads, overruns = 1.0 / fps, [], 0
+    next_t = clock()
+    for t in range(max_steps + 1):
+        q, width = arm.read_state()
+        images = {c: er.resize(cam.read(), image_size) if image_size else np.asarray(cam.read(), np.uint8)
+                  for c, cam in cameras.items()}
+        reads.append((np.asarray(q, float), float(width), images, float(arm.gripper_command())))
+        if t == max_steps or arm.finished():
+            break
+        next_t += dt  # deadline-based, as eval_real.run_episode
+        wait = next_t - clock()
+        if wait > 0:
+            sleep(wait)
+        else:
+            overruns += 1
+            next_t = clock()
+    T = len(reads) - 1
+    if T < 1:
+        raise er.RobotError("the episode ended before a single step was recorded")
+    return {"images": {c: np.stack([r[2][c] for r in reads[:T]]) for c in cameras},
+            "qpos": np.stack([np.r_[r[0], r[1]] for r in reads[:T]]).astype(np.float32),
+            "action": np.stack([np.r_[reads[t + 1][0], reads[t][3]] for t in range(T)]).astype(np.float32),
+            "overruns": overruns}
+
+
+# ----------------------------------------------------------------------------- the twin: the expert's hand
+
+class TwinHand:
+    """The twin driven by its scripted expert (the 'hand'), with a simulated clock: sleep() runs the expert's
+    next actions for the time asked for. Seen by the recorder exactly as the real arm is."""
+
+    def __init__(self, task, cameras, image_size):
+        import twin
+        self.twin, self.env = twin, twin.FrankaEnv(task, cameras, image_size)
+
+    def reset(self, seed):
+        import experts
+        obs = self.env.reset(seed)
+        self.plan = experts.make_expert(self.env).actions()
+        self.next = next(self.plan, None)  # the hand's action for the coming step
+        self.grip, self.now, self.debt = 1.0, 0.0, 0.0
+        return obs
+
+    def read_state(self):
+        q = self.env.qpos()
+        return q[:7], float(q[7])
+
+    def gripper_command(self):
+        if self.next is not None:
+            self.grip = float(self.next[7])
+        return self.grip
+
+    def finished(self):
+        return self.next is None
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.debt += max(0.0, seconds)
+        while self.debt > self.twin.DT - 1e-9:
+            self.debt -= self.twin.DT
+            self.env.apply(self.next if self.next is not None else np.r_[self.env.qpos()[:7], self.grip])
+            self.next = next(self.plan, None) if self.next is not None else None
+            self.now += self.twin.DT
+
+
+# ----------------------------------------------------------------------------- the real arm: guiding mode
+
+class TerminalKeys:
+    """Single key presses from the terminal without Enter (cbreak mode), read without blocking."""
+
+    def __enter__(self):
+        import termios
+        import tty
+        if not sys.stdin.isatty():
+            raise er.RobotError("recording on the real arm needs a terminal (the gripper is toggled from the keyboard)")
+        self.fd = sys.stdin.fileno()
+        self.old = termios.tcgetattr(self.fd)
+        tty.setcbreak(self.fd)
+        return self
+
+    def __call__(self) -> str:
+        out = ""
+        while select.select([self.fd], [], [], 0)[0]:
+            out += os.read(self.fd, 32).decode(errors="ignore")
+        return out
+
+    def __exit__(self, *exc):
+        import termios
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self.old)
+
+
+class FrankyGuide:
+    """The real Franka in guiding mode (franky): joints and width read, gripper toggled by `keys()` (SPACE),
+    ENTER or q ends the episode. franky's Robot.set_guiding_mode unlocks all six Cartesian directions and
+    the elbow; the operator guides by holding the two buttons near the flange."""
+
+    def __init__(self, ip, realtime="enforce", gripper_speed=0.05, gripper_force=20.0, keys=lambda: "", log=print):
+        f = self.f = er.require("franky", er.FRANKY_HINT)
+        er.check_reachable(ip)
+        rt = f.RealtimeConfig.Ignore if realtime == "ignore" else f.RealtimeConfig.Enforce
+        try:
+            self.robot = f.Robot(ip, realtime_config=rt)
+            if self.robot.has_errors:
+                log("robot reports errors; recovering")
+                self.robot.recover_from_errors()
+            self.robot.set_guiding_mode([True] * 6, True)
+            self.gripper = f.Gripper(ip)
+        except f.Exception as e:
+            raise er.RobotError(f"cannot connect to the Franka at {ip} for guiding: {type(e).__name__}: {e}") from None
+        self.speed, self.force, self.keys, self.log = gripper_speed, gripper_force, keys, log
+        self.closed = self.done = False
+
+    def start(self):
+        self.gripper.open_async(self.speed)  # every demonstration starts with the gripper open
+        self.closed = self.done = False
+
+    def read_state(self):
+        q = np.asarray(self.robot.current_joint_state.position, float)
+        return q, float(np.clip(self.gripper.width / er.GRIPPER_MAX_WIDTH, 0.0, 1.0))
+
+    def gripper_command(self):
+        for k in self.keys():
+            if k == " ":
+                self.closed = not self.closed
+                if self.closed:  # futures dropped at once, as in eval_real.FrankyBackend
+                    self.gripper.grasp_async(0.0, self.speed, self.force, epsilon_inner=1.0, epsilon_outer=1.0)
+                else:
+                    self.gripper.open_async(self.speed)
+                self.log("gripper " + ("close" if self.closed else "open"))
+            elif k in ("\n", "\r", "q"):
+                self.done = True
+        return 0.0 if self.closed else 1.0
+
+    def finished(self):
+        return self.done
+
+    def close(self):
+        self.robot = self.gripper = None
+
+
+# ----------------------------------------------------------------------------- saving and the CLI
+
+def prepare_out(out: Path, task: str, cameras, image_size, fps) -> None:
+    """meta.json for this set-up; an existing folder must hold the same set-up (its tasks are kept)."""
+    import twin
+    out.mkdir(parents=True, exist_ok=True)
+    meta = twin.make_meta([task], cameras, image_size, fps)
+    if (out / "meta.json").exists():
+        old = data.load_meta(out)
+        bad = [k for k in ("fps", "action_names", "qpos_names", "gripper_indices", "cameras", "image_size") if old.get(k) != meta[k]]
+        if bad:
+            raise er.RobotError(f"{out}/meta.json differs in {bad}; use another --out for this set-up")
+        meta["tasks"] = {**old["tasks"], **meta["tasks"]}
+    data.save_meta(out, meta)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="eval_real.py record", description=__doc__.split("\n")[0])
+    p.add_argument("--robot", choices=["franky", "mujoco"], required=True)
+    p.add_argument("--task", required=True, help="task name stored in the episodes (mujoco: a twin task)")
+    p.add_argument("--instruction", default="", help="instruction stored (mujoco: default the layout's)")
+    p.add_argument("--out", required=True, help="episode folder (appends to an existing one of the same set-up)")
+    p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--fps", type=float, default=20.0, help="control rate (20, as the twin)")
+    p.add_argument("--max-steps", type=int, default=1200, help="steps per episode at most (franky: 60 s at 20 Hz)")
+    p.add_argument("--image-size", type=int, nargs=2, default=[96, 96], metavar=("H", "W"))
+    p.add_argument("--camera-names", default="front,wrist", help="names stored for the cameras, comma separated")
+    p.add_argument("--camera", default="realsense", help="franky: one spec per name (as eval_real.py --camera)")
+    p.add_argument("--camera-timeout", type=float, default=1.5)
+    p.add_argument("--ip", default="", help="franky: robot FCI address")
+    p.add_argument("--realtime", choices=["enforce", "ignore"], default="enforce")
+    p.add_argument("--gripper-speed", type=float, default=0.05)
+    p.add_argument("--gripper-force", type=float, default=20.0)
+    p.add_argument("--seed", type=int, default=0, help="mujoco: first layout seed (demonstration seeds)")
+    p.add_argument("--yes", action="store_true", help="franky: keep every episode without asking")
+    return p
+
+
+def record_twin(a, log=print) -> list:
+    """Episodes on the twin, the expert as the hand; kept only when the task's success predicate held."""
+    import twin
+    if a.task not in twin.TASKS:
+        raise er.RobotError(f"--robot mujoco records a twin task: {', '.join(twin.TASKS)}; got '{a.task}'")
+    if a.fps != twin.FPS:
+        raise er.RobotError(f"the twin runs at {twin.FPS} Hz; got --fps {a.fps:g}")
+    names = [c for c in a.camera_names.split(",") if c]
+    hand = TwinHand(a.task, names, a.image_size)
+    cams = {c: twin.TwinCamera(hand.env, c) for c in names}
+    out = Path(a.out)
+    prepare_out(out, a.task, names, a.image_size, a.fps)
+    saved, seed = [], a.seed
+    while len(saved) < a.episodes:
+        if seed >= twin.EVAL_SEED_OFFSET:
+            raise er.RobotError(f"demonstration seeds must stay below {twin.EVAL_SEED_OFFSET}")
+        obs = hand.reset(seed)
+        ep = record_episode(hand, cams, a.fps, a.max_steps, hand.clock, hand.sleep)
+        if hand.env.success:
+            path = out / f"episode_{len(data.episode_paths(out)):06d}.npz"
+            data.save_episode(path, {**ep, "instruction": a.instruction or obs["instruction"], "task": a.task, "seed": seed})
+            saved.append(path)
+            log(f"seed {seed}: {len(ep['action'])} steps -> {path}")
+        else:
+            log(f"seed {seed}: the expert failed the task; not saved")
+        seed += 1
+    return saved
+
+
+def keep(keys, log=print, poll=0.05) -> bool:
+    """Ask y/n with single key presses (the terminal is in cbreak mode while recording)."""
+    log("keep it? [y/n]")
+    while True:
+        for k in keys().lower():
+            if k in "yn":
+                return k == "y"
+        time.sleep(poll)
+
+
+def record_franky(a, log=print) -> list:
+    if not a.ip:
+        raise er.RobotError("--ip is required (the robot's FCI address)")
+    if not a.instruction:
+        raise er.RobotError("--instruction is required on the real arm")
+    names = [c for c in a.camera_names.split(",") if c]
+    out, saved = Path(a.out), []
+    with TerminalKeys() as keys:
+        guide = FrankyGuide(a.ip, a.realtime, a.gripper_speed, a.gripper_force, keys, log)
+        cams = er.open_cameras(a.camera, names, a.camera_timeout) if a.camera != "none" else {}
+        try:
+            prepare_out(out, a.task, list(cams), a.image_size, a.fps)
+            for i in range(a.episodes):
+                log(f"episode {i + 1}/{a.episodes}: press SPACE to start; then guide the arm (hold the buttons by "
+                    "the flange), SPACE toggles the gripper, ENTER or q ends")
+                while " " not in keys():
+                    time.sleep(0.05)
+                guide.start()
+                ep = record_episode(guide, cams, a.fps, a.max_steps, image_size=tuple(a.image_size))
+                log(f"recorded {len(ep['action'])} steps ({ep['overruns']} late)")
+                if not a.yes and not keep(keys, log):
+                    continue
+                path = out / f"episode_{len(data.episode_paths(out)):06d}.npz"
+                data.save_episode(path, {**ep, "instruction": a.instruction, "task": a.task, "seed": i})
+                saved.append(path)
+                log(f"saved {path}")
+        finally:
+            for c in cams.values():
+                c.close()
+            guide.close()
+    return saved
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        if a.episodes < 1 or a.max_steps < 1 or a.fps <= 0:
+            raise er.RobotError("--episodes >= 1, --max-steps >= 1 and --fps > 0")
+        saved = record_twin(a) if a.robot == "mujoco" else record_franky(a)
+        print(f"{len(saved)} episode(s) in {a.out}")
+    except er.RobotError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
