@@ -48,6 +48,7 @@ class EvalConfig:
     shuffle_instructions: bool = False  # control: each episode gets another episode's instruction
     device: str = "cpu"  # torch device for the policy
     max_steps: int = 0  # override the task's step limit (0: use sim.TASKS[task].max_steps)
+    demo_seeds: bool = False  # diagnostic: roll out on demonstration seeds 0..N-1 (the training layouts), not held-out ones
 
     def __post_init__(self):
         if self.episodes < 1 or self.workers < 1 or self.batch < 1 or self.video < 0:
@@ -201,7 +202,7 @@ def evaluate(cfg: EvalConfig, command: str | None = None) -> dict:
 
 def _evaluate_task(cfg: EvalConfig, task: str, policy, pool, out: Path, results: dict) -> None:
     """Roll out one task (in the pool's workers when given) and store its summary in results["tasks"][task]."""
-    seeds = eval_seeds(cfg.seed, cfg.episodes)
+    seeds = list(range(cfg.episodes)) if cfg.demo_seeds else eval_seeds(cfg.seed, cfg.episodes)
     instructions = None
     if cfg.shuffle_instructions:  # a derangement: every episode gets another episode's instruction
         ins = [sim.TASKS[task].layout(s).instruction for s in seeds]
@@ -491,6 +492,34 @@ def probe(ckpt: str, task: str, seed: int, out: str, device="cpu") -> dict:
 
 # ============================================================================ the main job
 
+def openloop(ckpt: str, folder: str, steps=(0, 5, 10, 20, 30, 45), episodes=10, device="cpu") -> dict:
+    """Open-loop check on recorded episodes: the policy's chunk at step t against the demonstration's next
+    actions. Per t: mean over episodes of the worst joint's error (rad), averaged over the executed steps, beside
+    how far the demonstration moves over them. Error ~ motion at t = 0 means the first decision (which object,
+    which arm) was not learned even on these episodes; later steps can be fit by continuing the motion."""
+    import torch
+    from model import Policy
+    policy = Policy.load(ckpt, device=device)
+    paths = data.episode_paths(folder)[:episodes]
+    if not paths:
+        raise data.DataError(f"{folder}: no episode_*.npz files")
+    eps, n, rows = [data.load_episode(p) for p in paths], policy.cfg.n_action_steps, {}
+    for t in steps:
+        err, move = [], []
+        for ep in eps:
+            if t + n > len(ep["action"]):
+                continue
+            obs = {"images": {c: ep["images"][c][t] for c in policy.cameras}, "qpos": ep["qpos"][t],
+                   "instruction": ep["instruction"]}
+            chunk = policy.predict_chunk([obs], generator=torch.Generator().manual_seed(t))[0][:n]  # (n, A)
+            demo = ep["action"][t:t + n]
+            err.append(float(np.abs(chunk - demo).max(1).mean()))
+            move.append(float(np.abs(demo - ep["qpos"][t]).max(1).mean()))
+        if err:
+            rows[t] = {"error_rad": float(np.mean(err)), "demo_motion_rad": float(np.mean(move)), "episodes": len(err)}
+    return {"ckpt": ckpt, "data": folder, "steps": rows}
+
+
 def main_job(argv):
     """Generate a little data, train briefly, evaluate, print the table, write a video. Each step resumes:
     rerunning the command after an interruption continues where it stopped."""
@@ -566,6 +595,19 @@ def main(argv=None):
             a = p.parse_args(argv[1:])
             res = probe(a.ckpt, a.task, a.seed, a.out)
             print(json.dumps({"command": "python eval_sim.py " + " ".join(argv), "git_revision": data.git_revision()} | res))
+        elif argv[:1] == ["openloop"]:
+            p = argparse.ArgumentParser(prog="eval_sim.py openloop")
+            p.add_argument("--ckpt", required=True)
+            p.add_argument("--data", required=True, help="episode folder (e.g. the training demonstrations)")
+            p.add_argument("--episodes", type=int, default=10)
+            p.add_argument("--out", default="", help="JSON file to write")
+            a = p.parse_args(argv[1:])
+            res = {"command": "python eval_sim.py " + " ".join(argv), "git_revision": data.git_revision()} | \
+                openloop(a.ckpt, a.data, episodes=a.episodes)
+            for t, r in res["steps"].items():
+                print(f"t={t:3d}  open-loop error {r['error_rad']:.3f} rad  (the demonstration moves {r['demo_motion_rad']:.3f})")
+            if a.out:
+                data.atomic_write_bytes(Path(a.out), lambda f: f.write(json.dumps(res, indent=1).encode()))
         elif argv[:1] == ["main"]:
             main_job(argv[1:])
         else:

@@ -80,6 +80,7 @@ class ModelConfig:
     lang_len: int = 24                   # language tokens (padded, masked)
     vocab_size: int = 512                # set to the trained tokenizer's real size
     num_steps: int = 10                  # Euler steps at inference
+    use_state: bool = True               # joint state token in the prefix (False: images + language only)
     n_stage: int = 0                     # StaKe: stage logits (arms, or 1 for --stage-label any); 0 = no stage head
     keyframe_head: bool = False          # StaKe: keyframe head present
 
@@ -174,7 +175,8 @@ class VLA(nn.Module):
         # language and state
         self.lang_emb = nn.Embedding(cfg.vocab_size, W)
         self.lang_pos = nn.Parameter(torch.zeros(cfg.lang_len, W))
-        self.state_proj = nn.Linear(cfg.state_dim, W)
+        if cfg.use_state:
+            self.state_proj = nn.Linear(cfg.state_dim, W)
         self.blocks = nn.ModuleList(Block(W, W, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         # action expert (pi0: action + time -> Linear, swish, Linear)
         self.action_in = nn.Linear(A, We)
@@ -220,8 +222,9 @@ class VLA(nn.Module):
         L = lang_ids.shape[1]
         parts.append(self.lang_emb(lang_ids) + self.lang_pos[:L])           # (B, L, W)
         valid.append(lang_mask.bool())
-        parts.append(self.state_proj(state)[:, None])                       # (B, 1, W)
-        valid.append(torch.ones(B, 1, dtype=torch.bool, device=state.device))
+        if self.cfg.use_state:
+            parts.append(self.state_proj(state)[:, None])                   # (B, 1, W)
+            valid.append(torch.ones(B, 1, dtype=torch.bool, device=state.device))
         x, valid = torch.cat(parts, 1), torch.cat(valid, 1)                 # (B, P, W), (B, P)
         mask = additive_mask(valid[:, None, None, :])                       # (B, 1, 1, P) keys
         cache = []

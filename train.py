@@ -64,6 +64,8 @@ class Options:
     init_from: str = opt("", "fine-tune from this checkpoint (weights, tokenizer and normalisation reused)")
     resume: bool = opt(False, "continue OUT/ckpt.pt if it exists (same options required)")
     cameras: list = opt([], "train on these cameras only (default: all of the first folder's)")
+    no_state: bool = opt(False, "leave the joint state out of the input (images + language only): with it, "
+                         "a policy can fit most steps by continuing the motion and never learn to look")
     patch_size: int = opt(0, "override the preset's ViT patch size (0 = the preset's; must divide the image size)")
     batch_size: int = opt(32, "samples per step")
     lr: float = opt(3e-4, "peak learning rate (from scratch; pi0 fine-tunes at 2.5e-5)")
@@ -327,7 +329,7 @@ def train(opts: Options) -> dict:
         tok = Tokenizer(train_tokenizer(sorted(set(D["texts"])), PRESETS[opts.preset]["vocab_size"]))
         stats = compute_stats(D, opts.std_floor)
         cfg = model_config(opts, D, dataclasses.asdict(ModelConfig.from_preset(
-            opts.preset, **({"patch_size": opts.patch_size} if opts.patch_size else {}),
+            opts.preset, **({"patch_size": opts.patch_size} if opts.patch_size else {}), use_state=not opts.no_state,
             action_dim=A, state_dim=Dq, n_cameras=len(D["cameras"]),
             image_size=tuple(meta["image_size"]), vocab_size=tok.vocab_size)))
     lang = tok(D["texts"], cfg.lang_len)                                               # (E, L) ids, mask

@@ -143,3 +143,16 @@ def test_main_job_pipeline_tiny(tmp_path):
     assert "| lift_block | 1 |" in r.stdout, "the table is printed"
     assert list((out / "eval").glob("*.mp4")), "a video is written"
     assert (out / "run" / "ckpt.pt").is_file() and len(list((out / "data").glob("episode_*.npz"))) == 2
+    # the diagnostics on the same run: open-loop error on the demonstrations, rollouts on demonstration seeds
+    r = subprocess.run([sys.executable, "eval_sim.py", "openloop", "--ckpt", str(out / "run" / "ckpt.pt"), "--data",
+                        str(out / "data"), "--episodes", "2", "--out", str(tmp_path / "ol.json")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ol = json.loads((tmp_path / "ol.json").read_text())["steps"]
+    assert "0" in ol and all(np.isfinite(v["error_rad"]) and v["demo_motion_rad"] > 0 for v in ol.values())
+    r = subprocess.run([sys.executable, "eval_sim.py", "--ckpt", str(out / "run" / "ckpt.pt"), "--task", "lift_block",
+                        "--episodes", "2", "--demo-seeds", "--max-steps", "10", "--out", str(tmp_path / "demo")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    seeds = [e["seed"] for e in json.loads((tmp_path / "demo" / "results.json").read_text())["tasks"]["lift_block"]["per_episode"]]
+    assert seeds == [0, 1]

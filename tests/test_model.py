@@ -148,3 +148,20 @@ def test_tokenizer_byte_fallback():
     assert tok.sp.decode(ids) == text.lower()
     ids2, mask = tok(["pick", text], 8)
     assert ids2.shape == (2, 8) and mask[1].all() and not mask[0].all() and (ids2[~mask] == 0).all()
+
+
+def test_no_state_model_ignores_the_state():
+    """use_state=False: no state token and no state weights, so the state cannot change the outputs (with the
+    state it does, which is what makes the check able to fail)."""
+    outs = {}
+    for use_state in (True, False):
+        cfg = tiny_cfg(use_state=use_state, n_stage=1, keyframe_head=True)
+        model = new_model(cfg, 0).eval()
+        assert hasattr(model, "state_proj") == use_state
+        b1, b2 = fake_batch(cfg, seed=0), fake_batch(cfg, seed=0)
+        b2["state"] = b2["state"] + 3.0
+        noise, t = sample_noise_time(torch.Generator().manual_seed(1), 4, cfg.horizon, cfg.action_dim, "cpu")
+        with torch.no_grad():
+            o1, o2 = model(b1, noise, t), model(b2, noise, t)
+        outs[use_state] = max((o1[k] - o2[k]).abs().max().item() for k in ("policy_loss", "stage_logits"))
+    assert outs[True] > 1e-4 and outs[False] == 0.0
