@@ -281,7 +281,8 @@ def bar_chart(path, groups: list, variants: list, values, lows, highs, title: st
     img.save(path)
 
 
-def scatter_chart(path, points: list, title: str, xlabel: str, ylabel: str):
+def scatter_chart(path, points: list, title: str, xlabel: str, ylabel: str,
+                  empty_note="no conclusive points: every baseline is within 0.1 of floor or ceiling"):
     """points: (x, y, label, colour index). Axes fitted to the data, zero line drawn."""
     W, H, L, B = 520, 340, 60, 40
     img, d = _canvas(W, H)
@@ -301,6 +302,8 @@ def scatter_chart(path, points: list, title: str, xlabel: str, ylabel: str):
             c = PALETTE[ci % len(PALETTE)]
             d.ellipse([X(x) - 4, Y(yv) - 4, X(x) + 4, Y(yv) + 4], fill=c)
             d.text((X(x) + 6, Y(yv) - 6), label[:18], fill=c)
+    else:  # say why the chart is empty rather than leave a blank plot
+        d.text((L, H // 2), empty_note, fill=(160, 0, 0))
     d.text((W // 2 - 40, H - 18), xlabel, fill=(0, 0, 0))
     d.text((4, 18), ylabel, fill=(0, 0, 0))
     img.save(path)
