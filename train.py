@@ -65,7 +65,8 @@ class Options:
     resume: bool = opt(False, "continue OUT/ckpt.pt if it exists (same options required)")
     cameras: list = opt([], "train on these cameras only (default: all of the first folder's)")
     no_state: bool = opt(False, "leave the joint state out of the input (images + language only): with it, "
-                         "a policy can fit most steps by continuing the motion and never learn to look")
+                         "a policy can fit most steps by continuing the motion and never learn to look "
+                         "(ignored with --init-from/--resume: the checkpoint's model config is kept)")
     patch_size: int = opt(0, "override the preset's ViT patch size (0 = the preset's; must divide the image size)")
     batch_size: int = opt(32, "samples per step")
     lr: float = opt(3e-4, "peak learning rate (from scratch; pi0 fine-tunes at 2.5e-5)")
