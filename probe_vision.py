@@ -11,6 +11,7 @@ table and prints the held-out error (cm) as it goes, beside the mean predictor's
   vit_sincos  the same ViT with a fixed 2-D sine-cosine position embedding (MAE), not trained.
   vla         the whole small VLA (no state, top camera) read out by a query token through the backbone, as
               the StaKe heads read it: the path the policy's first decision has to go through.
+  vla_pool    the same VLA's image tokens (ViT, projection, camera embedding) averaged, linear head: no backbone.
 --target red regresses the red block (no language needed; layouts without it are skipped); --target named
 regresses the block the instruction names (the model must bind the colour word; only `vla` reads language).
 Writes the curves with the command and git revision. Seeded: the same flags give the same numbers on one machine.
@@ -65,8 +66,9 @@ def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
 class VLAReadout(nn.Module):
     """The small VLA with a query token read through its backbone (as model.VLA.stake does) and a linear head."""
 
-    def __init__(self, tok: Tokenizer):
+    def __init__(self, tok: Tokenizer, pool: bool = False):
         super().__init__()
+        self.pool = pool
         self.cfg = ModelConfig.from_preset("small", use_state=False, action_dim=14, state_dim=14, n_cameras=1,
                                            image_size=(96, 96), vocab_size=tok.vocab_size, n_stage=0, keyframe_head=False)
         self.vla, self.tok = VLA(self.cfg), tok
@@ -74,6 +76,9 @@ class VLAReadout(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(self.cfg.width), nn.Linear(self.cfg.width, 2))
 
     def forward(self, x, texts):
+        if self.pool:  # the VLA's image tokens (ViT, projection, camera embedding), averaged: no backbone
+            tokens = self.vla.img_proj(self.vla.vit.forward_features(x)) + self.vla.cam_emb[0]  # (B, N, W)
+            return self.head(tokens.mean(1))
         ids, mask = self.tok(texts, self.cfg.lang_len)
         cache, valid = self.vla.encode_prefix(x[:, None], ids, mask, torch.zeros(len(x), 14))
         eye = torch.ones(1, 1, dtype=torch.bool)
@@ -96,17 +101,17 @@ def make(arm: str, tok: Tokenizer) -> tuple:
             net.pos_embed.data.copy_(sincos_2d(*net.patch_embed.grid_size, p["vit_width"])[None])
             net.pos_embed.requires_grad_(False)
         return (lambda x, t: net(x)), net, 3e-4
-    if arm == "vla":
-        net = VLAReadout(tok)
+    if arm in ("vla", "vla_pool"):
+        net = VLAReadout(tok, pool=arm == "vla_pool")
         return net, net, 3e-4
-    raise ValueError(f"unknown arm '{arm}' (cnn, vit, vit_sincos, vla)")
+    raise ValueError(f"unknown arm '{arm}' (cnn, vit, vit_sincos, vla, vla_pool)")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/vision_probe.json", help="where the curves go (JSON)")
     ap.add_argument("--target", default="red", choices=["red", "named"], help="which block's position to regress")
-    ap.add_argument("--arms", nargs="+", default=["cnn", "vit", "vit_sincos", "vla"], help="encoders to train")
+    ap.add_argument("--arms", nargs="+", default=["cnn", "vit", "vit_sincos", "vla", "vla_pool"], help="encoders to train")
     ap.add_argument("--samples", type=int, default=6000, help="rendered training layouts (before skipping)")
     ap.add_argument("--holdout", type=int, default=500, help="rendered held-out layouts (before skipping)")
     ap.add_argument("--steps", type=int, default=400, help="optimiser steps per encoder")
@@ -115,7 +120,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="seeds weights and batches (the same for every arm)")
     args = ap.parse_args(argv)
     for a in args.arms:
-        make(a, None) if a != "vla" else None  # unknown arms fail before the rendering
+        make(a, None) if not a.startswith("vla") else None  # unknown arms fail before the rendering
 
     t0 = time.time()
     X, Y, T = render(args.target, range(SEED_OFFSET, SEED_OFFSET + args.samples))
