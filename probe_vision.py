@@ -35,6 +35,7 @@ from model import PRESETS, VLA, ModelConfig, Tokenizer, images_to_input, train_t
 from train import git_revision
 
 SEED_OFFSET = 2_000_000
+ARMS = ("cnn", "vit", "vit_sincos", "vla", "vla_pool")
 
 
 def render(target: str, seeds) -> tuple:
@@ -104,14 +105,14 @@ def make(arm: str, tok: Tokenizer) -> tuple:
     if arm in ("vla", "vla_pool"):
         net = VLAReadout(tok, pool=arm == "vla_pool")
         return net, net, 3e-4
-    raise ValueError(f"unknown arm '{arm}' (cnn, vit, vit_sincos, vla, vla_pool)")
+    raise ValueError(f"unknown arm '{arm}' ({', '.join(ARMS)})")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/vision_probe.json", help="where the curves go (JSON)")
     ap.add_argument("--target", default="red", choices=["red", "named"], help="which block's position to regress")
-    ap.add_argument("--arms", nargs="+", default=["cnn", "vit", "vit_sincos", "vla", "vla_pool"], help="encoders to train")
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), help="encoders to train")
     ap.add_argument("--samples", type=int, default=6000, help="rendered training layouts (before skipping)")
     ap.add_argument("--holdout", type=int, default=500, help="rendered held-out layouts (before skipping)")
     ap.add_argument("--steps", type=int, default=400, help="optimiser steps per encoder")
@@ -119,8 +120,8 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=int, default=50, help="steps between held-out errors")
     ap.add_argument("--seed", type=int, default=0, help="seeds weights and batches (the same for every arm)")
     args = ap.parse_args(argv)
-    for a in args.arms:
-        make(a, None) if not a.startswith("vla") else None  # unknown arms fail before the rendering
+    if bad := [a for a in args.arms if a not in ARMS]:  # before the rendering
+        raise ValueError(f"unknown arm '{bad[0]}' ({', '.join(ARMS)})")
 
     t0 = time.time()
     X, Y, T = render(args.target, range(SEED_OFFSET, SEED_OFFSET + args.samples))
