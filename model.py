@@ -26,6 +26,10 @@ Deviations from pi0 (openpi), on purpose:
   6. Augmentation is a random shift (pad + crop, train.py); pi0 uses crop 95 % + resize, rotation, colour.
   7. The prefix's last backbone layer only computes keys/values (its output is never read), and the Policy
      drops trailing language padding before encoding (masked either way; fewer tokens on a CPU).
+  8. Optional (`vit_stem="conv"`): a stack of 3x3 convolutions in place of the ViT's patchify conv (conv_stem).
+  9. Optional (`image_pos=True`): fixed 2-D sin-cos positions added to the image tokens as they enter the
+     backbone. Without it the backbone knows a token's camera but not where in the image it lies, except for
+     what survives of the ViT's own input positions; pi0's Gemma has RoPE over the whole token sequence.
 Presets: `small` uses depth 3 and an expert half as wide as the backbone (pi0's expert is also narrower)
 to keep one chunk (prefix + 10 Euler steps) near 15-20 ms on 2 CPU cores; `base` is for one GPU.
 Kept from pi0: t = 1 is noise, x_t = t * noise + (1 - t) * actions, target u = noise - actions, MSE loss;
@@ -48,6 +52,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+# image_pos: the sin-cos values (+-1) scaled to about the size of a projected image token at init (~0.2)
+IMAGE_POS_SCALE = 0.2
 STAKE_SEED_OFFSET = 7919  # StaKe: heads and queries draw from Generator(seed + this), never the global RNG
 
 PRESETS = {  # architecture only; training options live in train.py
@@ -70,6 +76,8 @@ class ModelConfig:
     vit_width: int = 128
     vit_depth: int = 4
     vit_heads: int = 4
+    vit_stem: str = "patch"              # "patch": timm's one 16x16 patchify conv; "conv": a stack of 3x3 convs
+    image_pos: bool = False              # add fixed 2-D sin-cos positions to the image tokens entering the backbone
     width: int = 128                     # backbone width = attention width of every stream
     depth: int = 4                       # backbone depth = action-expert depth
     heads: int = 4
@@ -97,6 +105,7 @@ class ModelConfig:
             (1 <= self.n_action_steps <= self.horizon, "need 1 <= n_action_steps <= horizon"),
             (self.depth >= 1 and self.num_steps >= 1 and self.lang_len >= 1, "depth, num_steps, lang_len >= 1"),
             (self.n_stage >= 0, "n_stage must be >= 0"),
+            (self.vit_stem in ("patch", "conv"), f"vit_stem must be 'patch' or 'conv', not '{self.vit_stem}'"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -158,6 +167,30 @@ def _init(m: nn.Module, generator=None):
         nn.init.normal_(m.weight, std=0.02, generator=generator)
 
 
+def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine positions (MAE): (h * w, dim), half the channels rows, half columns."""
+    def axis(pos, d):
+        x = pos[:, None] / 10000 ** (torch.arange(d // 2, dtype=torch.float32) / (d / 2))[None]
+        return torch.cat([torch.sin(x), torch.cos(x)], 1)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    return torch.cat([axis(ys.flatten(), dim // 2), axis(xs.flatten(), dim // 2)], 1)
+
+
+def conv_stem(patch_size: int, width: int) -> nn.Sequential:
+    """A convolutional stem in place of the ViT's patchify conv (Xiao et al. 2021, "Early convolutions help
+    transformers see better"): 3x3 stride-2 convs while the stride left is even, then one conv of the stride
+    left (1x1 for patch 16), so the token grid is the same as with patches. An option, off by default: what it
+    changes in this project is measured by probe_vision.py (arm vla_conv) and stated in the README.
+    """
+    layers, c, stride = [], 3, patch_size
+    while stride % 2 == 0 and stride > 1:
+        c_out = min(width, 32 * 2 ** (len(layers) // 2))
+        layers += [nn.Conv2d(c, c_out, 3, 2, 1), nn.GELU()]
+        c, stride = c_out, stride // 2
+    layers.append(nn.Conv2d(c, width, stride, stride))
+    return nn.Sequential(*layers)
+
+
 # ----------------------------------------------------------------------------- the model
 
 class VLA(nn.Module):
@@ -170,8 +203,13 @@ class VLA(nn.Module):
             self.vit = VisionTransformer(img_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=0,
                                          global_pool="", class_token=False, embed_dim=cfg.vit_width,
                                          depth=cfg.vit_depth, num_heads=cfg.vit_heads, mlp_ratio=cfg.mlp_ratio)
+            if cfg.vit_stem == "conv":
+                self.vit.patch_embed.proj = conv_stem(cfg.patch_size, cfg.vit_width)
             self.img_proj = nn.Linear(cfg.vit_width, W)
             self.cam_emb = nn.Parameter(torch.zeros(cfg.n_cameras, W))
+            if cfg.image_pos:  # not saved: rebuilt from the config
+                grid = (cfg.image_size[0] // cfg.patch_size, cfg.image_size[1] // cfg.patch_size)
+                self.register_buffer("image_pos", IMAGE_POS_SCALE * sincos_2d(*grid, W), persistent=False)
         # language and state
         self.lang_emb = nn.Embedding(cfg.vocab_size, W)
         self.lang_pos = nn.Parameter(torch.zeros(cfg.lang_len, W))
@@ -217,6 +255,8 @@ class VLA(nn.Module):
             C = images.shape[1]
             x = self.vit.forward_features(images.flatten(0, 1))            # (B*C, N, Wv)
             x = self.img_proj(x).unflatten(0, (B, C)) + self.cam_emb[:C, None]  # (B, C, N, W)
+            if self.cfg.image_pos:
+                x = x + self.image_pos
             parts.append(x.flatten(1, 2))                                   # (B, C*N, W)
             valid.append(torch.ones(B, x.shape[1] * x.shape[2], dtype=torch.bool, device=state.device))
         L = lang_ids.shape[1]

@@ -12,6 +12,11 @@ table and prints the held-out error (cm) as it goes, beside the mean predictor's
   vla         the whole small VLA (no state, top camera) read out by a query token through the backbone, as
               the StaKe heads read it: the path the policy's first decision has to go through.
   vla_pool    the same VLA's image tokens (ViT, projection, camera embedding) averaged, linear head: no backbone.
+  vla_conv    `vla` with the convolutional ViT stem (model.conv_stem) in place of the patchify conv.
+  policy_vit  a trained policy's vision encoder (--policy-ckpt), frozen, read by a fresh backbone and query as
+              in `vla`: are the positions in its tokens, and can a readout learn to find them?
+  policy_vit_pos  the same with model.ModelConfig.image_pos (2-D positions on the tokens in the backbone).
+--freeze-backbone N keeps the vla arms' backbone at its random init for N steps (train.py --vision-warmup).
 --target red regresses the red block (no language needed; layouts without it are skipped); --target named
 regresses the block the instruction names (the model must bind the colour word; only `vla` reads language).
 Writes the curves with the command and git revision. Seeded: the same flags give the same numbers on one machine.
@@ -31,11 +36,11 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 import data
-from model import PRESETS, VLA, ModelConfig, Tokenizer, images_to_input, train_tokenizer
+from model import PRESETS, VLA, ModelConfig, Tokenizer, images_to_input, sincos_2d, train_tokenizer
 from train import git_revision
 
 SEED_OFFSET = 2_000_000
-ARMS = ("cnn", "vit", "vit_sincos", "vla", "vla_pool")
+ARMS = ("cnn", "vit", "vit_sincos", "vla", "vla_pool", "vla_conv", "policy_vit", "policy_vit_pos")
 
 
 def render(target: str, seeds) -> tuple:
@@ -55,24 +60,31 @@ def render(target: str, seeds) -> tuple:
     return x, torch.tensor(np.array(xy), dtype=torch.float32), texts
 
 
-def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
-    """Fixed 2-D sine-cosine positions (MAE): (h * w, dim), half the channels rows, half columns."""
-    def axis(pos, d):
-        x = pos[:, None] / 10000 ** (torch.arange(d // 2, dtype=torch.float32) / (d / 2))[None]
-        return torch.cat([torch.sin(x), torch.cos(x)], 1)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    return torch.cat([axis(ys.flatten(), dim // 2), axis(xs.flatten(), dim // 2)], 1)
-
-
 class VLAReadout(nn.Module):
     """The small VLA with a query token read through its backbone (as model.VLA.stake does) and a linear head."""
 
-    def __init__(self, tok: Tokenizer, pool: bool = False):
+    def __init__(self, tok: Tokenizer, pool: bool = False, vit_stem: str = "patch", image_pos: bool = False,
+                 vision_from: dict | None = None):
         super().__init__()
         self.pool = pool
-        self.cfg = ModelConfig.from_preset("small", use_state=False, action_dim=14, state_dim=14, n_cameras=1,
-                                           image_size=(96, 96), vocab_size=tok.vocab_size, n_stage=0, keyframe_head=False)
+        if vision_from is not None:
+            vit_stem = vision_from["model_config"].get("vit_stem", "patch")
+        self.cfg = ModelConfig.from_preset("small", vit_stem=vit_stem, image_pos=image_pos, use_state=False, action_dim=14,
+                                           state_dim=14, n_cameras=1, image_size=(96, 96), vocab_size=tok.vocab_size,
+                                           n_stage=0, keyframe_head=False)
         self.vla, self.tok = VLA(self.cfg), tok
+        if vision_from is not None:  # a trained policy's ViT, projection and top-camera embedding, frozen
+            sd, cams = vision_from["ema"], vision_from["meta"]["cameras"]
+            if "top" not in cams:
+                raise ValueError(f"--policy-ckpt: the policy has no 'top' camera ({cams})")
+            mine = {k: v for k, v in sd.items() if k.startswith(("vit.", "img_proj."))}
+            mine["cam_emb"] = sd["cam_emb"][cams.index("top")][None]
+            try:
+                self.vla.load_state_dict(mine, strict=False)
+            except RuntimeError as e:
+                raise ValueError(f"--policy-ckpt: its vision encoder is not the small preset's: {e}") from None
+            for n, p in self.vla.named_parameters():
+                p.requires_grad_(not n.startswith(("vit.", "img_proj.", "cam_emb")))
         self.query = nn.Parameter(torch.randn(1, 1, self.cfg.width) * 0.02)
         self.head = nn.Sequential(nn.LayerNorm(self.cfg.width), nn.Linear(self.cfg.width, 2))
 
@@ -87,7 +99,7 @@ class VLAReadout(nn.Module):
         return self.head(out[:, 0])
 
 
-def make(arm: str, tok: Tokenizer) -> tuple:
+def make(arm: str, tok: Tokenizer, policy_ckpt: str = "") -> tuple:
     """(network taking (images, texts), peak learning rate)."""
     if arm == "cnn":
         net = nn.Sequential(nn.Conv2d(3, 32, 5, 2, 2), nn.GELU(), nn.Conv2d(32, 64, 3, 2, 1), nn.GELU(),
@@ -102,8 +114,14 @@ def make(arm: str, tok: Tokenizer) -> tuple:
             net.pos_embed.data.copy_(sincos_2d(*net.patch_embed.grid_size, p["vit_width"])[None])
             net.pos_embed.requires_grad_(False)
         return (lambda x, t: net(x)), net, 3e-4
-    if arm in ("vla", "vla_pool"):
-        net = VLAReadout(tok, pool=arm == "vla_pool")
+    if arm in ("vla", "vla_pool", "vla_conv"):
+        net = VLAReadout(tok, pool=arm == "vla_pool", vit_stem="conv" if arm == "vla_conv" else "patch")
+        return net, net, 3e-4
+    if arm in ("policy_vit", "policy_vit_pos"):
+        if not policy_ckpt:
+            raise ValueError(f"arm {arm} needs --policy-ckpt")
+        ck = torch.load(policy_ckpt, map_location="cpu", weights_only=True)
+        net = VLAReadout(tok, image_pos=arm == "policy_vit_pos", vision_from=ck)
         return net, net, 3e-4
     raise ValueError(f"unknown arm '{arm}' ({', '.join(ARMS)})")
 
@@ -119,9 +137,14 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=64, help="samples per step")
     ap.add_argument("--eval-every", type=int, default=50, help="steps between held-out errors")
     ap.add_argument("--seed", type=int, default=0, help="seeds weights and batches (the same for every arm)")
+    ap.add_argument("--policy-ckpt", default="", help="the trained policy whose vision the policy_vit arms read")
+    ap.add_argument("--freeze-backbone", type=int, default=0, metavar="STEPS",
+                    help="vla arms: keep the backbone blocks at their random init for the first STEPS steps")
     args = ap.parse_args(argv)
     if bad := [a for a in args.arms if a not in ARMS]:  # before the rendering
         raise ValueError(f"unknown arm '{bad[0]}' ({', '.join(ARMS)})")
+    if any(a.startswith("policy_vit") for a in args.arms) and not Path(args.policy_ckpt).is_file():
+        raise ValueError(f"the policy_vit arms need --policy-ckpt, a checkpoint file (got '{args.policy_ckpt}')")
 
     t0 = time.time()
     X, Y, T = render(args.target, range(SEED_OFFSET, SEED_OFFSET + args.samples))
@@ -133,7 +156,7 @@ def main(argv=None):
     curves = {}
     for arm in args.arms:
         torch.manual_seed(args.seed)
-        fwd, net, lr = make(arm, tok)
+        fwd, net, lr = make(arm, tok, args.policy_ckpt)
         params = [p for p in net.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=1e-4)
         g = torch.Generator().manual_seed(args.seed)
@@ -145,6 +168,9 @@ def main(argv=None):
             loss = F.smooth_l1_loss(fwd(X[idx], [T[i] for i in idx]), (Y[idx] - mean) / std)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if arm.startswith("vla") and step <= args.freeze_backbone:  # AdamW skips params without grads
+                for p in net.vla.blocks.parameters():
+                    p.grad = None
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             if step % args.eval_every == 0 or step == args.steps:

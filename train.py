@@ -68,6 +68,13 @@ class Options:
                          "a policy can fit most steps by continuing the motion and never learn to look "
                          "(ignored with --init-from/--resume: the checkpoint's model config is kept)")
     patch_size: int = opt(0, "override the preset's ViT patch size (0 = the preset's; must divide the image size)")
+    vit_stem: str = opt("patch", "ViT stem: 'patch' (timm's patchify conv) or 'conv' (3x3 convs, model.conv_stem)")
+    image_pos: bool = opt(False, "add fixed 2-D sin-cos positions to the image tokens entering the backbone "
+                          "(model.ModelConfig.image_pos)")
+    vision_warmup: int = opt(0, "steps at the start during which the transformer blocks (backbone and expert) "
+                             "stay at their random init and only the encoders, embeddings and input/output "
+                             "layers learn: a trained readout learns to ignore a from-scratch ViT before it "
+                             "can see (probe_vision.py --freeze-backbone)")
     batch_size: int = opt(32, "samples per step")
     lr: float = opt(3e-4, "peak learning rate (from scratch; pi0 fine-tunes at 2.5e-5)")
     warmup: int = opt(500, "linear warm-up steps (capped at 10%% of --steps), then cosine")
@@ -91,6 +98,8 @@ class Options:
                   (self.preset in PRESETS, f"--preset must be one of {list(PRESETS)}"),
                   (self.stage_weight >= 0 and self.keyframe_weight >= 0, "loss weights must be >= 0"),
                   (self.stage_label in ("per-arm", "any"), "--stage-label must be 'per-arm' or 'any'"),
+                  (self.vit_stem in ("patch", "conv"), "--vit-stem must be 'patch' or 'conv'"),
+                  (0 <= self.vision_warmup < self.steps, "--vision-warmup must be in [0, --steps)"),
                   (self.std_floor > 0, "--std-floor must be > 0"), (self.shift >= 0, "--shift must be >= 0"),
                   (self.log_every > 0 and self.save_every > 0, "--log-every and --save-every must be > 0"),
                   (0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1)")]
@@ -271,7 +280,7 @@ def load_checkpoint(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def train_step(model, optimizer, batch, noise, t, opts: Options, amp: bool):
+def train_step(model, optimizer, batch, noise, t, opts: Options, amp: bool, frozen=()):
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
         out = model(batch, noise, t)
     loss = out["policy_loss"]
@@ -281,6 +290,8 @@ def train_step(model, optimizer, batch, noise, t, opts: Options, amp: bool):
         loss = loss + opts.keyframe_weight * out["keyframe_l1"]  # StaKe
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    for p in frozen:  # --vision-warmup: AdamW skips a parameter without a gradient (no step, no decay)
+        p.grad = None
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
     optimizer.step()
     return out, loss, grad_norm
@@ -331,7 +342,7 @@ def train(opts: Options) -> dict:
         stats = compute_stats(D, opts.std_floor)
         cfg = model_config(opts, D, dataclasses.asdict(ModelConfig.from_preset(
             opts.preset, **({"patch_size": opts.patch_size} if opts.patch_size else {}), use_state=not opts.no_state,
-            action_dim=A, state_dim=Dq, n_cameras=len(D["cameras"]),
+            vit_stem=opts.vit_stem, image_pos=opts.image_pos, action_dim=A, state_dim=Dq, n_cameras=len(D["cameras"]),
             image_size=tuple(meta["image_size"]), vocab_size=tok.vocab_size)))
     lang = tok(D["texts"], cfg.lang_len)                                               # (E, L) ids, mask
     if (long := [t for t in set(D["texts"]) if len(tok.ids(t)) > cfg.lang_len]):
@@ -390,7 +401,9 @@ def train(opts: Options) -> dict:
         batch = make_batch(D, lang, norm, g_data, opts.batch_size, cfg.horizon, cfg.image_size, opts.shift,
                            meta["gripper_indices"], device)
         noise, t = sample_noise_time(g_flow, opts.batch_size, cfg.horizon, A, device)
-        out, loss, gn = train_step(fwd, optimizer, batch, noise, t, opts, amp)
+        frozen = [p for n, p in model.named_parameters() if n.startswith(("blocks.", "expert."))] if (
+            step <= opts.vision_warmup) else ()
+        out, loss, gn = train_step(fwd, optimizer, batch, noise, t, opts, amp, frozen)
         decay = min(opts.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, p in zip(ema.parameters(), model.parameters()):

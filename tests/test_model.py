@@ -165,3 +165,49 @@ def test_no_state_model_ignores_the_state():
             o1, o2 = model(b1, noise, t), model(b2, noise, t)
         outs[use_state] = max((o1[k] - o2[k]).abs().max().item() for k in ("policy_loss", "stage_logits"))
     assert outs[True] > 1e-4 and outs[False] == 0.0
+
+
+def test_conv_stem_keeps_the_token_grid_and_sees_the_image():
+    """vit_stem='conv' replaces timm's patchify conv: same number of tokens per camera for patch 16 and 12
+    (12 = 2 * 2 * 3 ends in a stride-3 conv), and the tokens depend on the pixels."""
+    from model import conv_stem
+    for patch, size in ((16, 96), (12, 96), (8, 32)):
+        assert conv_stem(patch, 24)(torch.zeros(1, 3, size, size)).shape == (1, 24, size // patch, size // patch)
+    cfg = tiny_cfg(vit_stem="conv")
+    model = new_model(cfg, 0).eval()
+    assert any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in model.vit.patch_embed.proj.modules())
+    b1, b2 = fake_batch(cfg, seed=0), fake_batch(cfg, seed=0)
+    b2["images"] = -b2["images"]
+    with torch.no_grad():
+        c1, _ = model.encode_prefix(b1["images"], b1["lang_ids"], b1["lang_mask"], b1["state"])
+        c2, _ = model.encode_prefix(b2["images"], b2["lang_ids"], b2["lang_mask"], b2["state"])
+    assert (c1[0][0] - c2[0][0]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="vit_stem"):
+        tiny_cfg(vit_stem="resnet")
+
+
+def test_image_pos_marks_where_a_token_is():
+    """image_pos=True: two images that differ only by where a patch sits give different prefixes only through
+    the position the backbone is told; the buffer is rebuilt from the config (not in the state dict, so
+    checkpoints without the option still load)."""
+    from model import sincos_2d
+    pe = sincos_2d(2, 2, 8)
+    assert pe.shape == (4, 8) and len({tuple(r.tolist()) for r in pe}) == 4
+    outs = {}
+    for image_pos in (False, True):
+        cfg = tiny_cfg(image_pos=image_pos, vit_depth=1)
+        model = new_model(cfg, 0).eval()
+        assert "image_pos" not in model.state_dict()
+        model.vit.pos_embed.data.zero_()  # the ViT's own positions off: only image_pos can tell tokens apart
+        img = -torch.ones(1, 1, 3, 32, 32)
+        a, b = img.clone(), img.clone()
+        a[..., :16, :16] = 1.0  # a bright patch top-left ...
+        b[..., 16:, 16:] = 1.0  # ... or bottom-right
+        batch = fake_batch(cfg, B=1)
+        with torch.no_grad():
+            ka = model.encode_prefix(a, batch["lang_ids"], batch["lang_mask"], batch["state"])[0][0][0]
+            kb = model.encode_prefix(b, batch["lang_ids"], batch["lang_mask"], batch["state"])[0][0][0]
+        # the same set of tokens in another order: equal as sets of keys without positions
+        sa, sb = ka[0, 0, :4].sum(0), kb[0, 0, :4].sum(0)
+        outs[image_pos] = (sa - sb).abs().max().item()
+    assert outs[False] < 1e-5 and outs[True] > 1e-4

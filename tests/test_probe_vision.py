@@ -30,3 +30,29 @@ def test_cli_writes_curves_and_refuses_unknown_arms(tmp_path):
     assert abs(res["chance_cm"] - 100 * (hy - y.mean(0)).norm(dim=-1).mean().item()) < 0.01
     bad = subprocess.run(cmd[:-2] + ["resnet"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 1 and "unknown arm 'resnet'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_policy_vit_arm_reads_a_frozen_trained_encoder(tmp_path):
+    """policy_vit(_pos): the probe reads the checkpoint's own ViT, projection and top-camera embedding,
+    frozen, through a fresh trainable backbone (with image_pos for the _pos arm)."""
+    import pytest
+    import torch
+    sys.path.insert(0, str(ROOT / "tests"))
+    from synthetic import make_dataset
+    from train import Options, train
+    ds = make_dataset(tmp_path / "d", n_episodes=2, T=12, cameras=("left_wrist", "top"), image_size=(96, 96))
+    train(Options(data=[str(ds)], out=str(tmp_path / "r"), preset="small", steps=2, batch_size=2, log_every=1, warmup=1))
+    ck_path = tmp_path / "r" / "ckpt.pt"
+    ck = torch.load(ck_path, map_location="cpu", weights_only=True)
+    tok = probe_vision.Tokenizer(probe_vision.train_tokenizer(["pick up the red cube"], 300))
+    for arm, pos in (("policy_vit", False), ("policy_vit_pos", True)):
+        _, net, _ = probe_vision.make(arm, tok, str(ck_path))
+        assert net.cfg.image_pos == pos
+        assert torch.equal(net.vla.cam_emb[0], ck["ema"]["cam_emb"][1])  # the top camera's row
+        for n, p in net.vla.named_parameters():
+            if n.startswith(("vit.", "img_proj.")):
+                assert torch.equal(p, ck["ema"][n]) and not p.requires_grad, n
+            elif n.startswith("blocks."):
+                assert p.requires_grad and not torch.equal(p, ck["ema"][n]), n  # fresh, not the policy's
+    with pytest.raises(ValueError, match="needs --policy-ckpt"):
+        probe_vision.make("policy_vit", tok, "")

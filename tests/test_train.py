@@ -91,6 +91,27 @@ def test_variants_share_data_order_and_init(ds, tmp_path):
     assert other["policy_loss"] != first[0, 0]
 
 
+def test_vision_warmup_holds_the_blocks_then_releases_them(ds, tmp_path):
+    """--vision-warmup 3: after 3 steps the backbone and expert blocks are still the seed's init while the
+    ViT (conv stem here) has moved; 2 steps later the blocks move too."""
+    from model import ModelConfig
+    from train import new_model
+    kw = dict(vision_warmup=3, vit_stem="conv", seed=1)
+    run(ds, tmp_path / "w3", steps=4, stop_after=3, **kw)
+    ck = torch.load(tmp_path / "w3" / "ckpt.pt", weights_only=True)
+    run(ds, tmp_path / "w0", steps=4, stop_after=1, **{**kw, "vision_warmup": 0})  # 1 unfrozen step, same init
+    ck0 = torch.load(tmp_path / "w0" / "ckpt.pt", weights_only=True)
+    fresh = new_model(ModelConfig(**ck["model_config"]), 1).state_dict()
+    assert ck["model_config"]["vit_stem"] == "conv"
+    blocks = [k for k in fresh if k.startswith(("blocks.", "expert."))]
+    assert blocks and all(torch.equal(ck["model"][k], fresh[k]) for k in blocks)
+    assert any(not torch.equal(ck0["model"][k], fresh[k]) for k in blocks)  # without the warm-up they move
+    assert not torch.equal(ck["model"]["vit.patch_embed.proj.0.weight"], fresh["vit.patch_embed.proj.0.weight"])
+    run(ds, tmp_path / "w3", steps=4, resume=True, **kw)
+    ck = torch.load(tmp_path / "w3" / "ckpt.pt", weights_only=True)
+    assert any(not torch.equal(ck["model"][k], fresh[k]) for k in blocks)
+
+
 def test_checkpoint_round_trip_and_policy(ds, tmp_path):
     run(ds, tmp_path / "r", steps=3, stage_weight=1, keyframe_weight=1, stage_label="any", init_from="")
     ck = torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)
