@@ -68,9 +68,10 @@ class Options:
                          "a policy can fit most steps by continuing the motion and never learn to look "
                          "(ignored with --init-from/--resume: the checkpoint's model config is kept)")
     patch_size: int = opt(0, "override the preset's ViT patch size (0 = the preset's; must divide the image size)")
-    vit_stem: str = opt("patch", "ViT stem: 'patch' (timm's patchify conv) or 'conv' (3x3 convs, model.conv_stem)")
+    vit_stem: str = opt("patch", "ViT stem: 'patch' (timm's patchify conv) or 'conv' (3x3 convs, model.conv_stem); "
+                          "ignored with --init-from/--resume, like --no-state")
     image_pos: bool = opt(False, "add fixed 2-D sin-cos positions to the image tokens entering the backbone "
-                          "(model.ModelConfig.image_pos)")
+                          "(model.ModelConfig.image_pos; ignored with --init-from/--resume)")
     vision_warmup: int = opt(0, "steps at the start during which the transformer blocks (backbone and expert) "
                              "stay at their random init and only the encoders, embeddings and input/output "
                              "layers learn: a trained readout learns to ignore a from-scratch ViT before it "
