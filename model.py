@@ -182,11 +182,11 @@ def conv_stem(patch_size: int, width: int) -> nn.Sequential:
     left (1x1 for patch 16), so the token grid is the same as with patches. An option, off by default: what it
     changes in this project is measured by probe_vision.py (arm vla_conv) and stated in the README.
     """
-    layers, c, stride = [], 3, patch_size
+    layers, c, stride, c_out = [], 3, patch_size, 32  # channels 32, 64, 128, ... capped at width
     while stride % 2 == 0 and stride > 1:
-        c_out = min(width, 32 * 2 ** (len(layers) // 2))
+        c_out = min(width, c_out)
         layers += [nn.Conv2d(c, c_out, 3, 2, 1), nn.GELU()]
-        c, stride = c_out, stride // 2
+        c, stride, c_out = c_out, stride // 2, c_out * 2
     layers.append(nn.Conv2d(c, width, stride, stride))
     return nn.Sequential(*layers)
 

@@ -394,6 +394,7 @@ def train(opts: Options) -> dict:
     metrics_path.write_text("".join(l + "\n" for l in kept))
     acc, t_log, t_bar, first, last = {}, time.perf_counter(), 0.0, step, {}
     high = open_is_high(meta["gripper_convention"])
+    blocks = [p for n, p in model.named_parameters() if n.startswith(("blocks.", "expert."))]  # --vision-warmup
     while step < opts.steps:
         step += 1
         lr = lr_at(step, opts)
@@ -402,9 +403,8 @@ def train(opts: Options) -> dict:
         batch = make_batch(D, lang, norm, g_data, opts.batch_size, cfg.horizon, cfg.image_size, opts.shift,
                            meta["gripper_indices"], device)
         noise, t = sample_noise_time(g_flow, opts.batch_size, cfg.horizon, A, device)
-        frozen = [p for n, p in model.named_parameters() if n.startswith(("blocks.", "expert."))] if (
-            step <= opts.vision_warmup) else ()
-        out, loss, gn = train_step(fwd, optimizer, batch, noise, t, opts, amp, frozen)
+        out, loss, gn = train_step(fwd, optimizer, batch, noise, t, opts, amp,
+                                   blocks if step <= opts.vision_warmup else ())
         decay = min(opts.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, p in zip(ema.parameters(), model.parameters()):

@@ -93,7 +93,7 @@ def test_variants_share_data_order_and_init(ds, tmp_path):
 
 def test_vision_warmup_holds_the_blocks_then_releases_them(ds, tmp_path):
     """--vision-warmup 3: after 3 steps the backbone and expert blocks are still the seed's init while the
-    ViT (conv stem here) has moved; 2 steps later the blocks move too."""
+    ViT (conv stem here) has moved; one step later the blocks move too."""
     from model import ModelConfig
     from train import new_model
     kw = dict(vision_warmup=3, vit_stem="conv", seed=1)
