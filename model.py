@@ -30,6 +30,12 @@ Deviations from pi0 (openpi), on purpose:
   9. Optional (`image_pos=True`): fixed 2-D sin-cos positions added to the image tokens as they enter the
      backbone. Without it the backbone knows a token's camera but not where in the image it lies, except for
      what survives of the ViT's own input positions; pi0's Gemma has RoPE over the whole token sequence.
+  10. Optional (`vit_pos="sincos"`): the ViT's position embedding is a fixed 2-D sin-cos table, not learned.
+  11. Optional (`keypoints=K`): each camera enters the prefix as K spatial-softmax keypoints (Levine et al.
+     2016; expected (x, y) over the patch grid, one token each) instead of its patch tokens. The instruction
+     (mean language embedding) adds to the keypoint detectors, and the coordinates are also added to every
+     action token (`kp_direct`), because a from-scratch backbone read only through attention learns to
+     ignore them. None of pi0; all for 50-demonstration, from-scratch training (README, issue 5).
 Presets: `small` uses depth 3 and an expert half as wide as the backbone (pi0's expert is also narrower)
 to keep one chunk (prefix + 10 Euler steps) near 15-20 ms on 2 CPU cores; `base` is for one GPU.
 Kept from pi0: t = 1 is noise, x_t = t * noise + (1 - t) * actions, target u = noise - actions, MSE loss;
@@ -78,6 +84,8 @@ class ModelConfig:
     vit_heads: int = 4
     vit_stem: str = "patch"              # "patch": timm's one 16x16 patchify conv; "conv": a stack of 3x3 convs
     image_pos: bool = False              # add fixed 2-D sin-cos positions to the image tokens entering the backbone
+    vit_pos: str = "learned"             # the ViT's own position embedding: "learned" (timm) or "sincos" (fixed)
+    keypoints: int = 0                   # > 0: K spatial-softmax keypoint tokens per camera replace the patch tokens
     width: int = 128                     # backbone width = attention width of every stream
     depth: int = 4                       # backbone depth = action-expert depth
     heads: int = 4
@@ -106,6 +114,8 @@ class ModelConfig:
             (self.depth >= 1 and self.num_steps >= 1 and self.lang_len >= 1, "depth, num_steps, lang_len >= 1"),
             (self.n_stage >= 0, "n_stage must be >= 0"),
             (self.vit_stem in ("patch", "conv"), f"vit_stem must be 'patch' or 'conv', not '{self.vit_stem}'"),
+            (self.vit_pos in ("learned", "sincos"), f"vit_pos must be 'learned' or 'sincos', not '{self.vit_pos}'"),
+            (self.keypoints >= 0, "keypoints must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -205,10 +215,27 @@ class VLA(nn.Module):
                                          depth=cfg.vit_depth, num_heads=cfg.vit_heads, mlp_ratio=cfg.mlp_ratio)
             if cfg.vit_stem == "conv":
                 self.vit.patch_embed.proj = conv_stem(cfg.patch_size, cfg.vit_width)
-            self.img_proj = nn.Linear(cfg.vit_width, W)
+            grid = (cfg.image_size[0] // cfg.patch_size, cfg.image_size[1] // cfg.patch_size)
+            if cfg.vit_pos == "sincos":  # fixed: nothing per patch to memorise a layout with
+                self.vit.pos_embed.data.copy_(sincos_2d(*grid, cfg.vit_width)[None])
+                self.vit.pos_embed.requires_grad_(False)
             self.cam_emb = nn.Parameter(torch.zeros(cfg.n_cameras, W))
+            if cfg.keypoints:  # spatial softmax (Levine et al. 2016): per-keypoint softmax over the patch grid
+                self.kp_logits = nn.Linear(cfg.vit_width, cfg.keypoints)
+                # the instruction shifts what each keypoint looks for (mean language embedding -> logit weights),
+                # so a keypoint can follow "the red block" when red is named
+                self.kp_lang = nn.Linear(W, cfg.keypoints * cfg.vit_width)
+                # the coordinates also enter every action token directly: read only through attention, a
+                # from-scratch backbone learned to ignore them (a query readout of the red block's place on
+                # 52 layouts stayed at chance; with the coordinates added to the query it reached 1.4 cm)
+                self.kp_direct = nn.Linear(cfg.n_cameras * cfg.keypoints * 2, We)
+                self.kp_proj = nn.Linear(2, W)  # a keypoint's expected (x, y) in [-1, 1] -> one token
+                self.kp_emb = nn.Parameter(torch.zeros(cfg.keypoints, W))
+                ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid[0]), torch.linspace(-1, 1, grid[1]), indexing="ij")
+                self.register_buffer("kp_grid", torch.stack([xs.flatten(), ys.flatten()], 1), persistent=False)
+            else:
+                self.img_proj = nn.Linear(cfg.vit_width, W)
             if cfg.image_pos:  # not saved: rebuilt from the config
-                grid = (cfg.image_size[0] // cfg.patch_size, cfg.image_size[1] // cfg.patch_size)
                 self.register_buffer("image_pos", IMAGE_POS_SCALE * sincos_2d(*grid, W), persistent=False)
         # language and state
         self.lang_emb = nn.Embedding(cfg.vocab_size, W)
@@ -227,7 +254,8 @@ class VLA(nn.Module):
         for name, m in self.named_modules():
             if not name.startswith("vit"):  # timm initialises its own ViT
                 _init(m)
-        for p in (self.lang_pos, self.action_pos) + ((self.cam_emb,) if cfg.n_cameras else ()):
+        for p in (self.lang_pos, self.action_pos) + ((self.cam_emb,) if cfg.n_cameras else ()) + \
+                ((self.kp_emb,) if cfg.n_cameras and cfg.keypoints else ()):
             nn.init.trunc_normal_(p, std=0.02)
 
         # StaKe: two learnable query tokens (backbone weights) and their heads, created only when enabled,
@@ -250,17 +278,28 @@ class VLA(nn.Module):
 
         Returns the per-layer (k, v) cache, each (B, heads, P, head), and the key validity (B, P)."""
         B = state.shape[0]
-        parts, valid = [], []
+        parts, valid, extra = [], [], []
+        L = lang_ids.shape[1]
+        lang = self.lang_emb(lang_ids) + self.lang_pos[:L]                  # (B, L, W)
         if self.cfg.n_cameras:
             C = images.shape[1]
             x = self.vit.forward_features(images.flatten(0, 1))            # (B*C, N, Wv)
-            x = self.img_proj(x).unflatten(0, (B, C)) + self.cam_emb[:C, None]  # (B, C, N, W)
-            if self.cfg.image_pos:
-                x = x + self.image_pos
+            if self.cfg.keypoints:  # K (x, y) per camera instead of N patch tokens
+                m = lang_mask[..., None].to(lang.dtype)
+                l = (lang * m).sum(1) / m.sum(1).clamp(min=1)               # (B, W) mean instruction embedding
+                wk = self.kp_logits.weight + self.kp_lang(l).view(B, 1, *self.kp_logits.weight.shape)  # (B, 1, K, Wv)
+                logits = torch.einsum("bcnv,bckv->bcnk", x.unflatten(0, (B, C)), wk.expand(-1, C, -1, -1))
+                w = (logits + self.kp_logits.bias).float().flatten(0, 1).softmax(1)  # (B*C, N, K)
+                xy = torch.einsum("bnk,nc->bkc", w, self.kp_grid).to(x.dtype)  # (B*C, K, 2)
+                extra.append(xy.reshape(B, -1))                             # (B, C*K*2) for kp_direct
+                x = (self.kp_proj(xy) + self.kp_emb).unflatten(0, (B, C)) + self.cam_emb[:C, None]  # (B, C, K, W)
+            else:
+                x = self.img_proj(x).unflatten(0, (B, C)) + self.cam_emb[:C, None]  # (B, C, N, W)
+                if self.cfg.image_pos:
+                    x = x + self.image_pos
             parts.append(x.flatten(1, 2))                                   # (B, C*N, W)
             valid.append(torch.ones(B, x.shape[1] * x.shape[2], dtype=torch.bool, device=state.device))
-        L = lang_ids.shape[1]
-        parts.append(self.lang_emb(lang_ids) + self.lang_pos[:L])           # (B, L, W)
+        parts.append(lang)
         valid.append(lang_mask.bool())
         if self.cfg.use_state:
             parts.append(self.state_proj(state)[:, None])                   # (B, 1, W)
@@ -273,7 +312,7 @@ class VLA(nn.Module):
             cache.append((k, v))
             if i < len(self.blocks) - 1:  # the last layer's prefix output is never read
                 x = blk.finish(x, q, k, v, mask)
-        return cache, valid
+        return cache + extra, valid  # with keypoints, one entry past the layers: their coordinates (B, C*K*2)
 
     @staticmethod
     def suffix_mask(valid, self_mask):
@@ -285,7 +324,8 @@ class VLA(nn.Module):
     @staticmethod
     def _suffix(blocks, x, cache, mask):
         """Run suffix tokens x (B, S, w) through `blocks`, attending to the cached prefix and to each other
-        as `mask` (from suffix_mask) allows. The prefix never attends to the suffix."""
+        as `mask` (from suffix_mask) allows. The prefix never attends to the suffix. (zip stops at the last
+        block: a keypoint entry after the layers' keys/values is not read here.)"""
         for blk, (kp, vp) in zip(blocks, cache):
             q, k, v = blk.project(x)
             x = blk.finish(x, q, torch.cat([kp, k], 2), torch.cat([vp, v], 2), mask)
@@ -299,6 +339,8 @@ class VLA(nn.Module):
         a = self.action_in(x_t)                                              # (B, H, We)
         te = sincos_time(t, a.shape[-1]).to(a.dtype)[:, None].expand(-1, H, -1)
         a = self.time_mlp_out(F.silu(self.time_mlp_in(torch.cat([a, te], -1)))) + self.action_pos[:H]
+        if len(cache) > len(self.expert):  # keypoints: their coordinates reach every action token directly
+            a = a + self.kp_direct(cache[len(self.expert)])[:, None]
         if mask is None:
             mask = self.suffix_mask(valid, torch.ones(H, H, dtype=torch.bool, device=a.device))
         a = self._suffix(self.expert, a, cache, mask)
@@ -355,7 +397,7 @@ class VLA(nn.Module):
 def param_counts(model: VLA) -> dict:
     groups = {"vision": 0, "language": 0, "backbone": 0, "expert": 0, "stake": 0}
     for n, p in model.named_parameters():
-        if n.startswith(("vit", "img_proj", "cam_emb")):
+        if n.startswith(("vit", "img_proj", "cam_emb", "kp_")):
             k = "vision"
         elif n.startswith(("lang_",)):
             k = "language"

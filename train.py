@@ -72,6 +72,11 @@ class Options:
                           "ignored with --init-from/--resume, like --no-state")
     image_pos: bool = opt(False, "add fixed 2-D sin-cos positions to the image tokens entering the backbone "
                           "(model.ModelConfig.image_pos; ignored with --init-from/--resume)")
+    vit_pos: str = opt("learned", "the ViT's position embedding: 'learned' (timm) or 'sincos' (fixed 2-D sin-cos, "
+                       "not trained; ignored with --init-from/--resume)")
+    keypoints: int = opt(0, "K > 0: each camera enters the prefix as K spatial-softmax keypoint tokens (expected "
+                         "(x, y) over the patch grid) instead of its patch tokens (model.ModelConfig.keypoints; "
+                         "ignored with --init-from/--resume)")
     vision_warmup: int = opt(0, "steps at the start during which the transformer blocks (backbone and expert) "
                              "stay at their random init and only the encoders, embeddings and input/output "
                              "layers learn: a trained readout learns to ignore a from-scratch ViT before it "
@@ -100,6 +105,8 @@ class Options:
                   (self.stage_weight >= 0 and self.keyframe_weight >= 0, "loss weights must be >= 0"),
                   (self.stage_label in ("per-arm", "any"), "--stage-label must be 'per-arm' or 'any'"),
                   (self.vit_stem in ("patch", "conv"), "--vit-stem must be 'patch' or 'conv'"),
+                  (self.vit_pos in ("learned", "sincos"), "--vit-pos must be 'learned' or 'sincos'"),
+                  (self.keypoints >= 0, "--keypoints must be >= 0"),
                   (0 <= self.vision_warmup < self.steps, "--vision-warmup must be in [0, --steps)"),
                   (self.std_floor > 0, "--std-floor must be > 0"), (self.shift >= 0, "--shift must be >= 0"),
                   (self.log_every > 0 and self.save_every > 0, "--log-every and --save-every must be > 0"),
@@ -343,7 +350,8 @@ def train(opts: Options) -> dict:
         stats = compute_stats(D, opts.std_floor)
         cfg = model_config(opts, D, dataclasses.asdict(ModelConfig.from_preset(
             opts.preset, **({"patch_size": opts.patch_size} if opts.patch_size else {}), use_state=not opts.no_state,
-            vit_stem=opts.vit_stem, image_pos=opts.image_pos, action_dim=A, state_dim=Dq, n_cameras=len(D["cameras"]),
+            vit_stem=opts.vit_stem, image_pos=opts.image_pos, vit_pos=opts.vit_pos, keypoints=opts.keypoints,
+            action_dim=A, state_dim=Dq, n_cameras=len(D["cameras"]),
             image_size=tuple(meta["image_size"]), vocab_size=tok.vocab_size)))
     lang = tok(D["texts"], cfg.lang_len)                                               # (E, L) ids, mask
     if (long := [t for t in set(D["texts"]) if len(tok.ids(t)) > cfg.lang_len]):

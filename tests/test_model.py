@@ -211,3 +211,46 @@ def test_image_pos_marks_where_a_token_is():
         sa, sb = ka[0, 0, :4].sum(0), kb[0, 0, :4].sum(0)
         outs[image_pos] = (sa - sb).abs().max().item()
     assert outs[False] < 1e-5 and outs[True] > 1e-4
+
+
+def test_keypoints_are_the_expected_position_of_what_the_vit_marks():
+    """keypoints=K: each camera enters the prefix as K tokens built from softmax-weighted (x, y) over the patch
+    grid. A keypoint whose logit is a bright-patch detector lands on that patch, at the grid's corner
+    coordinates; the prefix has K tokens per camera; the coordinates also reach the action tokens directly, and
+    the instruction changes where the keypoints land; vit_pos='sincos' fixes the ViT's positions (no grad)."""
+    cfg = tiny_cfg(keypoints=3, vit_pos="sincos", n_cameras=2)
+    model = new_model(cfg, 0).eval()
+    assert not model.vit.pos_embed.requires_grad and not hasattr(model, "img_proj")
+    batch = fake_batch(cfg, B=1)
+    cache, valid = model.encode_prefix(batch["images"], batch["lang_ids"], batch["lang_mask"], batch["state"])
+    assert valid.shape[1] == 2 * 3 + cfg.lang_len + 1  # 2 cameras x 3 keypoints, language, state
+    # the keypoint coordinates themselves: a logit that is huge on one patch's features puts the keypoint there
+    captured = {}
+    model.kp_proj.register_forward_hook(lambda m, inp, out: captured.update(xy=inp[0]))
+    for corner, patch in (((-1.0, -1.0), 0), ((1.0, 1.0), 3)):
+        with torch.no_grad():
+            feats = model.vit.forward_features(batch["images"][:, 0])        # (1, 4, Wv)
+            model.kp_logits.weight.copy_(torch.zeros_like(model.kp_logits.weight))
+            model.kp_logits.bias.zero_()
+            model.kp_lang.weight.zero_(), model.kp_lang.bias.zero_()  # no instruction-dependent part here
+            model.kp_logits.weight[0] = 1e3 * (feats[0, patch] - feats[0].mean(0))  # keypoint 0 detects `patch`
+            model.encode_prefix(batch["images"], batch["lang_ids"], batch["lang_mask"], batch["state"])
+        xy = captured["xy"]                                                  # (B*C, K, 2)
+        assert torch.allclose(xy[0, 0], torch.tensor(corner), atol=1e-3), (corner, xy[0, 0])
+        assert torch.allclose(xy[0, 1], torch.zeros(2), atol=1e-5)           # flat logits: the grid's centre
+    # the coordinates reach the action tokens directly (kp_direct), and the instruction moves the keypoints
+    cache, valid = model.encode_prefix(batch["images"], batch["lang_ids"], batch["lang_mask"], batch["state"])
+    assert len(cache) == cfg.depth + 1 and cache[-1].shape == (1, 2 * 3 * 2)
+    x_t, t = torch.randn(1, cfg.horizon, cfg.action_dim), torch.full((1,), 0.5)
+    with torch.no_grad():
+        v1 = model.velocity(cache, valid, x_t, t)
+        v2 = model.velocity(cache[:-1] + [cache[-1] + 0.5], valid, x_t, t)
+    assert (v1 - v2).abs().max() > 1e-4
+    model = new_model(cfg, 0).eval()
+    other = dict(batch, lang_ids=(batch["lang_ids"] + 1) % cfg.vocab_size)
+    with torch.no_grad():
+        k1 = model.encode_prefix(batch["images"], batch["lang_ids"], batch["lang_mask"], batch["state"])[0][-1]
+        k2 = model.encode_prefix(other["images"], other["lang_ids"], other["lang_mask"], other["state"])[0][-1]
+    assert (k1 - k2).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="vit_pos"):
+        tiny_cfg(vit_pos="rope")

@@ -189,3 +189,24 @@ def test_cli_smoke(ds, tmp_path):
     assert (tmp_path / "run" / "loss.png").read_bytes()[:4] == b"\x89PNG"
     bad = subprocess.run(cmd[:3] + [str(tmp_path / "nowhere")] + cmd[4:], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_keypoint_policy_trains_and_reloads(ds, tmp_path):
+    """--keypoints 4 --vit-pos sincos: the options reach the checkpoint's config, the fixed ViT positions are
+    still the sin-cos table after training (no gradient, no weight decay), and Policy.load rebuilds a policy
+    whose chunk is finite and the same for the same noise seed."""
+    from model import sincos_2d
+    run(ds, tmp_path / "kp", steps=3, keypoints=4, vit_pos="sincos", vit_stem="conv")
+    ck = torch.load(tmp_path / "kp" / "ckpt.pt", weights_only=True)
+    assert ck["model_config"]["keypoints"] == 4 and ck["model_config"]["vit_pos"] == "sincos"
+    grid = sincos_2d(*[s // ck["model_config"]["patch_size"] for s in ck["model_config"]["image_size"]],
+                     ck["model_config"]["vit_width"])[None]
+    assert torch.equal(ck["model"]["vit.pos_embed"], grid) and torch.equal(ck["ema"]["vit.pos_embed"], grid)
+    policy = Policy.load(tmp_path / "kp" / "ckpt.pt")
+    ep = data.load_episode(data.episode_paths(ds)[0])
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    a1, a2 = policy.predict_chunk([obs_at(ep, 3)], g1), policy.predict_chunk([obs_at(ep, 3)], g2)
+    assert a1.shape == (1, policy.horizon, len(policy.action_names)) and np.isfinite(a1).all()
+    np.testing.assert_array_equal(a1, a2)
+    with pytest.raises(ValueError, match="keypoints"):
+        run(ds, tmp_path / "bad", steps=1, keypoints=-1)
