@@ -226,8 +226,8 @@ class VLA(nn.Module):
                 # so a keypoint can follow "the red block" when red is named
                 self.kp_lang = nn.Linear(W, cfg.keypoints * cfg.vit_width)
                 # the coordinates also enter every action token directly: read only through attention, a
-                # from-scratch backbone learned to ignore them (a query readout of the red block's place on
-                # 52 layouts stayed at chance; with the coordinates added to the query it reached 1.4 cm)
+                # from-scratch backbone learned to ignore them (a scratch probe, not committed: a query readout
+                # of the red block on 52 layouts stayed at chance; with the coordinates added to it, 1.4 cm)
                 self.kp_direct = nn.Linear(cfg.n_cameras * cfg.keypoints * 2, We)
                 self.kp_proj = nn.Linear(2, W)  # a keypoint's expected (x, y) in [-1, 1] -> one token
                 self.kp_emb = nn.Parameter(torch.zeros(cfg.keypoints, W))
@@ -276,7 +276,8 @@ class VLA(nn.Module):
     def encode_prefix(self, images, lang_ids, lang_mask, state):
         """images (B, C, 3, H, W) in [-1, 1]; lang_ids, lang_mask (B, L); state (B, D) normalised.
 
-        Returns the per-layer (k, v) cache, each (B, heads, P, head), and the key validity (B, P)."""
+        Returns the per-layer (k, v) cache, each (B, heads, P, head), and the key validity (B, P). With
+        keypoints the cache has one more entry after the layers: the keypoint coordinates (B, C*K*2)."""
         B = state.shape[0]
         parts, valid, extra = [], [], []
         L = lang_ids.shape[1]
@@ -297,7 +298,7 @@ class VLA(nn.Module):
                 x = self.img_proj(x).unflatten(0, (B, C)) + self.cam_emb[:C, None]  # (B, C, N, W)
                 if self.cfg.image_pos:
                     x = x + self.image_pos
-            parts.append(x.flatten(1, 2))                                   # (B, C*N, W)
+            parts.append(x.flatten(1, 2))                                   # (B, C*N, W) or (B, C*K, W)
             valid.append(torch.ones(B, x.shape[1] * x.shape[2], dtype=torch.bool, device=state.device))
         parts.append(lang)
         valid.append(lang_mask.bool())

@@ -75,6 +75,8 @@ class VLAReadout(nn.Module):
         self.vla, self.tok = VLA(self.cfg), tok
         if vision_from is not None:  # a trained policy's ViT, projection and top-camera embedding, frozen
             sd, cams = vision_from["ema"], vision_from["meta"]["cameras"]
+            if vision_from["model_config"].get("keypoints", 0):
+                raise ValueError("--policy-ckpt: a keypoint policy (--keypoints) has no patch tokens to read here")
             if "top" not in cams:
                 raise ValueError(f"--policy-ckpt: the policy has no 'top' camera ({cams})")
             mine = {k: v for k, v in sd.items() if k.startswith(("vit.", "img_proj."))}

@@ -56,3 +56,7 @@ def test_policy_vit_arm_reads_a_frozen_trained_encoder(tmp_path):
                 assert p.requires_grad and not torch.equal(p, ck["ema"][n]), n  # fresh, not the policy's
     with pytest.raises(ValueError, match="needs --policy-ckpt"):
         probe_vision.make("policy_vit", tok, "")
+    ck["model_config"]["keypoints"] = 4  # a keypoint policy has no patch tokens to read: a clear error
+    torch.save(ck, tmp_path / "kp.pt")
+    with pytest.raises(ValueError, match="keypoint policy"):
+        probe_vision.make("policy_vit", tok, str(tmp_path / "kp.pt"))
