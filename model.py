@@ -288,8 +288,8 @@ class VLA(nn.Module):
             if self.cfg.keypoints:  # K (x, y) per camera instead of N patch tokens
                 m = lang_mask[..., None].to(lang.dtype)
                 l = (lang * m).sum(1) / m.sum(1).clamp(min=1)               # (B, W) mean instruction embedding
-                wk = self.kp_logits.weight + self.kp_lang(l).view(B, 1, *self.kp_logits.weight.shape)  # (B, 1, K, Wv)
-                logits = torch.einsum("bcnv,bckv->bcnk", x.unflatten(0, (B, C)), wk.expand(-1, C, -1, -1))
+                wk = self.kp_logits.weight + self.kp_lang(l).view(B, *self.kp_logits.weight.shape)  # (B, K, Wv)
+                logits = torch.einsum("bcnv,bkv->bcnk", x.unflatten(0, (B, C)), wk)
                 w = (logits + self.kp_logits.bias).float().flatten(0, 1).softmax(1)  # (B*C, N, K)
                 xy = torch.einsum("bnk,nc->bkc", w, self.kp_grid).to(x.dtype)  # (B*C, K, 2)
                 extra.append(xy.reshape(B, -1))                             # (B, C*K*2) for kp_direct
