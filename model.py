@@ -36,6 +36,9 @@ Deviations from pi0 (openpi), on purpose:
      (mean language embedding) adds to the keypoint detectors, and the coordinates are also added to every
      action token (`kp_direct`), because a from-scratch backbone read only through attention learns to
      ignore them. None of pi0; all for 50-demonstration, from-scratch training (README, issue 5).
+  12. Optional, in place of pi0's VLM pretraining: ground.py pretrains the keypoint front end
+     (VISION_PREFIXES) to locate the objects the instruction names on thousands of rendered layouts, using
+     the simulator's object positions as labels; train.py --vision-from loads it, --freeze-vision fixes it.
 Presets: `small` uses depth 3 and an expert half as wide as the backbone (pi0's expert is also narrower)
 to keep one chunk (prefix + 10 Euler steps) near 15-20 ms on 2 CPU cores; `base` is for one GPU.
 Kept from pi0: t = 1 is noise, x_t = t * noise + (1 - t) * actions, target u = noise - actions, MSE loss;
@@ -61,6 +64,10 @@ from timm.models.vision_transformer import VisionTransformer
 # image_pos: the sin-cos values (+-1) scaled to about the size of a projected image token at init (~0.2)
 IMAGE_POS_SCALE = 0.2
 STAKE_SEED_OFFSET = 7919  # StaKe: heads and queries draw from Generator(seed + this), never the global RNG
+
+# the vision-language front end that ground.py pretrains and train.py --vision-from loads: everything
+# encode_keypoints reads (the word embeddings also feed the backbone as the instruction tokens)
+VISION_PREFIXES = ("vit.", "kp_logits.", "kp_lang.", "lang_emb.", "lang_pos")
 
 PRESETS = {  # architecture only; training options live in train.py
     "tiny": dict(patch_size=16, vit_width=64, vit_depth=2, vit_heads=2, width=64, depth=2, heads=2,
@@ -273,6 +280,18 @@ class VLA(nn.Module):
                 self.keyframe_head.apply(lambda m: _init(m, g))
 
     # ---- prefix
+    def encode_keypoints(self, images, lang, lang_mask):
+        """images (B, C, 3, H, W); lang (B, L, W) embedded instruction, lang_mask (B, L) -> (B, C, K, 2): each
+        keypoint's expected (x, y) in [-1, 1] over the patch grid (spatial softmax). ground.py pretrains this."""
+        B, C = images.shape[:2]
+        x = self.vit.forward_features(images.flatten(0, 1)).unflatten(0, (B, C))  # (B, C, N, Wv)
+        m = lang_mask[..., None].to(lang.dtype)
+        l = (lang * m).sum(1) / m.sum(1).clamp(min=1)                       # (B, W) mean instruction embedding
+        wk = self.kp_logits.weight + self.kp_lang(l).view(B, *self.kp_logits.weight.shape)  # (B, K, Wv)
+        logits = torch.einsum("bcnv,bkv->bcnk", x, wk) + self.kp_logits.bias  # (B, C, N, K)
+        w = logits.float().softmax(2)                                       # over the N patches
+        return torch.einsum("bcnk,nd->bckd", w, self.kp_grid).to(x.dtype)   # (B, C, K, 2)
+
     def encode_prefix(self, images, lang_ids, lang_mask, state):
         """images (B, C, 3, H, W) in [-1, 1]; lang_ids, lang_mask (B, L); state (B, D) normalised.
 
@@ -284,17 +303,12 @@ class VLA(nn.Module):
         lang = self.lang_emb(lang_ids) + self.lang_pos[:L]                  # (B, L, W)
         if self.cfg.n_cameras:
             C = images.shape[1]
-            x = self.vit.forward_features(images.flatten(0, 1))            # (B*C, N, Wv)
             if self.cfg.keypoints:  # K (x, y) per camera instead of N patch tokens
-                m = lang_mask[..., None].to(lang.dtype)
-                l = (lang * m).sum(1) / m.sum(1).clamp(min=1)               # (B, W) mean instruction embedding
-                wk = self.kp_logits.weight + self.kp_lang(l).view(B, *self.kp_logits.weight.shape)  # (B, K, Wv)
-                logits = torch.einsum("bcnv,bkv->bcnk", x.unflatten(0, (B, C)), wk)
-                w = (logits + self.kp_logits.bias).float().flatten(0, 1).softmax(1)  # (B*C, N, K)
-                xy = torch.einsum("bnk,nc->bkc", w, self.kp_grid).to(x.dtype)  # (B*C, K, 2)
-                extra.append(xy.reshape(B, -1))                             # (B, C*K*2) for kp_direct
-                x = (self.kp_proj(xy) + self.kp_emb).unflatten(0, (B, C)) + self.cam_emb[:C, None]  # (B, C, K, W)
+                xy = self.encode_keypoints(images, lang, lang_mask)          # (B, C, K, 2)
+                extra.append(xy.flatten(1))                                 # (B, C*K*2) for kp_direct
+                x = self.kp_proj(xy) + self.kp_emb + self.cam_emb[:C, None]     # (B, C, K, W)
             else:
+                x = self.vit.forward_features(images.flatten(0, 1))        # (B*C, N, Wv)
                 x = self.img_proj(x).unflatten(0, (B, C)) + self.cam_emb[:C, None]  # (B, C, N, W)
                 if self.cfg.image_pos:
                     x = x + self.image_pos

@@ -2,12 +2,15 @@
 
     python train.py --data DIR [DIR ...] --out RUN --steps N --preset tiny|small|base --seed S \
         --stage-weight W --keyframe-weight W [--stage-label per-arm|any] [--init-from CKPT] [--resume]
+        [--vision-from GROUNDING_CKPT --freeze-vision]
     python train.py bench [--presets tiny small base] [--json results/bench_train_cpu.json]
 
 Several folders train one multi-task, language-conditioned policy. `--init-from` fine-tunes an earlier
 checkpoint (the paper's setting): its weights (the EMA copy), tokenizer and normalisation statistics are
 reused, StaKe heads that the new run enables but the checkpoint lacks start fresh. `--resume` continues
 RUN/ckpt.pt exactly (weights, EMA, optimiser, step and both random generators are in the checkpoint).
+`--vision-from` starts a fresh policy whose vision-language front end (ViT, keypoint detectors, word embeddings)
+and tokenizer come from a ground.py checkpoint; `--freeze-vision` keeps them fixed.
 
 Normalisation: z-score per dimension, std floored at --std-floor (1e-2, in the signal's own units). The
 flow's noise is N(0, I), so unit-variance targets match it; quantiles (pi0.5) are noisy with a few dozen
@@ -41,8 +44,8 @@ import torch.nn.functional as F
 
 import data
 import segment
-from model import (PRESETS, VLA, ModelConfig, Normalizer, Policy, Tokenizer, format_counts, images_to_input,
-                   param_counts, train_tokenizer)
+from model import (PRESETS, VISION_PREFIXES, VLA, ModelConfig, Normalizer, Policy, Tokenizer, format_counts,
+                   images_to_input, param_counts, train_tokenizer)
 
 
 def opt(default, help):
@@ -77,6 +80,10 @@ class Options:
     keypoints: int = opt(0, "K > 0: each camera enters the prefix as K spatial-softmax keypoint tokens (expected "
                          "(x, y) over the patch grid) instead of its patch tokens (model.ModelConfig.keypoints; "
                          "ignored with --init-from/--resume)")
+    vision_from: str = opt("", "a ground.py checkpoint: its model config, tokenizer and vision-language weights "
+                           "(model.VISION_PREFIXES) start this run; the other weights start fresh. Its config "
+                           "wins over --preset/--vit-stem/--vit-pos/--keypoints/--patch-size")
+    freeze_vision: bool = opt(False, "keep the weights loaded by --vision-from fixed (no gradient, no decay)")
     vision_warmup: int = opt(0, "steps at the start during which the transformer blocks (backbone and expert) "
                              "stay at their random init and only the encoders, embeddings and input/output "
                              "layers learn: a trained readout learns to ignore a from-scratch ViT before it "
@@ -108,6 +115,8 @@ class Options:
                   (self.vit_pos in ("learned", "sincos"), "--vit-pos must be 'learned' or 'sincos'"),
                   (self.keypoints >= 0, "--keypoints must be >= 0"),
                   (0 <= self.vision_warmup < self.steps, "--vision-warmup must be in [0, --steps)"),
+                  (not (self.vision_from and self.init_from), "--vision-from starts a fresh policy: not with --init-from"),
+                  (not self.freeze_vision or self.vision_from, "--freeze-vision needs --vision-from"),
                   (self.std_floor > 0, "--std-floor must be > 0"), (self.shift >= 0, "--shift must be >= 0"),
                   (self.log_every > 0 and self.save_every > 0, "--log-every and --save-every must be > 0"),
                   (0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1)")]
@@ -319,6 +328,9 @@ def train(opts: Options) -> dict:
         if diff := {k: (was[k], same[k]) for k in same if was[k] != same[k]}:
             raise ValueError(f"--resume: options differ from {ck_path} (was, now): {diff}")
     src = resume or (load_checkpoint(opts.init_from) if opts.init_from else None)
+    grounding = load_checkpoint(opts.vision_from) if opts.vision_from and resume is None else None
+    if grounding is not None and grounding.get("kind") != "grounding":
+        raise ValueError(f"--vision-from {opts.vision_from}: not a ground.py checkpoint (use --init-from for a policy)")
 
     # seeding: one block; the data generator depends on the seed alone
     random.seed(opts.seed), np.random.seed(opts.seed), torch.manual_seed(opts.seed)
@@ -345,6 +357,16 @@ def train(opts: Options) -> dict:
             raise data.DataError(f"{len(D['cameras'])} cameras {D['cameras']} but the checkpoint has {mc['n_cameras']}")
         tok, stats = Tokenizer(src["tokenizer"]), src["stats"]
         cfg = model_config(opts, D, mc)
+    elif grounding is not None:  # the grounding run's front end; everything that acts is new
+        gc = grounding["model_config"]
+        if tuple(gc["image_size"]) != tuple(meta["image_size"]):
+            raise data.DataError(f"image size {list(meta['image_size'])} of {', '.join(opts.data)} differs from the "
+                                 f"grounding checkpoint's {list(gc['image_size'])} ({opts.vision_from})")
+        if unseen := [c for c in D["cameras"] if c not in grounding["meta"]["cameras"]]:
+            print(f"warning: camera(s) {unseen} were not in grounding ({grounding['meta']['cameras']})", file=sys.stderr)
+        tok, stats = Tokenizer(grounding["tokenizer"]), compute_stats(D, opts.std_floor)
+        cfg = model_config(opts, D, {**gc, "use_state": not opts.no_state, "action_dim": A, "state_dim": Dq,
+                                     "n_cameras": len(D["cameras"])})
     else:
         tok = Tokenizer(train_tokenizer(sorted(set(D["texts"])), PRESETS[opts.preset]["vocab_size"]))
         stats = compute_stats(D, opts.std_floor)
@@ -373,6 +395,15 @@ def train(opts: Options) -> dict:
             print(f"init-from: fresh StaKe parameters {missing}, dropped {unexpected}")
         if src["meta"]["action_names"] != meta["action_names"]:
             print(f"warning: action names differ from the checkpoint's: {src['meta']['action_names']}", file=sys.stderr)
+    if grounding is not None:
+        own = model.state_dict()
+        if bad := [k for k, v in grounding["vision"].items() if k not in own or own[k].shape != v.shape]:
+            raise ValueError(f"--vision-from {opts.vision_from}: weights that do not fit the model: {bad}")
+        model.load_state_dict(grounding["vision"], strict=False)
+    if opts.freeze_vision:  # requires_grad off: AdamW skips a parameter without a gradient (no step, no decay)
+        for n, p in model.named_parameters():
+            if n.startswith(VISION_PREFIXES):
+                p.requires_grad_(False)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = make_optimizer(model, opts)
     step = 0

@@ -1,0 +1,238 @@
+"""Grounding pretraining: teach the policy's vision-language front end where the instruction's objects are.
+
+    python ground.py --task lift_block --out runs/ground_lift --layouts 6000 --steps 1500
+    python train.py --data data/lift_block --out runs/lift_grounded --vision-from runs/ground_lift/ckpt.pt --freeze-vision ...
+
+Why. pi0 fine-tunes a VLA whose vision-language backbone was pretrained on web data (PaliGemma, whose mix
+includes detection and referring expressions: "where is the red block"). Our VLA starts from scratch, and from
+50 demonstrations it does not learn where the named block is (README, Status: 50 layouts are memorised,
+and the policy's own loss does not pull its readout toward the block). This script is the miniature of that
+pretraining stage: no demonstrations and no actions, only rendered scenes of random layouts (seeds from
+GROUND_SEED_OFFSET on, disjoint from demonstration and evaluation seeds) and the simulator's own object
+positions as labels. It trains exactly the modules the policy uses to see (the ViT, the spatial-softmax
+keypoint detectors with their language shift, the word embeddings; `VLA.encode_keypoints`) plus a linear head
+from all cameras' keypoint coordinates to the (x, y) on the table of every object the instruction names
+(`layout.roles`, e.g. the block to lift). The head is dropped; train.py --vision-from loads the rest and the
+tokenizer, and --freeze-vision keeps them fixed while the policy learns to act on them.
+
+Deviation (documented in README): the labels are privileged simulator state. On a real arm one would ground
+on twin renders (or on annotated images); the twin's tasks work here as they do for the bimanual scene.
+With --expert-frac 0 layouts render with the arms at home; a fraction > 0 renders frames from inside the
+scripted expert's rollout, so the keypoints also learn to find the objects with an arm over them.
+
+Writes OUT/ckpt.pt (atomic; --resume continues it) and OUT/ground.json (held-out error per evaluation, the
+mean predictor's error beside it, command and git revision). Seeded: the same flags give the same numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing as mp
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import sim
+from model import PRESETS, VISION_PREFIXES, VLA, ModelConfig, Tokenizer, images_to_input, train_tokenizer
+from train import git_revision, load_checkpoint, random_shift, save_checkpoint
+
+GROUND_SEED_OFFSET = 50_000_000  # above every demonstration (< sim.EVAL_SEED_OFFSET) and evaluation seed in use
+HOLDOUT_SEED_OFFSET = 60_000_000
+
+
+def opt(default, help):
+    return field(default_factory=lambda: list(default), metadata={"help": help}) if isinstance(default, list) \
+        else field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Options:
+    task: str = opt("lift_block", "the task whose layouts are rendered (any task of sim.py or twin.py)")
+    out: str = opt("runs/ground", "run folder: ckpt.pt, ground.json")
+    layouts: int = opt(6000, "training layouts (one rendered frame per layout, every camera)")
+    holdout: int = opt(300, "held-out layouts for the error curve")
+    steps: int = opt(1500, "optimiser steps")
+    batch_size: int = opt(64, "layouts per step")
+    lr: float = opt(5e-4, "peak learning rate (linear warm-up over --warmup steps, then constant)")
+    warmup: int = opt(100, "linear warm-up steps")
+    weight_decay: float = opt(1e-4, "AdamW weight decay")
+    shift: int = opt(4, "random-shift augmentation in pixels, as train.py --shift")
+    preset: str = opt("small", f"model size: {', '.join(PRESETS)} (the policy must use the same)")
+    keypoints: int = opt(16, "keypoints per camera (model.ModelConfig.keypoints)")
+    cameras: list = opt([], "cameras (default: all of the task's; the policy may use any subset)")
+    image_size: list = opt([96, 96], "rendered image size H W (must equal the demonstrations')")
+    expert_frac: float = opt(0.0, "fraction of layouts rendered at a random step of the scripted expert's rollout "
+                             "(arms in view, objects moved) instead of at reset with the arms at home")
+    workers: int = opt(1, "processes that render (each renders every workers-th layout)")
+    seed: int = opt(0, "seeds weights, batch order and augmentation (layout seeds are fixed by the offset)")
+    eval_every: int = opt(100, "steps between held-out evaluations (and checkpoints)")
+    threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
+    resume: bool = opt(False, "continue OUT/ckpt.pt if it exists (same options, --steps may grow)")
+
+    def __post_init__(self):
+        checks = [(self.layouts > 0 and self.holdout > 0, "--layouts and --holdout must be > 0"),
+                  (self.steps > 0 and self.batch_size > 0, "--steps and --batch-size must be > 0"),
+                  (self.preset in PRESETS, f"--preset must be one of {list(PRESETS)}"),
+                  (self.keypoints > 0, "--keypoints must be > 0 (grounding trains the keypoint detectors)"),
+                  (len(self.image_size) == 2, "--image-size takes two numbers, H W"),
+                  (0 <= self.expert_frac <= 1 and self.workers >= 1, "--expert-frac in [0, 1], --workers >= 1"),
+                  (self.eval_every > 0 and self.warmup >= 0 and self.shift >= 0, "bad --eval-every/--warmup/--shift")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        sim.suite_of(self.task)  # a clear error naming the known tasks
+
+
+def render(task: str, seeds, cameras, image_size, expert_frac: float = 0.0) -> tuple:
+    """(images (N, C, H, W, 3) uint8, targets (N, 2R) metres, instructions, role names) of the seeds' layouts.
+
+    A fraction `expert_frac` of the layouts (chosen by each seed) is rendered at a random step of the scripted
+    expert's rollout instead of at reset: arms over the table, held objects moved (targets are the objects'
+    positions at that step), as the policy will see them."""
+    import experts
+    env = sim.make_env(task, cameras=tuple(cameras), image_size=tuple(image_size))
+    images, targets, texts, roles = [], [], [], None
+    for s in seeds:
+        obs = env.reset(s)
+        rng = np.random.default_rng(s)
+        if rng.random() < expert_frac:
+            k = int(rng.integers(1, env.task.max_steps))
+            for t, action in enumerate(experts.make_expert(env).actions()):
+                if t >= k:
+                    break
+                env.apply(action)  # physics only; one render below
+            obs = env.observe()
+        roles = roles or sorted(env.layout.roles)
+        images.append(np.stack([obs["images"][c] for c in cameras]))
+        targets.append(np.concatenate([env.obj_pos(env.layout.roles[r])[:2] for r in roles]))
+        texts.append(obs["instruction"])
+    return torch.from_numpy(np.stack(images)), torch.tensor(np.array(targets), dtype=torch.float32), texts, roles
+
+
+def render_parallel(task, seeds, cameras, image_size, expert_frac, workers) -> tuple:
+    """render() split over `workers` processes (each with its own renderer); same result as one process."""
+    seeds = list(seeds)
+    if workers <= 1:
+        return render(task, seeds, cameras, image_size, expert_frac)
+    chunks = [seeds[i::workers] for i in range(workers)]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        parts = pool.starmap(render, [(task, c, cameras, image_size, expert_frac) for c in chunks])
+    order = np.argsort(np.concatenate([np.arange(i, len(seeds), workers) for i in range(workers)]))
+    images, targets = torch.cat([p[0] for p in parts])[order], torch.cat([p[1] for p in parts])[order]
+    texts = [t for p in parts for t in p[2]]
+    return images, targets, [texts[i] for i in order], parts[0][3]
+
+
+def vision_state(model: VLA) -> dict:
+    return {k: v for k, v in model.state_dict().items() if k.startswith(VISION_PREFIXES)}
+
+
+def ground(o: Options) -> dict:
+    out = Path(o.out)
+    ck_path = out / "ckpt.pt"
+    resume = load_checkpoint(ck_path) if o.resume and ck_path.is_file() else None
+    if resume is not None and (diff := {k: (resume["options"].get(k), v) for k, v in dataclasses.asdict(o).items()
+                                        if k not in ("resume", "threads", "steps", "workers") and resume["options"].get(k) != v}):
+        raise ValueError(f"--resume: options differ from {ck_path} (was, now): {diff}")
+    random.seed(o.seed), np.random.seed(o.seed), torch.manual_seed(o.seed)
+    g = torch.Generator().manual_seed(o.seed)
+    if o.threads:
+        torch.set_num_threads(o.threads)
+    cams = o.cameras or list(sim.suite_of(o.task).CAMERAS)
+
+    t0 = time.perf_counter()
+    X, Y, texts, roles = render_parallel(o.task, range(GROUND_SEED_OFFSET, GROUND_SEED_OFFSET + o.layouts), cams,
+                                         o.image_size, o.expert_frac, o.workers)
+    Xh, Yh, texts_h, _ = render_parallel(o.task, range(HOLDOUT_SEED_OFFSET, HOLDOUT_SEED_OFFSET + o.holdout), cams,
+                                         o.image_size, o.expert_frac, o.workers)
+    print(f"rendered {o.layouts} + {o.holdout} layouts of {o.task} ({cams}) in {time.perf_counter() - t0:.0f} s; "
+          f"targets: (x, y) of {roles}")
+
+    tok = Tokenizer(resume["tokenizer"] if resume else train_tokenizer(sorted(set(texts)), PRESETS[o.preset]["vocab_size"]))
+    cfg = ModelConfig.from_preset(o.preset, vit_stem="conv", vit_pos="sincos", keypoints=o.keypoints, use_state=False,
+                                  action_dim=1, state_dim=1, n_cameras=len(cams), image_size=tuple(o.image_size),
+                                  vocab_size=tok.vocab_size, n_stage=0, keyframe_head=False)
+    model = VLA(cfg)
+    head = nn.Linear(len(cams) * o.keypoints * 2, Y.shape[1])  # all keypoints' (x, y) -> every role's (x, y)
+    mu, sd = Y.mean(0), Y.std(0).clamp(min=1e-3)
+    params = [p for n, p in model.named_parameters() if n.startswith(VISION_PREFIXES) and p.requires_grad]
+    params += list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    ids, mask = tok(texts, cfg.lang_len)
+    ids_h, mask_h = tok(texts_h, cfg.lang_len)
+
+    def predict(images, ids, mask):  # (B, C, 3, H, W) in [-1, 1] -> (B, 2R) normalised
+        lang = model.lang_emb(ids) + model.lang_pos[:ids.shape[1]]
+        return head(model.encode_keypoints(images, lang, mask).flatten(1))
+
+    def held_out_cm():  # mean distance per role, cm
+        model.eval()
+        with torch.no_grad():
+            p = torch.cat([predict(images_to_input(Xh[i:i + 100], cfg.image_size), ids_h[i:i + 100], mask_h[i:i + 100])
+                           for i in range(0, len(Xh), 100)]) * sd + mu
+        model.train()
+        return ((p - Yh).view(len(Yh), -1, 2).norm(dim=-1).mean(0) * 100).tolist()
+
+    chance = ((mu - Yh).view(len(Yh), -1, 2).norm(dim=-1).mean(0) * 100).tolist()
+    step, curve = 0, []
+    if resume is not None:
+        model.load_state_dict(resume["model"]), head.load_state_dict(resume["head"])
+        optimizer.load_state_dict(resume["optimizer"]), g.set_state(resume["rng"])
+        step, curve = resume["step"], resume["curve"]
+    print(f"grounding {o.task}: held-out mean predictor {', '.join(f'{r} {c:.1f} cm' for r, c in zip(roles, chance))} "
+          f"| start step {step}")
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    while step < o.steps:
+        step += 1
+        for group in optimizer.param_groups:
+            group["lr"] = o.lr * min(1.0, step / max(1, o.warmup))
+        i = torch.randint(0, len(X), (o.batch_size,), generator=g)
+        images = images_to_input(X[i], cfg.image_size)                     # (B, C, 3, H, W)
+        if o.shift:
+            images = random_shift(images, torch.randint(0, 2 * o.shift + 1, (len(i), len(cams), 2), generator=g), o.shift)
+        loss = ((predict(images, ids[i], mask[i]) - (Y[i] - mu) / sd) ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if step % o.eval_every == 0 or step == o.steps:
+            cm = held_out_cm()
+            curve.append(dict(step=step, loss=round(loss.item(), 4), held_out_cm=[round(c, 2) for c in cm]))
+            print(f"step {step:5d}  loss {loss.item():.3f}  held-out {', '.join(f'{r} {c:.1f} cm' for r, c in zip(roles, cm))}"
+                  f"  {(time.perf_counter() - t_start) / (step - (resume or {}).get('step', 0)):.2f} s/step", flush=True)
+            save_checkpoint(ck_path, dict(
+                kind="grounding", model=model.state_dict(), vision=vision_state(model), head=head.state_dict(),
+                optimizer=optimizer.state_dict(), rng=g.get_state(), step=step, curve=curve,
+                options=dataclasses.asdict(o), model_config=dataclasses.asdict(cfg), tokenizer=tok.proto,
+                meta=dict(task=o.task, cameras=cams, roles=roles, target_mean=mu.tolist(), target_std=sd.tolist()),
+                git=git_revision()))
+    result = dict(task=o.task, cameras=cams, roles=roles, layouts=o.layouts, holdout=o.holdout,
+                  mean_predictor_cm=[round(c, 2) for c in chance], curve=curve,
+                  command="python ground.py " + " ".join(sys.argv[1:]), git=git_revision())
+    (out / "ground.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def parse_options(argv=None) -> Options:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Options):
+        flag, d = "--" + f.name.replace("_", "-"), f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if isinstance(d, bool):
+            p.add_argument(flag, action="store_true", help=f.metadata["help"])
+        elif isinstance(d, list):
+            p.add_argument(flag, nargs="*", type=int if f.name == "image_size" else str, default=d, help=f.metadata["help"])
+        else:
+            p.add_argument(flag, type=type(d), default=d, help=f.metadata["help"])
+    return Options(**vars(p.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    ground(parse_options())

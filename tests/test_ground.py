@@ -1,0 +1,108 @@
+"""ground.py (grounding pretraining) and train.py --vision-from / --freeze-vision, on tiny settings."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+import data  # noqa: E402
+import sim  # noqa: E402
+from ground import GROUND_SEED_OFFSET, Options as GroundOptions, ground, render, render_parallel  # noqa: E402
+from model import VISION_PREFIXES  # noqa: E402
+from synthetic import make_dataset  # noqa: E402
+from train import Options, train  # noqa: E402
+
+torch.set_num_threads(1)
+TINY = dict(task="lift_block", layouts=8, holdout=4, batch_size=4, preset="tiny", keypoints=4, image_size=[32, 32],
+            cameras=["top"], eval_every=2, warmup=1)
+
+
+@pytest.fixture(scope="module")
+def grounded(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ground") / "g"
+    subprocess.run([sys.executable, str(ROOT / "ground.py"), "--out", str(out), "--task", "lift_block", "--layouts", "8",
+                    "--holdout", "4", "--steps", "3", "--batch-size", "4", "--preset", "tiny", "--keypoints", "4",
+                    "--image-size", "32", "32", "--cameras", "top", "--eval-every", "2", "--threads", "1"],
+                   check=True, cwd=ROOT, capture_output=True, text=True)
+    return out
+
+
+def test_render_labels_are_the_named_objects():
+    seeds = range(GROUND_SEED_OFFSET, GROUND_SEED_OFFSET + 3)
+    images, targets, texts, roles = render("lift_block", seeds, ["top"], (32, 32))
+    assert images.shape == (3, 1, 32, 32, 3) and targets.shape == (3, 2) and roles == ["target"]
+    for s, y, text in zip(seeds, targets, texts):
+        lay = sim.TASKS["lift_block"].layout(s)
+        assert torch.allclose(y, torch.tensor(lay.poses[lay.roles["target"]][:2], dtype=torch.float32))
+        assert text == lay.instruction
+    assert not torch.equal(images[0], images[1])
+
+
+def test_expert_frames_and_parallel_render():
+    """expert_frac 1: every frame is from inside the expert's rollout (arms moved), labels follow the objects;
+    two render workers give exactly one worker's result."""
+    seeds = range(GROUND_SEED_OFFSET, GROUND_SEED_OFFSET + 4)
+    home = render("lift_block", seeds, ["top"], (32, 32))
+    moved = render("lift_block", seeds, ["top"], (32, 32), expert_frac=1.0)
+    assert all(not torch.equal(a, b) for a, b in zip(home[0], moved[0]))
+    assert moved[2] == home[2] and (moved[1] - home[1]).abs().max() < 0.3  # the same objects, maybe carried
+    both = render_parallel("lift_block", seeds, ["top"], (32, 32), 0.5, workers=2)
+    one = render("lift_block", seeds, ["top"], (32, 32), expert_frac=0.5)
+    assert torch.equal(both[0], one[0]) and torch.equal(both[1], one[1]) and both[2] == one[2]
+
+
+def test_ground_writes_checkpoint_and_curve(grounded):
+    ck = torch.load(grounded / "ckpt.pt", weights_only=True)
+    assert ck["kind"] == "grounding" and ck["step"] == 3 and ck["meta"]["roles"] == ["target"]
+    assert set(ck["vision"]) and all(k.startswith(VISION_PREFIXES) for k in ck["vision"])
+    assert any(k.startswith("kp_lang.") for k in ck["vision"])
+    res = json.loads((grounded / "ground.json").read_text())
+    assert [c["step"] for c in res["curve"]] == [2, 3] and len(res["mean_predictor_cm"]) == 1
+
+
+def test_ground_resume_equals_uninterrupted(tmp_path):
+    ground(GroundOptions(out=str(tmp_path / "full"), steps=4, **TINY))
+    ground(GroundOptions(out=str(tmp_path / "cut"), steps=2, **TINY))  # as if killed after step 2
+    ground(GroundOptions(out=str(tmp_path / "cut"), steps=4, resume=True, **TINY))
+    a, b = (torch.load(tmp_path / r / "ckpt.pt", weights_only=True) for r in ("full", "cut"))
+    assert a["step"] == b["step"] == 4 and a["curve"] == b["curve"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"{k} differs after resume"
+    with pytest.raises(ValueError, match="options differ"):
+        ground(GroundOptions(out=str(tmp_path / "cut"), steps=6, resume=True, **{**TINY, "lr": 1e-3}))
+
+
+def test_vision_from_loads_and_freezes(grounded, tmp_path):
+    ds = make_dataset(tmp_path / "syn", n_episodes=2, T=20, image_size=(32, 32))
+    train(Options(data=[str(ds)], out=str(tmp_path / "run"), steps=3, preset="small", batch_size=4, warmup=1,
+                  vision_from=str(grounded / "ckpt.pt"), freeze_vision=True, save_every=100))
+    g = torch.load(grounded / "ckpt.pt", weights_only=True)
+    p = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert p["tokenizer"] == g["tokenizer"]
+    assert p["model_config"]["keypoints"] == 4 and p["model_config"]["width"] == g["model_config"]["width"]  # not small's
+    for k, v in g["vision"].items():
+        assert torch.equal(p["model"][k], v) and torch.equal(p["ema"][k], v), f"{k} moved although frozen"
+    # without --freeze-vision the loaded weights train
+    train(Options(data=[str(ds)], out=str(tmp_path / "run2"), steps=3, batch_size=4, warmup=1, lr=1e-2,
+                  vision_from=str(grounded / "ckpt.pt"), save_every=100))
+    p2 = torch.load(tmp_path / "run2" / "ckpt.pt", weights_only=True)
+    assert not torch.equal(p2["model"]["kp_logits.weight"], g["vision"]["kp_logits.weight"])
+
+
+def test_vision_from_errors(grounded, tmp_path):
+    with pytest.raises(ValueError, match="--freeze-vision needs --vision-from"):
+        Options(data=["x"], freeze_vision=True)
+    with pytest.raises(ValueError, match="not with --init-from"):
+        Options(data=["x"], vision_from="a", init_from="b")
+    ds = make_dataset(tmp_path / "syn48", n_episodes=2, T=20, image_size=(48, 48))
+    with pytest.raises(data.DataError, match=r"image size \[48, 48\].*\[32, 32\]"):
+        train(Options(data=[str(ds)], out=str(tmp_path / "r"), steps=1, vision_from=str(grounded / "ckpt.pt")))
+    ds32 = make_dataset(tmp_path / "syn32", n_episodes=2, T=20, image_size=(32, 32))
+    train(Options(data=[str(ds32)], out=str(tmp_path / "policy"), steps=1, preset="tiny", batch_size=2, warmup=1))
+    with pytest.raises(ValueError, match="not a ground.py checkpoint"):
+        train(Options(data=[str(ds32)], out=str(tmp_path / "r2"), steps=1, vision_from=str(tmp_path / "policy" / "ckpt.pt")))
