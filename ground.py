@@ -71,6 +71,8 @@ class Options:
     expert_frac: float = opt(0.0, "fraction of layouts rendered at a random step of the scripted expert's rollout "
                              "(arms in view, objects moved) instead of at reset with the arms at home")
     workers: int = opt(1, "processes that render (each renders every workers-th layout)")
+    init_from: str = opt("", "start from this ground.py checkpoint's weights, head and tokenizer (a curriculum: "
+                         "ground at reset first, then with --expert-frac > 0); same --task, --preset, --keypoints")
     seed: int = opt(0, "seeds weights, batch order and augmentation (layout seeds are fixed by the offset)")
     eval_every: int = opt(100, "steps between held-out evaluations (and checkpoints)")
     threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
@@ -155,13 +157,19 @@ def ground(o: Options) -> dict:
     print(f"rendered {o.layouts} + {o.holdout} layouts of {o.task} ({cams}) in {time.perf_counter() - t0:.0f} s; "
           f"targets: (x, y) of {roles}")
 
-    tok = Tokenizer(resume["tokenizer"] if resume else train_tokenizer(sorted(set(texts)), PRESETS[o.preset]["vocab_size"]))
+    init = load_checkpoint(o.init_from) if o.init_from and resume is None else None
+    if init is not None and (init.get("kind") != "grounding" or [init["meta"][k] for k in ("task", "roles", "cameras")] != [o.task, roles, cams]):
+        raise ValueError(f"--init-from {o.init_from}: not a ground.py checkpoint of {o.task}, roles {roles}, cameras {cams}")
+    src = resume or init
+    tok = Tokenizer(src["tokenizer"] if src else train_tokenizer(sorted(set(texts)), PRESETS[o.preset]["vocab_size"]))
     cfg = ModelConfig.from_preset(o.preset, vit_stem="conv", vit_pos="sincos", keypoints=o.keypoints, use_state=False,
                                   action_dim=1, state_dim=1, n_cameras=len(cams), image_size=tuple(o.image_size),
                                   vocab_size=tok.vocab_size, n_stage=0, keyframe_head=False)
     model = VLA(cfg)
     head = nn.Linear(len(cams) * o.keypoints * 2, Y.shape[1])  # all keypoints' (x, y) -> every role's (x, y)
-    mu, sd = Y.mean(0), Y.std(0).clamp(min=1e-3)
+    mu, sd = Y.mean(0), Y.std(0).clamp(min=1e-3)  # the head's target normalisation (kept from --init-from)
+    if src is not None:
+        mu, sd = torch.tensor(src["meta"]["target_mean"]), torch.tensor(src["meta"]["target_std"])
     params = [p for n, p in model.named_parameters() if n.startswith(VISION_PREFIXES) and p.requires_grad]
     params += list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
@@ -182,6 +190,11 @@ def ground(o: Options) -> dict:
 
     chance = ((mu - Yh).view(len(Yh), -1, 2).norm(dim=-1).mean(0) * 100).tolist()
     step, curve = 0, []
+    if init is not None:  # the weights and head only: a fresh optimiser, schedule and curve
+        try:
+            model.load_state_dict(init["model"]), head.load_state_dict(init["head"])
+        except RuntimeError as e:
+            raise ValueError(f"--init-from {o.init_from}: does not fit --preset {o.preset} --keypoints {o.keypoints}: {e}") from None
     if resume is not None:
         model.load_state_dict(resume["model"]), head.load_state_dict(resume["head"])
         optimizer.load_state_dict(resume["optimizer"]), g.set_state(resume["rng"])

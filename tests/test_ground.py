@@ -106,3 +106,16 @@ def test_vision_from_errors(grounded, tmp_path):
     train(Options(data=[str(ds32)], out=str(tmp_path / "policy"), steps=1, preset="tiny", batch_size=2, warmup=1))
     with pytest.raises(ValueError, match="not a ground.py checkpoint"):
         train(Options(data=[str(ds32)], out=str(tmp_path / "r2"), steps=1, vision_from=str(tmp_path / "policy" / "ckpt.pt")))
+
+
+def test_ground_init_from(grounded, tmp_path):
+    """A curriculum step starts from the earlier run's weights (lr 0: unchanged), and refuses another task's."""
+    ground(GroundOptions(out=str(tmp_path / "next"), steps=1, init_from=str(grounded / "ckpt.pt"),
+                         **{**TINY, "lr": 0.0, "expert_frac": 0.5}))
+    a, b = (torch.load(p, weights_only=True) for p in (grounded / "ckpt.pt", tmp_path / "next" / "ckpt.pt"))
+    assert b["tokenizer"] == a["tokenizer"] and b["meta"]["target_mean"] == a["meta"]["target_mean"]
+    for k, v in a["vision"].items():
+        assert torch.equal(b["vision"][k], v), k
+    with pytest.raises(ValueError, match="not a ground.py checkpoint of place_block"):
+        ground(GroundOptions(out=str(tmp_path / "other"), steps=1, init_from=str(grounded / "ckpt.pt"),
+                             **{**TINY, "task": "place_block"}))
