@@ -2,6 +2,7 @@
 
     python ground.py --task lift_block --out runs/ground_lift --layouts 6000 --steps 1500
     python train.py --data data/lift_block --out runs/lift_grounded --vision-from runs/ground_lift/ckpt.pt --freeze-vision ...
+    python ground.py check --ckpt runs/ground_lift/ckpt.pt --data data/lift_block [--out X.json]  # on demo frames
 
 Why. pi0 fine-tunes a VLA whose vision-language backbone was pretrained on web data (PaliGemma, whose mix
 includes detection and referring expressions: "where is the red block"). Our VLA starts from scratch, and from
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import data
 import sim
 from model import PRESETS, VISION_PREFIXES, VLA, ModelConfig, Tokenizer, images_to_input, train_tokenizer
 from train import git_revision, load_checkpoint, random_shift, save_checkpoint
@@ -247,5 +249,56 @@ def parse_options(argv=None) -> Options:
     return Options(**vars(p.parse_args(argv)))
 
 
+def check(ckpt: str, folder: str, steps=(0, 10, 20, 30), out: str = "") -> dict:
+    """The grounding head on a demonstration folder's own frames: the error (cm) per named object at each
+    step t of every episode. Labels are the objects' positions at reset (the episode's layout seed), so they
+    hold until an object is carried sideways. Shows whether a front end grounded on rendered layouts
+    transfers to the frames a policy sees, arms included."""
+    ck = load_checkpoint(ckpt)
+    if ck.get("kind") != "grounding":
+        raise ValueError(f"{ckpt}: not a ground.py checkpoint")
+    cfg, meta = ModelConfig(**ck["model_config"]), ck["meta"]
+    model = VLA(cfg).eval()
+    model.load_state_dict(ck["model"])
+    head = nn.Linear(*ck["head"]["weight"].shape[::-1])
+    head.load_state_dict(ck["head"])
+    tok, mu, sd = Tokenizer(ck["tokenizer"]), torch.tensor(meta["target_mean"]), torch.tensor(meta["target_std"])
+    task = sim.suite_of(meta["task"]).TASKS[meta["task"]]
+    errors = {t: [] for t in steps}
+    for path in data.episode_paths(folder):
+        ep = data.load_episode(path)
+        if ep["task"] != meta["task"] or any(c not in ep["images"] for c in meta["cameras"]):
+            raise data.DataError(f"{path}: task {ep['task']} / cameras {list(ep['images'])}; the grounding run "
+                                 f"has {meta['task']} / {meta['cameras']}")
+        lay = task.layout(int(ep["seed"]))
+        y = torch.tensor(np.concatenate([lay.poses[lay.roles[r]][:2] for r in meta["roles"]]), dtype=torch.float32)
+        ids, mask = tok([ep["instruction"]], cfg.lang_len)
+        for t in steps:
+            if t >= len(ep["qpos"]):
+                continue
+            x = images_to_input(torch.from_numpy(np.stack([ep["images"][c][t] for c in meta["cameras"]]))[None],
+                                cfg.image_size)
+            with torch.no_grad():
+                pred = head(model.encode_keypoints(x, model.lang_emb(ids) + model.lang_pos[:ids.shape[1]], mask).flatten(1))
+            errors[t].append(((pred[0] * sd + mu - y).view(-1, 2).norm(dim=-1) * 100).tolist())
+    result = dict(ckpt=ckpt, data=folder, roles=meta["roles"],
+                  error_cm={str(t): np.mean(e, 0).round(2).tolist() for t, e in errors.items() if e},
+                  episodes={str(t): len(e) for t, e in errors.items()},
+                  command="python ground.py " + " ".join(sys.argv[1:]), git=git_revision())
+    for t, e in result["error_cm"].items():
+        print(f"t={int(t):3d}  {', '.join(f'{r} {c:.1f} cm' for r, c in zip(meta['roles'], e))}  ({result['episodes'][t]} episodes)")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 if __name__ == "__main__":
-    ground(parse_options())
+    if sys.argv[1:2] == ["check"]:  # python ground.py check --ckpt RUN/ckpt.pt --data DIR [--out X.json]
+        a = argparse.ArgumentParser(description=check.__doc__.split("\n")[0])
+        a.add_argument("check"), a.add_argument("--ckpt", required=True), a.add_argument("--data", required=True)
+        a.add_argument("--steps", type=int, nargs="*", default=[0, 10, 20, 30]), a.add_argument("--out", default="")
+        args = a.parse_args()
+        check(args.ckpt, args.data, tuple(args.steps), args.out)
+    else:
+        ground(parse_options())

@@ -119,3 +119,18 @@ def test_ground_init_from(grounded, tmp_path):
     with pytest.raises(ValueError, match="not a ground.py checkpoint of place_block"):
         ground(GroundOptions(out=str(tmp_path / "other"), steps=1, init_from=str(grounded / "ckpt.pt"),
                              **{**TINY, "task": "place_block"}))
+
+
+def test_check_on_demonstration_frames(grounded, tmp_path):
+    """`ground.py check` reads a demonstration folder's frames and labels them from each episode's layout seed."""
+    from ground import check
+    folder = tmp_path / "demos"
+    data.generate("lift_block", 1, folder, cameras=["top"], image_size=(32, 32), quiet=True)
+    res = check(str(grounded / "ckpt.pt"), str(folder), steps=(0, 5), out=str(tmp_path / "c.json"))
+    assert res["episodes"] == {"0": 1, "5": 1} and res["roles"] == ["target"]
+    assert all(0 < e[0] < 100 for e in res["error_cm"].values())  # cm on a table under a metre wide
+    assert json.loads((tmp_path / "c.json").read_text())["error_cm"] == res["error_cm"]
+    other = tmp_path / "place"
+    data.generate("place_block", 1, other, cameras=["top"], image_size=(32, 32), quiet=True)
+    with pytest.raises(data.DataError, match="task place_block"):
+        check(str(grounded / "ckpt.pt"), str(other))

@@ -235,7 +235,7 @@ def test_keypoints_are_the_expected_position_of_what_the_vit_marks():
             model.kp_lang.weight.zero_(), model.kp_lang.bias.zero_()  # no instruction-dependent part here
             model.kp_logits.weight[0] = 1e3 * (feats[0, patch] - feats[0].mean(0))  # keypoint 0 detects `patch`
             model.encode_prefix(batch["images"], batch["lang_ids"], batch["lang_mask"], batch["state"])
-        xy = captured["xy"]                                                  # (B*C, K, 2)
+        xy = captured["xy"][:, 0]                                            # (B, C, K, 2) -> camera 0
         assert torch.allclose(xy[0, 0], torch.tensor(corner), atol=1e-3), (corner, xy[0, 0])
         assert torch.allclose(xy[0, 1], torch.zeros(2), atol=1e-5)           # flat logits: the grid's centre
     # the coordinates reach the action tokens directly (kp_direct), and the instruction moves the keypoints
