@@ -1,8 +1,9 @@
 """Grounding pretraining: teach the policy's vision-language front end where the instruction's objects are.
 
-    python ground.py --task lift_block --out runs/ground_lift --layouts 6000 --steps 1500
-    python train.py --data data/lift_block --out runs/lift_grounded --vision-from runs/ground_lift/ckpt.pt --freeze-vision ...
-    python ground.py check --ckpt runs/ground_lift/ckpt.pt --data data/lift_block [--out X.json]  # on demo frames
+    python ground.py --task lift_block --out runs/ground_lift --layouts 6000 --steps 1000
+    python ground.py --task lift_block --out runs/ground_arms --steps 2000 --expert-frac 0.5 --workers 2 --init-from runs/ground_lift/ckpt.pt
+    python train.py --data data/lift_block --out runs/lift_grounded --vision-from runs/ground_arms/ckpt.pt --freeze-vision ...
+    python ground.py check --ckpt runs/ground_arms/ckpt.pt --data data/lift_block [--out X.json]  # on demo frames
 
 Why. pi0 fine-tunes a VLA whose vision-language backbone was pretrained on web data (PaliGemma, whose mix
 includes detection and referring expressions: "where is the red block"). Our VLA starts from scratch, and from
