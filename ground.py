@@ -34,7 +34,7 @@ import multiprocessing as mp
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +44,10 @@ import torch.nn as nn
 import data
 import sim
 from model import PRESETS, VISION_PREFIXES, VLA, ModelConfig, Tokenizer, images_to_input, train_tokenizer
-from train import git_revision, load_checkpoint, random_shift, save_checkpoint
+from train import git_revision, load_checkpoint, opt, random_shift, save_checkpoint
 
 GROUND_SEED_OFFSET = 50_000_000  # above every demonstration (< sim.EVAL_SEED_OFFSET) and evaluation seed in use
 HOLDOUT_SEED_OFFSET = 60_000_000
-
-
-def opt(default, help):
-    return field(default_factory=lambda: list(default), metadata={"help": help}) if isinstance(default, list) \
-        else field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -135,6 +130,12 @@ def render_parallel(task, seeds, cameras, image_size, expert_frac, workers) -> t
     return images, targets, [texts[i] for i in order], parts[0][3]
 
 
+def locate(model: VLA, head: nn.Linear, images, ids, mask):
+    """images (B, C, 3, H, W) in [-1, 1], instruction ids / mask (B, L) -> the head's (B, 2R), normalised."""
+    lang = model.lang_emb(ids) + model.lang_pos[:ids.shape[1]]
+    return head(model.encode_keypoints(images, lang, mask).flatten(1))
+
+
 def vision_state(model: VLA) -> dict:
     return {k: v for k, v in model.state_dict().items() if k.startswith(VISION_PREFIXES)}
 
@@ -179,14 +180,10 @@ def ground(o: Options) -> dict:
     ids, mask = tok(texts, cfg.lang_len)
     ids_h, mask_h = tok(texts_h, cfg.lang_len)
 
-    def predict(images, ids, mask):  # (B, C, 3, H, W) in [-1, 1] -> (B, 2R) normalised
-        lang = model.lang_emb(ids) + model.lang_pos[:ids.shape[1]]
-        return head(model.encode_keypoints(images, lang, mask).flatten(1))
-
     def held_out_cm():  # mean distance per role, cm
         model.eval()
         with torch.no_grad():
-            p = torch.cat([predict(images_to_input(Xh[i:i + 100], cfg.image_size), ids_h[i:i + 100], mask_h[i:i + 100])
+            p = torch.cat([locate(model, head, images_to_input(Xh[i:i + 100], cfg.image_size), ids_h[i:i + 100], mask_h[i:i + 100])
                            for i in range(0, len(Xh), 100)]) * sd + mu
         model.train()
         return ((p - Yh).view(len(Yh), -1, 2).norm(dim=-1).mean(0) * 100).tolist()
@@ -214,7 +211,7 @@ def ground(o: Options) -> dict:
         images = images_to_input(X[i], cfg.image_size)                     # (B, C, 3, H, W)
         if o.shift:
             images = random_shift(images, torch.randint(0, 2 * o.shift + 1, (len(i), len(cams), 2), generator=g), o.shift)
-        loss = ((predict(images, ids[i], mask[i]) - (Y[i] - mu) / sd) ** 2).mean()
+        loss = ((locate(model, head, images, ids[i], mask[i]) - (Y[i] - mu) / sd) ** 2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -273,15 +270,13 @@ def check(ckpt: str, folder: str, steps=(0, 10, 20, 30), out: str = "") -> dict:
                                  f"has {meta['task']} / {meta['cameras']}")
         lay = task.layout(int(ep["seed"]))
         y = torch.tensor(np.concatenate([lay.poses[lay.roles[r]][:2] for r in meta["roles"]]), dtype=torch.float32)
-        ids, mask = tok([ep["instruction"]], cfg.lang_len)
-        for t in steps:
-            if t >= len(ep["qpos"]):
-                continue
-            x = images_to_input(torch.from_numpy(np.stack([ep["images"][c][t] for c in meta["cameras"]]))[None],
-                                cfg.image_size)
-            with torch.no_grad():
-                pred = head(model.encode_keypoints(x, model.lang_emb(ids) + model.lang_pos[:ids.shape[1]], mask).flatten(1))
-            errors[t].append(((pred[0] * sd + mu - y).view(-1, 2).norm(dim=-1) * 100).tolist())
+        ts = [t for t in steps if t < len(ep["qpos"])]
+        ids, mask = tok([ep["instruction"]] * len(ts), cfg.lang_len)
+        x = images_to_input(torch.from_numpy(np.stack([ep["images"][c][ts] for c in meta["cameras"]], 1)), cfg.image_size)
+        with torch.no_grad():  # one batch per episode: its frames at every requested step
+            pred = locate(model, head, x, ids, mask) * sd + mu                    # (len(ts), 2R)
+        for t, e in zip(ts, ((pred - y).view(len(ts), -1, 2).norm(dim=-1) * 100).tolist()):
+            errors[t].append(e)
     result = dict(ckpt=ckpt, data=folder, roles=meta["roles"],
                   error_cm={str(t): np.mean(e, 0).round(2).tolist() for t, e in errors.items() if e},
                   episodes={str(t): len(e) for t, e in errors.items()},
