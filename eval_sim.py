@@ -49,10 +49,11 @@ class EvalConfig:
     device: str = "cpu"  # torch device for the policy
     max_steps: int = 0  # override the task's step limit (0: use sim.TASKS[task].max_steps)
     demo_seeds: bool = False  # diagnostic: roll out on demonstration seeds 0..N-1 (the training layouts), not held-out ones
+    n_action_steps: int = 0  # steps of each chunk executed before re-querying (0: the checkpoint's; as eval_real.py)
 
     def __post_init__(self):
-        if self.episodes < 1 or self.workers < 1 or self.batch < 1 or self.video < 0:
-            raise ValueError("--episodes, --workers and --batch must be >= 1 and --video >= 0")
+        if self.episodes < 1 or self.workers < 1 or self.batch < 1 or self.video < 0 or self.n_action_steps < 0:
+            raise ValueError("--episodes, --workers and --batch must be >= 1; --video, --n-action-steps >= 0")
         unknown = [t for t in self.task if t not in sim.TASKS]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; known tasks: {', '.join(sim.TASKS)}")
@@ -98,7 +99,7 @@ def rollout_batch(policy, task: str, seeds: list, cfg: EvalConfig, instructions=
         for o, ins in zip(obs, instructions):
             o["instruction"] = ins
     limit = cfg.max_steps or sim.TASKS[task].max_steps
-    n_exec = policy.n_action_steps
+    n_exec = max(1, min(cfg.n_action_steps or policy.n_action_steps, policy.horizon))
     actions = [[] for _ in seeds]
     frames = [[] for _ in range(min(record_video, len(seeds)))]
     latency, calls = 0.0, 0

@@ -39,6 +39,10 @@ Deviations from pi0 (openpi), on purpose:
   12. Optional, in place of pi0's VLM pretraining: ground.py pretrains the keypoint front end
      (VISION_PREFIXES) to locate the objects the instruction names on thousands of rendered layouts, using
      the simulator's object positions as labels; train.py --vision-from loads it, --freeze-vision fixes it.
+     With `grounded=2R` (train.py --grounded) its linear head, keypoints -> the (x, y) of R objects, comes
+     too, frozen, and those positions enter the policy as one more prefix token and in kp_direct (with
+     `grounded_only`, in place of the keypoints): 50 demonstrations show only 50 layouts to learn that
+     readout again from. Measured on lift_block it changes little (48-55 of 100 against 49; README).
 Presets: `small` uses depth 3 and an expert half as wide as the backbone (pi0's expert is also narrower)
 to keep one chunk (prefix + 10 Euler steps) near 15-20 ms on 2 CPU cores; `base` is for one GPU.
 Kept from pi0: t = 1 is noise, x_t = t * noise + (1 - t) * actions, target u = noise - actions, MSE loss;
@@ -67,7 +71,7 @@ STAKE_SEED_OFFSET = 7919  # StaKe: heads and queries draw from Generator(seed + 
 
 # the vision-language front end that ground.py pretrains and train.py --vision-from loads: everything
 # encode_keypoints reads (the word embeddings also feed the backbone as the instruction tokens)
-VISION_PREFIXES = ("vit.", "kp_logits.", "kp_lang.", "lang_emb.", "lang_pos")
+VISION_PREFIXES = ("vit.", "kp_logits.", "kp_lang.", "lang_emb.", "lang_pos", "ground_head.")
 
 PRESETS = {  # architecture only; training options live in train.py
     "tiny": dict(patch_size=16, vit_width=64, vit_depth=2, vit_heads=2, width=64, depth=2, heads=2,
@@ -93,6 +97,8 @@ class ModelConfig:
     image_pos: bool = False              # add fixed 2-D sin-cos positions to the image tokens entering the backbone
     vit_pos: str = "learned"             # the ViT's own position embedding: "learned" (timm) or "sincos" (fixed)
     keypoints: int = 0                   # > 0: K spatial-softmax keypoint tokens per camera replace the patch tokens
+    grounded: int = 0                    # > 0 (with keypoints): ground.py's head, keypoints -> this many object coordinates, feeds the policy
+    grounded_only: bool = False          # with grounded: the policy sees those coordinates and not the keypoints themselves
     width: int = 128                     # backbone width = attention width of every stream
     depth: int = 4                       # backbone depth = action-expert depth
     heads: int = 4
@@ -123,6 +129,9 @@ class ModelConfig:
             (self.vit_stem in ("patch", "conv"), f"vit_stem must be 'patch' or 'conv', not '{self.vit_stem}'"),
             (self.vit_pos in ("learned", "sincos"), f"vit_pos must be 'learned' or 'sincos', not '{self.vit_pos}'"),
             (self.keypoints >= 0, "keypoints must be >= 0"),
+            (self.grounded >= 0 and (not self.grounded or (self.keypoints and self.n_cameras)),
+             "grounded needs keypoints and cameras (it reads the keypoints)"),
+            (not self.grounded_only or self.grounded, "grounded_only needs grounded > 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -235,7 +244,11 @@ class VLA(nn.Module):
                 # the coordinates also enter every action token directly: read only through attention, a
                 # from-scratch backbone learned to ignore them (a scratch probe, not committed: a query readout
                 # of the red block on 52 layouts stayed at chance; with the coordinates added to it, 1.4 cm)
-                self.kp_direct = nn.Linear(cfg.n_cameras * cfg.keypoints * 2, We)
+                n_kp = cfg.n_cameras * cfg.keypoints * 2
+                self.kp_direct = nn.Linear(cfg.grounded if cfg.grounded_only else n_kp + cfg.grounded, We)
+                if cfg.grounded:  # StaKe-independent: ground.py's object readout, one more prefix token
+                    self.ground_head = nn.Linear(n_kp, cfg.grounded)
+                    self.ground_proj = nn.Linear(cfg.grounded, W)
                 self.kp_proj = nn.Linear(2, W)  # a keypoint's expected (x, y) in [-1, 1] -> one token
                 self.kp_emb = nn.Parameter(torch.zeros(cfg.keypoints, W))
                 ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid[0]), torch.linspace(-1, 1, grid[1]), indexing="ij")
@@ -296,7 +309,8 @@ class VLA(nn.Module):
         """images (B, C, 3, H, W) in [-1, 1]; lang_ids, lang_mask (B, L); state (B, D) normalised.
 
         Returns the per-layer (k, v) cache, each (B, heads, P, head), and the key validity (B, P). With
-        keypoints the cache has one more entry after the layers: the keypoint coordinates (B, C*K*2)."""
+        keypoints the cache has one more entry after the layers: the keypoint coordinates (B, C*K*2), followed
+        by the grounded object coordinates (B, 2R) when cfg.grounded."""
         B = state.shape[0]
         parts, valid, extra = [], [], []
         L = lang_ids.shape[1]
@@ -305,8 +319,17 @@ class VLA(nn.Module):
             C = images.shape[1]
             if self.cfg.keypoints:  # K (x, y) per camera instead of N patch tokens
                 xy = self.encode_keypoints(images, lang, lang_mask)          # (B, C, K, 2)
-                extra.append(xy.flatten(1))                                 # (B, C*K*2) for kp_direct
                 x = self.kp_proj(xy) + self.kp_emb + self.cam_emb[:C, None]     # (B, C, K, W)
+                xy = xy.flatten(1)                                          # (B, C*K*2)
+                if self.cfg.grounded:
+                    pos = self.ground_head(xy)                              # (B, 2R) objects' (x, y), normalised
+                    g = self.ground_proj(pos)[:, None]                      # (B, 1, W)
+                    if self.cfg.grounded_only:  # nothing else of the scene: no layout detail to memorise
+                        x, xy = g[:, None], pos                             # (B, 1, 1, W), (B, 2R)
+                    else:
+                        x = torch.cat([x.flatten(1, 2), g], 1)[:, None]     # (B, 1, C*K+1, W)
+                        xy = torch.cat([xy, pos], 1)                        # (B, C*K*2 + 2R)
+                extra.append(xy)                                            # for kp_direct
             else:
                 x = self.vit.forward_features(images.flatten(0, 1))        # (B*C, N, Wv)
                 x = self.img_proj(x).unflatten(0, (B, C)) + self.cam_emb[:C, None]  # (B, C, N, W)

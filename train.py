@@ -84,6 +84,10 @@ class Options:
                            "(model.VISION_PREFIXES) start this run; the other weights start fresh. Its config "
                            "wins over --preset/--vit-stem/--vit-pos/--keypoints/--patch-size")
     freeze_vision: bool = opt(False, "keep the weights loaded by --vision-from fixed (no gradient, no decay)")
+    grounded: bool = opt(False, "with --vision-from: also load its head (keypoints -> the named objects' (x, y)) "
+                         "and give those positions to the policy (model.ModelConfig.grounded)")
+    grounded_only: bool = opt(False, "with --grounded: the policy sees only those positions (one token), not the "
+                              "keypoints they are read from")
     vision_warmup: int = opt(0, "steps at the start during which the transformer blocks (backbone and expert) "
                              "stay at their random init and only the encoders, embeddings and input/output "
                              "layers learn: a trained readout learns to ignore a from-scratch ViT before it "
@@ -97,6 +101,9 @@ class Options:
     ema_decay: float = opt(0.999, "EMA decay (ramped up as (1+step)/(10+step) early on)")
     std_floor: float = opt(1e-2, "floor on the normalisation std (signal units)")
     shift: int = opt(4, "random-shift augmentation: pad by this many pixels and crop back (0 = off)")
+    state_noise: float = opt(0.0, "std of Gaussian noise added to the normalised joint state in training (0 = off): "
+                             "the absolute targets stay, so the policy learns to return to the demonstration and "
+                             "cannot recognise a demonstration by its exact joint trajectory")
     baseline_threshold: float = opt(0.6, "stage baseline: gripper qpos below this (0..1 of open) = closed")
     log_every: int = opt(50, "steps between metrics.jsonl lines")
     save_every: int = opt(1000, "steps between checkpoints (and always at the end)")
@@ -117,7 +124,10 @@ class Options:
                   (0 <= self.vision_warmup < self.steps, "--vision-warmup must be in [0, --steps)"),
                   (not (self.vision_from and self.init_from), "--vision-from starts a fresh policy: not with --init-from"),
                   (not self.freeze_vision or self.vision_from, "--freeze-vision needs --vision-from"),
+                  (not self.grounded or self.vision_from, "--grounded needs --vision-from"),
+                  (not self.grounded_only or self.grounded, "--grounded-only needs --grounded"),
                   (self.std_floor > 0, "--std-floor must be > 0"), (self.shift >= 0, "--shift must be >= 0"),
+                  (self.state_noise >= 0, "--state-noise must be >= 0"),
                   (self.log_every > 0 and self.save_every > 0, "--log-every and --save-every must be > 0"),
                   (0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1)")]
         for ok, msg in checks:
@@ -217,7 +227,7 @@ def random_shift(x, shifts, pad: int):
 
 
 def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, horizon: int, image_size, shift: int,
-               gripper_indices, device):
+               gripper_indices, device, state_noise: float = 0.0):
     """Sample B steps uniformly over all episodes (generator g only); chunks running past an episode's end
     repeat its last action and are masked. Images are augmented and normalised on the device."""
     N = len(D["action"])
@@ -231,8 +241,11 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, horizon: i
     if shift:
         images = random_shift(images, shifts, shift)
     qpos = to(D["qpos"][idx])
+    state = norm.state(qpos)
+    if state_noise:  # drawn last: without it the stream (and every earlier run) is unchanged
+        state = state + state_noise * to(torch.randn(state.shape, generator=g))
     e = D["ep_id"][idx]
-    return dict(images=images, lang_ids=to(lang[0][e]), lang_mask=to(lang[1][e]), state=norm.state(qpos),
+    return dict(images=images, lang_ids=to(lang[0][e]), lang_mask=to(lang[1][e]), state=state,
                 actions=norm.action(to(D["action"][cidx])), action_valid=to(valid), stage=to(D["stage"][idx]),
                 keyframe=norm.action(to(D["keyframe"][idx])), gripper_qpos=qpos[:, gripper_indices])
 
@@ -362,11 +375,16 @@ def train(opts: Options) -> dict:
         if tuple(gc["image_size"]) != tuple(meta["image_size"]):
             raise data.DataError(f"image size {list(meta['image_size'])} of {', '.join(opts.data)} differs from the "
                                  f"grounding checkpoint's {list(gc['image_size'])} ({opts.vision_from})")
+        if opts.grounded and D["cameras"] != grounding["meta"]["cameras"]:
+            raise data.DataError(f"--grounded reads the keypoints of cameras {grounding['meta']['cameras']} in that "
+                                 f"order ({opts.vision_from}); this run has {D['cameras']} (set --cameras)")
         if unseen := [c for c in D["cameras"] if c not in grounding["meta"]["cameras"]]:
             print(f"warning: camera(s) {unseen} were not in grounding ({grounding['meta']['cameras']})", file=sys.stderr)
         tok, stats = Tokenizer(grounding["tokenizer"]), compute_stats(D, opts.std_floor)
         cfg = model_config(opts, D, {**gc, "use_state": not opts.no_state, "action_dim": A, "state_dim": Dq,
-                                     "n_cameras": len(D["cameras"])})
+                                     "n_cameras": len(D["cameras"]),
+                                     "grounded": grounding["head"]["bias"].shape[0] if opts.grounded else 0,
+                                     "grounded_only": opts.grounded_only})
     else:
         tok = Tokenizer(train_tokenizer(sorted(set(D["texts"])), PRESETS[opts.preset]["vocab_size"]))
         stats = compute_stats(D, opts.std_floor)
@@ -396,10 +414,12 @@ def train(opts: Options) -> dict:
         if src["meta"]["action_names"] != meta["action_names"]:
             print(f"warning: action names differ from the checkpoint's: {src['meta']['action_names']}", file=sys.stderr)
     if grounding is not None:
-        own = model.state_dict()
-        if bad := [k for k, v in grounding["vision"].items() if k not in own or own[k].shape != v.shape]:
+        own, sd = model.state_dict(), dict(grounding["vision"])
+        if opts.grounded:  # ground.py keeps its head apart from the model; here it is model.ground_head
+            sd |= {f"ground_head.{k}": v for k, v in grounding["head"].items()}
+        if bad := [k for k, v in sd.items() if k not in own or own[k].shape != v.shape]:
             raise ValueError(f"--vision-from {opts.vision_from}: weights that do not fit the model: {bad}")
-        model.load_state_dict(grounding["vision"], strict=False)
+        model.load_state_dict(sd, strict=False)
     if opts.freeze_vision:  # requires_grad off: AdamW skips a parameter without a gradient (no step, no decay)
         for n, p in model.named_parameters():
             if n.startswith(VISION_PREFIXES):
@@ -440,7 +460,7 @@ def train(opts: Options) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = make_batch(D, lang, norm, g_data, opts.batch_size, cfg.horizon, cfg.image_size, opts.shift,
-                           meta["gripper_indices"], device)
+                           meta["gripper_indices"], device, opts.state_noise)
         noise, t = sample_noise_time(g_flow, opts.batch_size, cfg.horizon, A, device)
         out, loss, gn = train_step(fwd, optimizer, batch, noise, t, opts, amp,
                                    blocks if step <= opts.vision_warmup else ())

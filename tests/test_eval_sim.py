@@ -130,6 +130,22 @@ def test_rollout_batch_with_replayed_expert_succeeds_and_reports():
     assert sum(e["success"] for e in blind) <= 1, "another seed's actions should not solve this seed"
 
 
+def test_n_action_steps_override_sets_the_requery_interval():
+    class Counting:  # holds the arms where they start; counts chunk requests
+        cameras, image_size, n_action_steps, horizon, calls = ["top"], (32, 32), 10, 10, 0
+
+        def predict_chunk(self, obs_batch):
+            self.calls += 1
+            return np.stack([np.tile(o["qpos"], (self.horizon, 1)) for o in obs_batch])
+
+    seeds = eval_sim.eval_seeds(0, 1)
+    for override, calls in ((0, 2), (4, 5), (50, 2)):  # 0: the policy's own 10; above the horizon: clipped to it
+        pol = Counting()
+        cfg = eval_sim.EvalConfig(ckpt="x", task=["lift_block"], episodes=1, max_steps=20, n_action_steps=override)
+        eval_sim.rollout_batch(pol, "lift_block", seeds, cfg)
+        assert pol.calls == calls, (override, pol.calls)
+
+
 def test_main_job_pipeline_tiny(tmp_path):
     """The README's main job end to end on a tiny setting: data -> train -> evaluate -> table -> video."""
     out = tmp_path / "main"

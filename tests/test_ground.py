@@ -94,6 +94,32 @@ def test_vision_from_loads_and_freezes(grounded, tmp_path):
     assert not torch.equal(p2["model"]["kp_logits.weight"], g["vision"]["kp_logits.weight"])
 
 
+def test_grounded_policy_reads_the_grounding_head(grounded, tmp_path):
+    from model import Policy
+    ds = make_dataset(tmp_path / "syn", n_episodes=2, T=20, image_size=(32, 32))
+    train(Options(data=[str(ds)], out=str(tmp_path / "run"), steps=3, batch_size=4, warmup=1, save_every=100,
+                  vision_from=str(grounded / "ckpt.pt"), freeze_vision=True, grounded=True))
+    g = torch.load(grounded / "ckpt.pt", weights_only=True)
+    p = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert p["model_config"]["grounded"] == 2  # lift_block grounds one role: the target's (x, y)
+    for k, v in g["head"].items():  # ground.py's head, frozen with the rest of the front end
+        assert torch.equal(p["model"][f"ground_head.{k}"], v) and torch.equal(p["ema"][f"ground_head.{k}"], v)
+    policy = Policy.load(tmp_path / "run" / "ckpt.pt")
+    ep = data.load_episode(sorted(Path(ds).glob("episode_*"))[0])
+    obs = {"images": {"top": ep["images"]["top"][0]}, "qpos": ep["qpos"][0], "instruction": ep["instruction"]}
+    before = policy.predict_chunk([obs], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        policy.model.ground_head.bias.add_(1.0)  # move the grounded position: the actions must change
+    after = policy.predict_chunk([obs], generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(torch.from_numpy(before), torch.from_numpy(after))
+    ds2 = make_dataset(tmp_path / "syn2", n_episodes=2, T=20, image_size=(32, 32), cameras=("left_wrist", "top"))
+    with pytest.raises(data.DataError, match="--grounded reads the keypoints of cameras"):
+        train(Options(data=[str(ds2)], out=str(tmp_path / "r2"), steps=1, vision_from=str(grounded / "ckpt.pt"),
+                      grounded=True))
+    with pytest.raises(ValueError, match="--grounded needs --vision-from"):
+        Options(data=["x"], grounded=True)
+
+
 def test_vision_from_errors(grounded, tmp_path):
     with pytest.raises(ValueError, match="--freeze-vision needs --vision-from"):
         Options(data=["x"], freeze_vision=True)

@@ -210,3 +210,22 @@ def test_keypoint_policy_trains_and_reloads(ds, tmp_path):
     np.testing.assert_array_equal(a1, a2)
     with pytest.raises(ValueError, match="keypoints"):
         run(ds, tmp_path / "bad", steps=1, keypoints=-1)
+
+
+def test_state_noise_perturbs_only_the_state(ds):
+    from model import Normalizer, Tokenizer, train_tokenizer
+    from train import compute_stats, load_folders, make_batch
+    D = load_folders([str(ds)])
+    norm = Normalizer(compute_stats(D, 1e-2), torch.device("cpu"))
+    tok = Tokenizer(train_tokenizer(sorted(set(D["texts"])), 64))
+    lang = tok(D["texts"], 8)
+    mk = lambda sn: make_batch(D, lang, norm, torch.Generator().manual_seed(0), 16, 5, (32, 32), 2,
+                               D["meta"]["gripper_indices"], torch.device("cpu"), sn)
+    clean, noisy = mk(0.0), mk(0.5)
+    for k in clean:
+        if k != "state":
+            assert torch.equal(clean[k], noisy[k]), f"{k} changed with --state-noise"
+    d = noisy["state"] - clean["state"]
+    assert 0.3 < d.std().item() < 0.7, d.std().item()  # the std asked for, in normalised units
+    with pytest.raises(ValueError, match="--state-noise"):
+        Options(data=["x"], state_noise=-1)
