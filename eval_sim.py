@@ -424,7 +424,8 @@ def compare(dirs: list, out: str, labels: list | None = None) -> str:
         lines.append(row(t, ["n/a" if x["failure_to_nearest_event_mean"] is None else
                              f"{x['failure_to_nearest_event_mean']:.1f} ({x['uniform_step_to_nearest_event_mean']:.1f})" for x in pooled[t]]))
     md = "\n".join(lines) + "\n"
-    summary = {"labels": labels, "folders": dict(zip(labels, groups)), "baseline": labels[0], "paired": paired_json,
+    summary = {"command": "python " + " ".join(sys.argv), "git_revision": data.git_revision(),
+               "labels": labels, "folders": dict(zip(labels, groups)), "baseline": labels[0], "paired": paired_json,
                "tasks": {t: {"gripper_events": events[t], "variants": dict(zip(labels, pooled[t]))} for t in tasks}}
     data.atomic_write_bytes(outp / "compare.md", lambda f: f.write(md.encode()))
     data.atomic_write_bytes(outp / "compare.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))

@@ -14,8 +14,9 @@ GROUND_SEED_OFFSET on, disjoint from demonstration and evaluation seeds) and the
 positions as labels. It trains exactly the modules the policy uses to see (the ViT, the spatial-softmax
 keypoint detectors with their language shift, the word embeddings; `VLA.encode_keypoints`) plus a linear head
 from all cameras' keypoint coordinates to the (x, y) on the table of every object the instruction names
-(`layout.roles`, e.g. the block to lift). The head is dropped; train.py --vision-from loads the rest and the
-tokenizer, and --freeze-vision keeps them fixed while the policy learns to act on them.
+(`layout.roles`, e.g. the block to lift). train.py --vision-from loads the rest and the tokenizer (with
+--grounded the head too, as model.ground_head), and --freeze-vision keeps them fixed while the policy learns to
+act on them.
 
 Deviation (documented in README): the labels are privileged simulator state. On a real arm one would ground
 on twin renders (or on annotated images); the twin's tasks work here as they do for the bimanual scene.

@@ -246,7 +246,7 @@ class VLA(nn.Module):
                 # of the red block on 52 layouts stayed at chance; with the coordinates added to it, 1.4 cm)
                 n_kp = cfg.n_cameras * cfg.keypoints * 2
                 self.kp_direct = nn.Linear(cfg.grounded if cfg.grounded_only else n_kp + cfg.grounded, We)
-                if cfg.grounded:  # StaKe-independent: ground.py's object readout, one more prefix token
+                if cfg.grounded:  # ground.py's object readout (loaded by train.py --grounded) and its token
                     self.ground_head = nn.Linear(n_kp, cfg.grounded)
                     self.ground_proj = nn.Linear(cfg.grounded, W)
                 self.kp_proj = nn.Linear(2, W)  # a keypoint's expected (x, y) in [-1, 1] -> one token
