@@ -106,3 +106,35 @@ def test_idle_policy_makes_no_progress():
     for _ in range(40):
         env.step(env.home_action())
     assert env.stage == 0 and not env.success
+
+
+def test_half_turn_maps_a_demonstration_onto_the_other_arm():
+    """The arm bases face each other across the table's centre: turned half a turn about it (objects at
+    (-x, -y, yaw + pi)), a lift_block layout is solved by the expert's joint trajectory with the arms swapped.
+    This is the symmetry a data augmentation could use (README, Status); without the turn the swap fails."""
+    import dataclasses
+    env = sim.Env("lift_block", render=False)
+    task0 = env.task
+    arms = set()
+    for seed in (0, 1, 2, 3):
+        env.reset(seed)
+        lay = env.layout
+        arms.add(lay.arm_for[lay.roles["target"]])
+        acts = np.stack(list(experts.Expert(env).actions()))
+        swapped = np.concatenate([acts[:, 7:], acts[:, :7]], 1)  # [left 7 | right 7] -> [right 7 | left 7]
+        for turn in (True, False):
+            poses = {n: ((-x, -y, yaw + np.pi) if turn and abs(y) < 0.45 else (x, y, yaw))  # parked ones stay
+                     for n, (x, y, yaw) in lay.poses.items()}
+
+            class Fixed(sim.Task):
+                def layout(self, seed, lay=dataclasses.replace(lay, poses=poses)):
+                    return lay
+            env.task = Fixed(**dataclasses.asdict(task0))
+            env.reset(seed)
+            for a in swapped:
+                env.step(a)
+                if env.success:
+                    break
+            env.task = task0
+            assert env.success == turn, f"seed {seed}, turned {turn}: success {env.success}"
+    assert arms == {"left", "right"}, "the seeds should exercise both arms"
