@@ -133,8 +133,7 @@ def render_parallel(task, seeds, cameras, image_size, expert_frac, workers) -> t
 
 def locate(model: VLA, head: nn.Linear, images, ids, mask):
     """images (B, C, 3, H, W) in [-1, 1], instruction ids / mask (B, L) -> the head's (B, 2R), normalised."""
-    lang = model.lang_emb(ids) + model.lang_pos[:ids.shape[1]]
-    return head(model.encode_keypoints(images, lang, mask).flatten(1))
+    return head(model.encode_keypoints(images, model.embed_instruction(ids), mask).flatten(1))
 
 
 def vision_state(model: VLA) -> dict:
@@ -231,7 +230,7 @@ def ground(o: Options) -> dict:
     result = dict(task=o.task, cameras=cams, roles=roles, layouts=o.layouts, holdout=o.holdout,
                   mean_predictor_cm=[round(c, 2) for c in chance], curve=curve,
                   command="python ground.py " + " ".join(sys.argv[1:]), git=git_revision())
-    (out / "ground.json").write_text(json.dumps(result, indent=1) + "\n")
+    data.atomic_write_bytes(out / "ground.json", lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))
     return result
 
 
@@ -286,7 +285,7 @@ def check(ckpt: str, folder: str, steps=(0, 10, 20, 30), out: str = "") -> dict:
         print(f"t={int(t):3d}  {', '.join(f'{r} {c:.1f} cm' for r, c in zip(meta['roles'], e))}  ({result['episodes'][t]} episodes)")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+        data.atomic_write_bytes(Path(out), lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))
     return result
 
 

@@ -293,6 +293,11 @@ class VLA(nn.Module):
                 self.keyframe_head.apply(lambda m: _init(m, g))
 
     # ---- prefix
+    def embed_instruction(self, lang_ids):
+        """(B, L) token ids -> (B, L, W): word embedding + position. The backbone's instruction tokens and the
+        keypoint detectors' language shift both read it (ground.py too)."""
+        return self.lang_emb(lang_ids) + self.lang_pos[:lang_ids.shape[1]]
+
     def encode_keypoints(self, images, lang, lang_mask):
         """images (B, C, 3, H, W); lang (B, L, W) embedded instruction, lang_mask (B, L) -> (B, C, K, 2): each
         keypoint's expected (x, y) in [-1, 1] over the patch grid (spatial softmax). ground.py pretrains this."""
@@ -313,30 +318,29 @@ class VLA(nn.Module):
         by the grounded object coordinates (B, 2R) when cfg.grounded."""
         B = state.shape[0]
         parts, valid, extra = [], [], []
-        L = lang_ids.shape[1]
-        lang = self.lang_emb(lang_ids) + self.lang_pos[:L]                  # (B, L, W)
+        lang = self.embed_instruction(lang_ids)                             # (B, L, W)
         if self.cfg.n_cameras:
             C = images.shape[1]
             if self.cfg.keypoints:  # K (x, y) per camera instead of N patch tokens
                 xy = self.encode_keypoints(images, lang, lang_mask)          # (B, C, K, 2)
-                x = self.kp_proj(xy) + self.kp_emb + self.cam_emb[:C, None]     # (B, C, K, W)
+                x = (self.kp_proj(xy) + self.kp_emb + self.cam_emb[:C, None]).flatten(1, 2)  # (B, C*K, W)
                 xy = xy.flatten(1)                                          # (B, C*K*2)
                 if self.cfg.grounded:
                     pos = self.ground_head(xy)                              # (B, 2R) objects' (x, y), normalised
                     g = self.ground_proj(pos)[:, None]                      # (B, 1, W)
                     if self.cfg.grounded_only:  # nothing else of the scene: no layout detail to memorise
-                        x, xy = g[:, None], pos                             # (B, 1, 1, W), (B, 2R)
+                        x, xy = g, pos                                      # (B, 1, W), (B, 2R)
                     else:
-                        x = torch.cat([x.flatten(1, 2), g], 1)[:, None]     # (B, 1, C*K+1, W)
-                        xy = torch.cat([xy, pos], 1)                        # (B, C*K*2 + 2R)
+                        x, xy = torch.cat([x, g], 1), torch.cat([xy, pos], 1)  # (B, C*K+1, W), (B, C*K*2 + 2R)
                 extra.append(xy)                                            # for kp_direct
             else:
                 x = self.vit.forward_features(images.flatten(0, 1))        # (B*C, N, Wv)
                 x = self.img_proj(x).unflatten(0, (B, C)) + self.cam_emb[:C, None]  # (B, C, N, W)
                 if self.cfg.image_pos:
                     x = x + self.image_pos
-            parts.append(x.flatten(1, 2))                                   # (B, C*N, W) or (B, C*K, W)
-            valid.append(torch.ones(B, x.shape[1] * x.shape[2], dtype=torch.bool, device=state.device))
+                x = x.flatten(1, 2)                                         # (B, C*N, W)
+            parts.append(x)
+            valid.append(torch.ones(B, x.shape[1], dtype=torch.bool, device=state.device))
         parts.append(lang)
         valid.append(lang_mask.bool())
         if self.cfg.use_state:
