@@ -43,6 +43,8 @@ Deviations from pi0 (openpi), on purpose:
      too, frozen, and those positions enter the policy as one more prefix token and in kp_direct (with
      `grounded_only`, in place of the keypoints): 50 demonstrations show only 50 layouts to learn that
      readout again from. Measured on lift_block it changes little (48-55 of 100 against 49; README).
+     With grounded_only, train.py can move a sample's scene without re-rendering it (--symmetry,
+     --waist-turn: the joints in the batch, the positions here through ground_matrix / ground_offset).
 Presets: `small` uses depth 3 and an expert half as wide as the backbone (pi0's expert is also narrower)
 to keep one chunk (prefix + 10 Euler steps) near 15-20 ms on 2 CPU cores; `base` is for one GPU.
 Kept from pi0: t = 1 is noise, x_t = t * noise + (1 - t) * actions, target u = noise - actions, MSE loss;
@@ -99,6 +101,8 @@ class ModelConfig:
     keypoints: int = 0                   # > 0: K spatial-softmax keypoint tokens per camera replace the patch tokens
     grounded: int = 0                    # > 0 (with keypoints): ground.py's head, keypoints -> this many object coordinates, feeds the policy
     grounded_only: bool = False          # with grounded: the policy sees those coordinates and not the keypoints themselves
+    ground_mean: tuple = ()              # with grounded: world (x, y) = coordinate * ground_std + ground_mean (ground.py's
+    ground_std: tuple = ()               #   target normalisation), which train.py's scene augmentations use
     width: int = 128                     # backbone width = attention width of every stream
     depth: int = 4                       # backbone depth = action-expert depth
     heads: int = 4
@@ -115,6 +119,7 @@ class ModelConfig:
 
     def __post_init__(self):
         self.image_size = tuple(int(s) for s in self.image_size)
+        self.ground_mean, self.ground_std = tuple(map(float, self.ground_mean)), tuple(map(float, self.ground_std))
         H, W = self.image_size
         checks = [
             (self.action_dim > 0 and self.state_dim > 0, "action_dim and state_dim must be > 0"),
@@ -132,6 +137,8 @@ class ModelConfig:
             (self.grounded >= 0 and (not self.grounded or (self.keypoints and self.n_cameras)),
              "grounded needs keypoints and cameras (it reads the keypoints)"),
             (not self.grounded_only or self.grounded, "grounded_only needs grounded > 0"),
+            (len(self.ground_mean) == len(self.ground_std) in (0, self.grounded),
+             f"ground_mean and ground_std need {self.grounded} values each (or none)"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -310,8 +317,12 @@ class VLA(nn.Module):
         w = logits.float().softmax(2)                                       # over the N patches
         return torch.einsum("bcnk,nd->bckd", w, self.kp_grid).to(x.dtype)   # (B, C, K, 2)
 
-    def encode_prefix(self, images, lang_ids, lang_mask, state):
+    def encode_prefix(self, images, lang_ids, lang_mask, state, ground_matrix=None, ground_offset=None,
+                      ground_noise=None):
         """images (B, C, 3, H, W) in [-1, 1]; lang_ids, lang_mask (B, L); state (B, D) normalised.
+        Training only, with grounded: each object's world (x, y) becomes ground_matrix (B, 2, 2) @ (x, y) +
+        ground_offset (B, 2) (train.py --symmetry / --waist-turn, which move state and actions alike), plus
+        ground_noise (B, 2R) metres (--ground-noise).
 
         Returns the per-layer (k, v) cache, each (B, heads, P, head), and the key validity (B, P). With
         keypoints the cache has one more entry after the layers: the keypoint coordinates (B, C*K*2), followed
@@ -327,6 +338,14 @@ class VLA(nn.Module):
                 xy = xy.flatten(1)                                          # (B, C*K*2)
                 if self.cfg.grounded:
                     pos = self.ground_head(xy)                              # (B, 2R) objects' (x, y), normalised
+                    if ground_matrix is not None or ground_noise is not None:
+                        mu, sd = pos.new_tensor(self.cfg.ground_mean), pos.new_tensor(self.cfg.ground_std)
+                        world = pos * sd + mu                                   # (B, 2R) metres
+                        if ground_matrix is not None:
+                            xy = torch.einsum("bij,brj->bri", ground_matrix, world.unflatten(1, (-1, 2)))
+                            world = (xy + ground_offset[:, None]).flatten(1)   # (B, R, 2) -> (B, 2R)
+                        world = world + ground_noise if ground_noise is not None else world
+                        pos = (world - mu) / sd
                     g = self.ground_proj(pos)[:, None]                      # (B, 1, W)
                     if self.cfg.grounded_only:  # nothing else of the scene: no layout detail to memorise
                         x, xy = g, pos                                      # (B, 1, W), (B, 2R)
@@ -417,7 +436,9 @@ class VLA(nn.Module):
         """batch: images, lang_ids, lang_mask, state, actions (B, H, A) normalised, action_valid (B, H),
         stage (B, n_stage) 0/1 and keyframe (B, A) normalised when the heads exist.
         noise (B, H, A) ~ N(0, I); t (B,) in (0, 1]. Returns the losses (scalars) and the stage logits."""
-        cache, valid = self.encode_prefix(batch["images"], batch["lang_ids"], batch["lang_mask"], batch["state"])
+        cache, valid = self.encode_prefix(batch["images"], batch["lang_ids"], batch["lang_mask"], batch["state"],
+                                          batch.get("ground_matrix"), batch.get("ground_offset"),
+                                          batch.get("ground_noise"))
         a = batch["actions"]
         tt = t[:, None, None]
         x_t = tt * noise + (1 - tt) * a                                      # t = 1 noise, t = 0 data

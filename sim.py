@@ -576,6 +576,16 @@ def home_qpos(env) -> dict:
 # GRIPPER_INDICES, ARMS, CAMERAS. This module is the bimanual one; twin.py is the single-arm Franka twin.
 # data.py and experts.py find a task's suite with suite_of().
 ROBOT = "bimanual_6dof"
+# Its symmetry (train.py --symmetry): the arm bases face each other across the table centre, so the scene turned
+# half a turn about it (objects at (-x, -y, yaw + pi)) is solved by a demonstration with the arms' joints and
+# grippers exchanged (tests/test_sim.py). A state or action q becomes q[joint_index] * joint_sign + joint_offset;
+# an object's world (x, y) is multiplied by xy_sign.
+SYMMETRY = dict(xy_sign=(-1.0, -1.0), joint_index=(*range(7, 14), *range(7)), joint_sign=(1.0,) * 14,
+                joint_offset=(0.0,) * 14)
+# And each arm's waist turns about a vertical axis through its base (train.py --waist-turn): where only that arm
+# acts, objects turned by an angle about its base (yaw + angle) are solved by the demonstration with that
+# waist joint + angle (tests/test_sim.py). Per gripper (GRIPPER_INDICES order): (base (x, y), waist joint index).
+WAISTS = (((-0.42, 0.0), 0), ((0.42, 0.0), 7))
 
 
 def suites() -> list:

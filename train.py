@@ -88,6 +88,15 @@ class Options:
                          "and give those positions to the policy (model.ModelConfig.grounded)")
     grounded_only: bool = opt(False, "with --grounded: the policy sees only those positions (one token), not the "
                               "keypoints they are read from")
+    symmetry: bool = opt(False, "with --grounded-only: half the samples see the scene under its symmetry "
+                         "(sim.SYMMETRY: the bimanual table turned half a turn, arms exchanged; twin.SYMMETRY: the "
+                         "Franka scene mirrored in y, joints 1, 3, 5, 7 reflected), objects' positions and joints "
+                         "alike; a demonstration of a layout the data does not hold (tests check both symmetries)")
+    waist_turn: float = opt(0.0, "with --grounded-only: turn each sample whose episode has one acting arm by an "
+                            "angle drawn from [-this, this] rad about that arm's waist axis: its waist joint and "
+                            "the objects' positions (about its base) alike (the suite's WAISTS); 0 = off")
+    ground_noise: float = opt(0.0, "with --grounded: std (metres) of Gaussian noise on the objects' world (x, y) the "
+                              "policy sees in training (0 = off): nearby layouts must ask for nearby actions")
     vision_warmup: int = opt(0, "steps at the start during which the transformer blocks (backbone and expert) "
                              "stay at their random init and only the encoders, embeddings and input/output "
                              "layers learn: a trained readout learns to ignore a from-scratch ViT before it "
@@ -126,6 +135,11 @@ class Options:
                   (not self.freeze_vision or self.vision_from, "--freeze-vision needs --vision-from"),
                   (not self.grounded or self.vision_from, "--grounded needs --vision-from"),
                   (not self.grounded_only or self.grounded, "--grounded-only needs --grounded"),
+                  (self.ground_noise >= 0 and (not self.ground_noise or self.grounded),
+                   "--ground-noise must be >= 0 and needs --grounded"),
+                  (not (self.symmetry or self.waist_turn) or self.grounded_only, "--symmetry and --waist-turn need "
+                   "--grounded-only (the images are not transformed, so the policy may see only the positions)"),
+                  (0 <= self.waist_turn <= 1.0, "--waist-turn must be in [0, 1] rad"),
                   (self.std_floor > 0, "--std-floor must be > 0"), (self.shift >= 0, "--shift must be >= 0"),
                   (self.state_noise >= 0, "--state-noise must be >= 0"),
                   (self.log_every > 0 and self.save_every > 0, "--log-every and --save-every must be > 0"),
@@ -178,7 +192,8 @@ def load_folders(folders, cameras=None, stage_label="per-arm"):
             raise data.DataError(f"{f}/meta.json: no camera(s) {missing} (has {m['cameras']})")
     high = open_is_high(ref["gripper_convention"])
     H, W = ref["image_size"]
-    imgs, qpos, act, stage, key, ep_id, ends, texts, ep_tasks, tasks = [], [], [], [], [], [], [], [], [], {}
+    imgs, qpos, act, stage, key, acting, ep_id, ends, texts, ep_tasks = ([] for _ in range(10))
+    tasks = {}
     n = 0
     for f, m in zip(folders, metas):
         tasks.update(m["tasks"])
@@ -195,6 +210,8 @@ def load_folders(folders, cameras=None, stage_label="per-arm"):
             s = seg.stage.astype(np.float32)                                  # (T, G) 1 = closed = skill
             stage.append(s.max(1, keepdims=True) if stage_label == "any" else s)
             key.append(segment.keyframe_targets(ep["action"], seg).astype(np.float32))  # (T, A)
+            moving = np.flatnonzero(seg.moving)  # --waist-turn: the one arm whose gripper acts, else -1
+            acting.append(np.full(T, moving[0] if len(moving) == 1 else -1))
             imgs.append(np.stack([ep["images"][c] for c in cams], 1))         # (T, C, H, W, 3)
             qpos.append(ep["qpos"]), act.append(ep["action"])
             ep_id.append(np.full(T, len(texts))), texts.append(ep["instruction"]), ep_tasks.append(ep["task"])
@@ -202,9 +219,10 @@ def load_folders(folders, cameras=None, stage_label="per-arm"):
             n += T
     t = lambda xs, dt=None: torch.from_numpy(np.concatenate(xs)) if dt is None else torch.from_numpy(np.concatenate(xs).astype(dt))
     return dict(images=t(imgs), qpos=t(qpos), action=t(act), stage=t(stage), keyframe=t(key),
-                ep_id=t(ep_id, np.int64), end=t(ends, np.int64), texts=texts, ep_tasks=ep_tasks, cameras=cams,
-                meta=dict(fps=ref["fps"], action_names=ref["action_names"], qpos_names=ref["qpos_names"],
-                          gripper_indices=gi, gripper_convention=ref["gripper_convention"],
+                acting_arm=t(acting, np.int64), ep_id=t(ep_id, np.int64), end=t(ends, np.int64), texts=texts,
+                ep_tasks=ep_tasks, cameras=cams,
+                meta=dict(fps=ref["fps"], robot=ref.get("robot", ""), action_names=ref["action_names"],
+                          qpos_names=ref["qpos_names"], gripper_indices=gi, gripper_convention=ref["gripper_convention"],
                           arms=ref.get("arms", []), cameras=cams, image_size=[H, W], tasks=tasks,
                           stage_label=stage_label, data=[str(f) for f in folders]))
 
@@ -227,9 +245,14 @@ def random_shift(x, shifts, pad: int):
 
 
 def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, horizon: int, image_size, shift: int,
-               gripper_indices, device, state_noise: float = 0.0):
+               gripper_indices, device, state_noise: float = 0.0, scene=None, symmetry: bool = False,
+               waist_turn: float = 0.0):
     """Sample B steps uniformly over all episodes (generator g only); chunks running past an episode's end
-    repeat its last action and are masked. Images are augmented and normalised on the device."""
+    repeat its last action and are masked. Images are augmented and normalised on the device.
+    With `scene` (scene_augmentation) the samples are moved as a demonstration of another layout would be:
+    --waist-turn turns the acting arm's waist by a random angle, --symmetry applies the scene's symmetry to
+    half of them (both drawn last); `ground_matrix` (B, 2, 2) and `ground_offset` (B, 2) tell the model how
+    the objects' world (x, y) moved alike: (x, y) -> M (x, y) + t."""
     N = len(D["action"])
     idx = torch.randint(0, N, (B,), generator=g)                                   # (B,)
     end = D["end"][idx][:, None]
@@ -240,14 +263,60 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, horizon: i
     images = images_to_input(to(D["images"][idx]), image_size)                     # (B, C, 3, H, W)
     if shift:
         images = random_shift(images, shifts, shift)
-    qpos = to(D["qpos"][idx])
+    qpos, actions, keyframe, stage = (to(D[k][i]) for k, i in (("qpos", idx), ("action", cidx),
+                                                               ("keyframe", idx), ("stage", idx)))
+    # drawn last, each only when asked for: without them the stream (and every earlier run) is unchanged
+    noise = to(torch.randn(qpos.shape, generator=g)) if state_noise else None
+    out = {}
+    if scene is not None:
+        S = {k: to(v) for k, v in scene.items()}
+        flip = to(torch.rand(B, generator=g) < 0.5) if symmetry else None             # (B,)
+        M, t = torch.eye(2, device=device).expand(B, 2, 2), torch.zeros(B, 2, device=device)
+        if waist_turn:  # first, in the recorded scene: about the acting arm's base
+            arm = to(D["acting_arm"][idx])                                             # (B,) -1: none or both
+            angle = to(torch.rand(B, generator=g) * 2 - 1) * waist_turn * (arm >= 0)  # (B,) rad
+            k = arm.clamp(min=0)
+            turn = torch.zeros_like(qpos)
+            turn[torch.arange(B, device=device), S["waist"][k]] = angle
+            qpos, actions, keyframe = qpos + turn, actions + turn[:, None], keyframe + turn
+            c, s_ = angle.cos(), angle.sin()
+            M = torch.stack([torch.stack([c, -s_], -1), torch.stack([s_, c], -1)], -2)  # (B, 2, 2)
+            t = S["base"][k] - (M @ S["base"][k][..., None])[..., 0]                    # (B, 2)
+        if flip is not None:  # then the scene's symmetry, on joints and positions alike
+            move = lambda x: x[..., S["index"]] * S["sign"] + S["offset"]
+            qpos = torch.where(flip[:, None], move(qpos), qpos)
+            actions = torch.where(flip[:, None, None], move(actions), actions)
+            keyframe = torch.where(flip[:, None], move(keyframe), keyframe)
+            if stage.shape[1] == len(S["stage_index"]):  # per gripper; "any" (one column over two arms) stays
+                stage = torch.where(flip[:, None], stage[:, S["stage_index"]], stage)
+            xy = torch.where(flip[:, None], S["xy_sign"], torch.ones_like(S["xy_sign"]))  # (B, 2)
+            M, t = xy[..., None] * M, xy * t
+        out["ground_matrix"], out["ground_offset"] = M, t
     state = norm.state(qpos)
-    if state_noise:  # drawn last: without it the stream (and every earlier run) is unchanged
-        state = state + state_noise * to(torch.randn(state.shape, generator=g))
+    if noise is not None:
+        state = state + state_noise * noise
     e = D["ep_id"][idx]
     return dict(images=images, lang_ids=to(lang[0][e]), lang_mask=to(lang[1][e]), state=state,
-                actions=norm.action(to(D["action"][cidx])), action_valid=to(valid), stage=to(D["stage"][idx]),
-                keyframe=norm.action(to(D["keyframe"][idx])), gripper_qpos=qpos[:, gripper_indices])
+                actions=norm.action(actions), action_valid=to(valid), stage=stage,
+                keyframe=norm.action(keyframe), gripper_qpos=qpos[:, gripper_indices], **out)
+
+
+def scene_augmentation(meta: dict) -> dict:
+    """--symmetry / --waist-turn: the SYMMETRY and WAISTS of the suite (sim.py, twin.py) whose robot recorded
+    this data, as tensors for make_batch. Raises data.DataError where the data's robot or joint layout is not
+    a suite's."""
+    import sim  # here: training without them needs no MuJoCo
+    suite = next((s for s in sim.suites() if s.ROBOT == meta.get("robot")), None)
+    if suite is None or not meta["action_names"] == meta["qpos_names"] == suite.ACTION_NAMES:
+        raise data.DataError(f"--symmetry and --waist-turn need the joint layout of a simulated robot "
+                             f"({', '.join(s.ROBOT for s in sim.suites())}); the data has robot "
+                             f"'{meta.get('robot')}', actions {meta['action_names']}, qpos {meta['qpos_names']}")
+    S, gi = suite.SYMMETRY, list(meta["gripper_indices"])
+    f = lambda x: torch.tensor(x, dtype=torch.float32)
+    return dict(index=torch.tensor(S["joint_index"]), sign=f(S["joint_sign"]), offset=f(S["joint_offset"]),
+                stage_index=torch.tensor([gi.index(S["joint_index"][i]) for i in gi]),  # gripper g <- its image
+                xy_sign=f(S["xy_sign"]), base=f([b for b, _ in suite.WAISTS]),          # (G, 2) per gripper's arm
+                waist=torch.tensor([w for _, w in suite.WAISTS]))
 
 
 def sample_noise_time(g: torch.Generator, B: int, horizon: int, A: int, device):
@@ -384,7 +453,9 @@ def train(opts: Options) -> dict:
         cfg = model_config(opts, D, {**gc, "use_state": not opts.no_state, "action_dim": A, "state_dim": Dq,
                                      "n_cameras": len(D["cameras"]),
                                      "grounded": grounding["head"]["bias"].shape[0] if opts.grounded else 0,
-                                     "grounded_only": opts.grounded_only})
+                                     "grounded_only": opts.grounded_only,
+                                     "ground_mean": grounding["meta"]["target_mean"] if opts.grounded else (),
+                                     "ground_std": grounding["meta"]["target_std"] if opts.grounded else ()})
     else:
         tok = Tokenizer(train_tokenizer(sorted(set(D["texts"])), PRESETS[opts.preset]["vocab_size"]))
         stats = compute_stats(D, opts.std_floor)
@@ -397,6 +468,7 @@ def train(opts: Options) -> dict:
     if (long := [t for t in set(D["texts"]) if len(tok.ids(t)) > cfg.lang_len]):
         print(f"warning: {len(long)} instruction(s) longer than {cfg.lang_len} tokens are truncated", file=sys.stderr)
     norm = Normalizer(stats, device)
+    scene = scene_augmentation(meta) if opts.symmetry or opts.waist_turn else None
     meta["tasks"] = {**(src["meta"].get("tasks", {}) if src else {}), **meta["tasks"]}
 
     # model, EMA, optimiser
@@ -460,7 +532,11 @@ def train(opts: Options) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = make_batch(D, lang, norm, g_data, opts.batch_size, cfg.horizon, cfg.image_size, opts.shift,
-                           meta["gripper_indices"], device, opts.state_noise)
+                           meta["gripper_indices"], device, opts.state_noise, scene, opts.symmetry,
+                           opts.waist_turn)
+        if opts.ground_noise:  # after the batch's own draws: without it the data stream is unchanged
+            noise_xy = torch.randn(opts.batch_size, cfg.grounded, generator=g_data)             # (B, 2R)
+            batch["ground_noise"] = opts.ground_noise * noise_xy.to(device)
         noise, t = sample_noise_time(g_flow, opts.batch_size, cfg.horizon, A, device)
         out, loss, gn = train_step(fwd, optimizer, batch, noise, t, opts, amp,
                                    blocks if step <= opts.vision_warmup else ())

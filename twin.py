@@ -52,6 +52,13 @@ EVAL_SEED_OFFSET = sim.EVAL_SEED_OFFSET
 GAINS = [(4000, 100)] * 4 + [(2000, 20)] * 3
 TORQUE = [87.0] * 4 + [12.0] * 3
 REGION = (0.42, 0.68, -0.2, 0.2)  # x, y range of object centres (m)
+# Its symmetry (train.py --symmetry; the fields as sim.SYMMETRY): the scene mirrored in the base's x-z plane
+# (objects at (x, -y, -yaw); REGION is symmetric in y) is solved by the demonstration with joints 1, 3, 5 and 7
+# reflected, whose limits are symmetric; joint 7 about READY's pi/4, so that the ready pose maps onto itself
+# (the hand sits at -45 deg on the flange; a block can be pinched across either pair of faces) (tests/test_twin.py).
+SYMMETRY = dict(xy_sign=(1.0, -1.0), joint_index=tuple(range(8)), joint_sign=(-1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0),
+                joint_offset=(0.0,) * 6 + (2 * float(READY[6]), 0.0))
+WAISTS = (((0.0, 0.0), 0),)  # joint 1 turns the arm about the vertical through its base (sim.WAISTS)
 PAD_HALF = (0.05, 0.05, 0.001)
 BIN_HALF = (0.07, 0.07, 0.025)  # outer half sizes of the open box ("bin"); walls 8 mm thick
 BIN_WALL = 0.008

@@ -1,5 +1,6 @@
 """ground.py (grounding pretraining) and train.py --vision-from / --freeze-vision, on tiny settings."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,41 @@ def test_check_on_demonstration_frames(grounded, tmp_path):
     data.generate("place_block", 1, other, cameras=["top"], image_size=(32, 32), quiet=True)
     with pytest.raises(data.DataError, match="task place_block"):
         check(str(grounded / "ckpt.pt"), str(other))
+
+
+def test_scene_augmentation_and_ground_noise_move_the_grounded_positions(grounded, tmp_path):
+    """train.py --symmetry / --waist-turn / --ground-noise: the model sees the objects' world (x, y) moved by
+    ground_matrix and ground_offset, plus ground_noise (ground.py's normalisation is kept in the model
+    config); the identity and no noise leave them."""
+    from model import Policy
+    names = list(sim.ACTION_NAMES)
+    ds = make_dataset(tmp_path / "syn", n_episodes=2, T=20, image_size=(32, 32),
+                      meta_overrides=dict(robot=sim.ROBOT, action_names=names, qpos_names=names))
+    train(Options(data=[str(ds)], out=str(tmp_path / "run"), steps=2, batch_size=4, warmup=1, save_every=100,
+                  vision_from=str(grounded / "ckpt.pt"), freeze_vision=True, grounded=True, grounded_only=True,
+                  symmetry=True, waist_turn=0.2, ground_noise=0.01))
+    meta = torch.load(grounded / "ckpt.pt", weights_only=True)["meta"]
+    policy = Policy.load(tmp_path / "run" / "ckpt.pt")
+    cfg = policy.model.cfg
+    assert list(cfg.ground_mean) == meta["target_mean"] and list(cfg.ground_std) == meta["target_std"]
+    images = torch.rand(3, 1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ids, mask = torch.ones(3, cfg.lang_len, dtype=torch.long), torch.ones(3, cfg.lang_len)
+    state = torch.zeros(3, cfg.state_dim)
+    c, s_ = math.cos(0.3), math.sin(0.3)
+    matrix = torch.tensor([[[-1.0, 0.0], [0.0, -1.0]], [[1.0, 0.0], [0.0, 1.0]], [[c, -s_], [s_, c]]])
+    offset = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.1, -0.2]])
+    shift = torch.tensor([[0.01, -0.02], [0.0, 0.03], [-0.05, 0.0]])                   # metres
+    pos_of = lambda *a: policy.model.encode_prefix(images, ids, mask, state, *a)[0][-1]  # (3, 2) normalised
+    world = lambda p: p * torch.tensor(meta["target_std"]) + torch.tensor(meta["target_mean"])
+    with torch.no_grad():
+        pos, pos_m, pos_n = pos_of(), pos_of(matrix, offset), pos_of(None, None, shift)
+    assert torch.allclose(world(pos_m), (matrix @ world(pos)[..., None])[..., 0] + offset, atol=1e-5)
+    assert torch.allclose(pos_m[1], pos[1], atol=1e-6)
+    assert torch.allclose(world(pos_n) - world(pos), shift, atol=1e-5)
+    assert not torch.allclose(world(pos[0]), -world(pos[0]), atol=1e-3)  # the turn had something to change
+    with pytest.raises(ValueError, match="--ground-noise must be >= 0 and needs --grounded"):
+        Options(data=["x"], ground_noise=0.01)
+    syn = make_dataset(tmp_path / "j", n_episodes=2, T=20, image_size=(32, 32))  # joints j0..: no robot's layout
+    with pytest.raises(data.DataError, match="--symmetry and --waist-turn need the joint layout"):
+        train(Options(data=[str(syn)], out=str(tmp_path / "r2"), steps=1, vision_from=str(grounded / "ckpt.pt"),
+                      grounded=True, grounded_only=True, symmetry=True))

@@ -229,3 +229,66 @@ def test_state_noise_perturbs_only_the_state(ds):
     assert 0.3 < d.std().item() < 0.7, d.std().item()  # the std asked for, in normalised units
     with pytest.raises(ValueError, match="--state-noise"):
         Options(data=["x"], state_noise=-1)
+
+
+@pytest.mark.parametrize("robot", ["bimanual_6dof", "franka"])
+def test_scene_augmentation_moves_joints_and_objects_alike(tmp_path, robot):
+    """--symmetry: a random half of the batch gets state, action chunk and keyframe mapped by the suite's
+    SYMMETRY (bimanual: arms exchanged; Franka: joints 1, 3, 5, 7 reflected) and stage columns with their
+    grippers; --waist-turn adds an angle to the acting arm's waist. ground_matrix / ground_offset move the
+    objects alike; everything else, and untouched samples, stay as they were."""
+    import sim
+    import twin
+    from model import Normalizer, Tokenizer, train_tokenizer
+    from train import load_folders, make_batch, scene_augmentation
+    suite = sim if robot == "bimanual_6dof" else twin
+    names, gi = list(suite.ACTION_NAMES), tuple(suite.GRIPPER_INDICES)
+    ds = make_dataset(tmp_path / robot, n_episodes=2, T=20, action_dim=len(names), gripper_indices=gi,
+                      meta_overrides=dict(robot=robot, action_names=names, qpos_names=names))
+    D = load_folders([str(ds)])
+    assert (D["acting_arm"] == (0 if robot == "franka" else -1)).all()  # every synthetic gripper moves
+    D["acting_arm"][:20], D["acting_arm"][20:] = -1, len(gi) - 1  # episode 0: no one acting arm; 1: the last
+    scene = scene_augmentation(D["meta"])
+    A = len(names)  # identity normalisation: the batch holds raw values
+    norm = Normalizer(dict(qpos_mean=[0.0] * A, qpos_std=[1.0] * A, action_mean=[0.0] * A, action_std=[1.0] * A))
+    lang = Tokenizer(train_tokenizer(sorted(set(D["texts"])), 64))(D["texts"], 8)
+    mk = lambda **kw: make_batch(D, lang, norm, torch.Generator().manual_seed(0), 64, 5, (32, 32), 0,
+                                 D["meta"]["gripper_indices"], torch.device("cpu"), 0.0, **kw)
+    plain, moved, turned = mk(), mk(scene=scene, symmetry=True), mk(scene=scene, waist_turn=0.3)
+    assert "ground_matrix" not in plain
+    for b in (moved, turned):
+        for k in ("images", "lang_ids", "lang_mask", "action_valid"):
+            assert torch.equal(plain[k], b[k]), k
+    # --symmetry
+    S, M, t = suite.SYMMETRY, moved["ground_matrix"], moved["ground_offset"]
+    f = (M != torch.eye(2)).any(2).any(1)                                            # the mirrored samples
+    assert 16 < int(f.sum()) < 48 and (t == 0).all()
+    assert torch.equal(M[f], torch.diag(torch.tensor(S["xy_sign"])).expand(int(f.sum()), 2, 2))
+    by_hand = lambda x: x[..., list(S["joint_index"])] * torch.tensor(S["joint_sign"]) + torch.tensor(S["joint_offset"])
+    for k in ("state", "actions", "keyframe"):
+        assert torch.equal(moved[k][~f], plain[k][~f]), k
+        assert torch.allclose(moved[k][f], by_hand(plain[k][f]), atol=1e-6), k
+        assert not torch.allclose(moved[k][f], plain[k][f]), k
+    stage = plain["stage"][f]  # per gripper: the arms' columns exchange; the Franka's one gripper stays
+    assert torch.equal(moved["stage"][f], stage.flip(1) if robot == "bimanual_6dof" else stage)
+    # --waist-turn: only episode 1's samples turn, about the last arm's base
+    ep = D["ep_id"][torch.randint(0, len(D["action"]), (64,), generator=torch.Generator().manual_seed(0))]
+    arm = D["acting_arm"][torch.randint(0, len(D["action"]), (64,), generator=torch.Generator().manual_seed(0))]
+    M, t = turned["ground_matrix"], turned["ground_offset"]
+    angle = torch.atan2(M[:, 1, 0], M[:, 0, 0])                                      # (B,)
+    assert ((angle != 0) == (arm >= 0)).all() and (angle.abs() <= 0.3).all() and ((arm >= 0) == (ep == 1)).all()
+    d = turned["actions"] - plain["actions"]                                         # (B, H, A)
+    for b in range(64):
+        if arm[b] >= 0:
+            base, w = suite.WAISTS[int(arm[b])]
+            base = torch.tensor(base)
+            assert torch.allclose(d[b, :, w], angle[b].expand(d.shape[1]), atol=1e-6)
+            assert torch.allclose(d[b][:, [i for i in range(A) if i != w]], torch.zeros(1), atol=1e-6)
+            assert torch.allclose(M[b] @ base + t[b], base, atol=1e-6)  # the turn is about that arm's base
+        else:
+            assert torch.equal(d[b], torch.zeros_like(d[b])) and torch.equal(t[b], torch.zeros(2))
+    bad = make_dataset(tmp_path / "j", n_episodes=1, T=20)  # joints j0..: no simulated robot's layout
+    with pytest.raises(data.DataError, match="--symmetry and --waist-turn need the joint layout"):
+        scene_augmentation(load_folders([str(bad)])["meta"])
+    with pytest.raises(ValueError, match="--symmetry and --waist-turn need --grounded-only"):
+        Options(data=["x"], waist_turn=0.2)
