@@ -333,7 +333,7 @@ def paired(base_eps: list, other_eps: list):
 
 
 def _pool(task: str, res: list) -> dict:
-    """One variant's results on a task, pooled over its folders (training seeds)."""
+    """One variant's results on a task, pooled over its folders (training seeds or evaluation seed blocks)."""
     xs = [r["tasks"][task] for r in res]
     k, n = sum(x["successes"] for x in xs), sum(x["episodes"] for x in xs)
     rates = [x["success_rate"] for x in xs]
@@ -349,7 +349,8 @@ def _pool(task: str, res: list) -> dict:
 def compare(dirs: list, out: str, labels: list | None = None) -> str:
     """Markdown table, compare.json and charts for several variants; the first is the baseline of the paired test.
 
-    Each entry of `dirs` is one evaluation folder or a list of folders (one per training seed of that variant).
+    Each entry of `dirs` is one evaluation folder or a list of folders (one per training seed of that variant,
+    or one per evaluation seed block of one policy).
     Rates and failure counts are pooled over a variant's folders, with the mean and spread over seeds beside
     them. The paired test matches folder i of the variant with folder i of the baseline (a variant with a
     single folder, such as the base policy, with the baseline's first folder only, so that no episode counts
@@ -379,20 +380,20 @@ def compare(dirs: list, out: str, labels: list | None = None) -> str:
     rule = "|" + "---|" * (2 + len(labels))
     row = lambda t, cells: f"| {t} | {events[t]} | " + " | ".join(cells) + " |"  # noqa: E731
     lines = ["Success rate [Wilson 95% interval] (successes / episodes)" + (
-        ", pooled over training seeds (seeds per variant: " + ", ".join(f"{l} {len(g)}" for l, g in zip(labels, groups)) + ")"
+        ", pooled over each variant's folders (training seeds or evaluation seed blocks; folders per variant: " + ", ".join(f"{l} {len(g)}" for l, g in zip(labels, groups)) + ")"
         if multi else "") + ".", "", head, rule]
     for t in tasks:
         lines.append(row(t, [f"{x['success_rate']:.2f} [{x['wilson95'][0]:.2f}, {x['wilson95'][1]:.2f}] "
                              f"({x['successes']}/{x['episodes']})" for x in pooled[t]]))
     if multi:
-        lines += ["", "Mean success rate over training seeds ± standard deviation (min - max):", "", head, rule]
+        lines += ["", "Mean success rate over folders ± standard deviation (min - max):", "", head, rule]
         for t in tasks:
             lines.append(row(t, [f"{x['seed_mean']:.2f} ± {x['seed_std']:.2f} ({min(x['seed_rates']):.2f} - "
                                  f"{max(x['seed_rates']):.2f})" for x in pooled[t]]))
     points, paired_json = [], {}
     if len(runs) > 1:
         lines += ["", f"Paired test against **{labels[0]}** (same evaluation seeds" + (
-                  ", same training seed; a single-folder variant against the first seed only" if multi else "") + "): exact McNemar on discordant episodes (b = baseline succeeds only, c = variant succeeds only). "
+                  "; folder i against the baseline's folder i, a single-folder variant against the first only" if multi else "") + "): exact McNemar on discordant episodes (b = baseline succeeds only, c = variant succeeds only). "
                   "Relative gain = (variant - baseline) / baseline; 'inconclusive' where the baseline is within 0.1 of floor or ceiling.", "",
                   "| task | variant | pairs | b | c | p | relative gain |", "|---|---|---|---|---|---|---|"]
         for vi, (lab, res) in enumerate(zip(labels[1:], runs[1:]), start=1):
@@ -415,7 +416,7 @@ def compare(dirs: list, out: str, labels: list | None = None) -> str:
                 lines.append(f"| {t} | {lab} | {n} | {b} | {c} | {p:.3g} | {'inconclusive' if gain is None else f'{gain:+.2f}'} |")
             paired_json[lab]["all tasks"] = {"pairs": N, "b": B, "c": C, "p": mcnemar_exact(B, C)}
             lines.append(f"| all tasks | {lab} | {N} | {B} | {C} | {mcnemar_exact(B, C):.3g} | |")
-    lines += ["", "Failure types (motion-fail / skill-fail / timeout" + (", summed over seeds" if multi else "") + "):", "", head, rule]
+    lines += ["", "Failure types (motion-fail / skill-fail / timeout" + (", summed over folders" if multi else "") + "):", "", head, rule]
     for t in tasks:
         lines.append(row(t, ["/".join(str(x["failure_types"][k]) for k in ("motion-fail", "skill-fail", "timeout")) for x in pooled[t]]))
     lines += ["", "Failure step to the rollout's nearest gripper event, mean steps (a uniformly drawn step of the same rollouts in brackets):", "",
@@ -584,7 +585,8 @@ def main(argv=None):
     try:
         if argv[:1] == ["compare"]:
             p = argparse.ArgumentParser(prog="eval_sim.py compare")
-            p.add_argument("dirs", nargs="+", help="DIR, or LABEL=DIR1,DIR2,... (one folder per training seed)")
+            p.add_argument("dirs", nargs="+", help="DIR, or LABEL=DIR1,DIR2,... (one folder per training seed or "
+                           "evaluation seed block, paired by position with the baseline's)")
             p.add_argument("--out", required=True)
             p.add_argument("--labels", nargs="+", default=None)
             a = p.parse_args(argv[1:])

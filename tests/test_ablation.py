@@ -172,6 +172,6 @@ def test_compare_pools_seeds_with_spread_and_pairs_by_seed(tmp_path):
     p = js["paired"]["SS+KS"]["place_block"]
     assert (p["pairs"], p["b"], p["c"]) == (40, 0, 10) and abs(p["relative_gain"] - 2 / 3) < 1e-9
     assert js["paired"]["base"]["place_block"]["pairs"] == 20  # the one base folder against none's first seed only
-    assert "Mean success rate over training seeds" in md and "0.38 ± 0.18 (0.25 - 0.50)" in md
+    assert "Mean success rate over folders" in md and "0.38 ± 0.18 (0.25 - 0.50)" in md
     with pytest.raises(ValueError, match="cannot pair"):
         eval_sim.compare([none + [base], stake], str(tmp_path / "rep2"), ["none", "SS+KS"])
