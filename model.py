@@ -342,8 +342,8 @@ class VLA(nn.Module):
                         mu, sd = pos.new_tensor(self.cfg.ground_mean), pos.new_tensor(self.cfg.ground_std)
                         world = pos * sd + mu                                   # (B, 2R) metres
                         if ground_matrix is not None:
-                            xy = torch.einsum("bij,brj->bri", ground_matrix, world.unflatten(1, (-1, 2)))
-                            world = (xy + ground_offset[:, None]).flatten(1)   # (B, R, 2) -> (B, 2R)
+                            moved = torch.einsum("bij,brj->bri", ground_matrix, world.unflatten(1, (-1, 2)))
+                            world = (moved + ground_offset[:, None]).flatten(1)  # (B, R, 2) -> (B, 2R)
                         world = world + ground_noise if ground_noise is not None else world
                         pos = (world - mu) / sd
                     g = self.ground_proj(pos)[:, None]                      # (B, 1, W)
