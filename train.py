@@ -275,13 +275,13 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, horizon: i
         if waist_turn:  # first, in the recorded scene: about the acting arm's base
             arm = to(D["acting_arm"][idx])                                             # (B,) -1: none or both
             angle = to(torch.rand(B, generator=g) * 2 - 1) * waist_turn * (arm >= 0)  # (B,) rad
-            k = arm.clamp(min=0)
+            waist, base = S["waist"][arm.clamp(min=0)], S["base"][arm.clamp(min=0)]    # (B,), (B, 2)
             turn = torch.zeros_like(qpos)
-            turn[torch.arange(B, device=device), S["waist"][k]] = angle
+            turn[torch.arange(B, device=device), waist] = angle
             qpos, actions, keyframe = qpos + turn, actions + turn[:, None], keyframe + turn
-            c, s_ = angle.cos(), angle.sin()
-            M = torch.stack([torch.stack([c, -s_], -1), torch.stack([s_, c], -1)], -2)  # (B, 2, 2)
-            t = S["base"][k] - (M @ S["base"][k][..., None])[..., 0]                    # (B, 2)
+            cos, sin = angle.cos(), angle.sin()
+            M = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
+            t = base - (M @ base[..., None])[..., 0]                                   # (B, 2): about the base
         if flip is not None:  # then the scene's symmetry, on joints and positions alike
             move = lambda x: x[..., S["index"]] * S["sign"] + S["offset"]
             qpos = torch.where(flip[:, None], move(qpos), qpos)
