@@ -249,9 +249,9 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, horizon: i
                waist_turn: float = 0.0):
     """Sample B steps uniformly over all episodes (generator g only); chunks running past an episode's end
     repeat its last action and are masked. Images are augmented and normalised on the device.
-    With `scene` (scene_augmentation) the samples are moved as a demonstration of another layout would be:
-    --waist-turn turns the acting arm's waist by a random angle, --symmetry applies the scene's symmetry to
-    half of them (both drawn last); `ground_matrix` (B, 2, 2) and `ground_offset` (B, 2) tell the model how
+    With `scene` (scene_augmentation's tensors, on the device) the samples are moved as a demonstration of
+    another layout would be: --waist-turn turns the acting arm's waist by a random angle, --symmetry applies the
+    scene's symmetry to half of them (both drawn last); `ground_matrix` (B, 2, 2) and `ground_offset` (B, 2) tell the model how
     the objects' world (x, y) moved alike: (x, y) -> M (x, y) + t."""
     N = len(D["action"])
     idx = torch.randint(0, N, (B,), generator=g)                                   # (B,)
@@ -269,7 +269,7 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, horizon: i
     noise = to(torch.randn(qpos.shape, generator=g)) if state_noise else None
     out = {}
     if scene is not None:
-        S = {k: to(v) for k, v in scene.items()}
+        S = scene  # on the device already (train)
         flip = to(torch.rand(B, generator=g) < 0.5) if symmetry else None             # (B,)
         M, t = torch.eye(2, device=device).expand(B, 2, 2), torch.zeros(B, 2, device=device)
         if waist_turn:  # first, in the recorded scene: about the acting arm's base
@@ -468,7 +468,8 @@ def train(opts: Options) -> dict:
     if (long := [t for t in set(D["texts"]) if len(tok.ids(t)) > cfg.lang_len]):
         print(f"warning: {len(long)} instruction(s) longer than {cfg.lang_len} tokens are truncated", file=sys.stderr)
     norm = Normalizer(stats, device)
-    scene = scene_augmentation(meta) if opts.symmetry or opts.waist_turn else None
+    scene = ({k: v.to(device) for k, v in scene_augmentation(meta).items()}  # moved once, used every step
+             if opts.symmetry or opts.waist_turn else None)
     meta["tasks"] = {**(src["meta"].get("tasks", {}) if src else {}), **meta["tasks"]}
 
     # model, EMA, optimiser

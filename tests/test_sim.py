@@ -4,6 +4,7 @@ import pytest
 
 import experts
 import sim
+from replay import record_expert, solves, turned_about
 
 
 @pytest.mark.parametrize("task", list(sim.TASKS))
@@ -112,67 +113,33 @@ def test_half_turn_maps_a_demonstration_onto_the_other_arm():
     """The arm bases face each other across the table's centre: turned half a turn about it (objects at
     (-x, -y, yaw + pi)), a lift_block layout is solved by the expert's joint trajectory with the arms swapped.
     This is sim.SYMMETRY, which train.py --symmetry uses; without the turn the swapped demonstration fails."""
-    import dataclasses
     env = sim.Env("lift_block", render=False)
-    task0 = env.task
     arms, S = set(), sim.SYMMETRY
+    assert S["joint_index"] == (*range(7, 14), *range(7)) and sim.ACTION_NAMES[7:] == [
+        n.replace("left", "right") for n in sim.ACTION_NAMES[:7]]  # [left 7 | right 7] -> [right 7 | left 7]
     for seed in (0, 1, 2, 3):
-        env.reset(seed)
-        lay, acts = env.layout, []
+        lay, acts = record_expert(env, seed)
         arms.add(lay.arm_for[lay.roles["target"]])
-        for a in experts.Expert(env).actions():  # the expert reads the scene as it goes: step it
-            env.step(a)
-            acts.append(a)
-        acts = np.stack(acts)
-        assert S["joint_index"] == (*range(7, 14), *range(7)) and sim.ACTION_NAMES[7:] == [
-            n.replace("left", "right") for n in sim.ACTION_NAMES[:7]]  # [left 7 | right 7] -> [right 7 | left 7]
         swapped = acts[:, S["joint_index"]] * S["joint_sign"] + S["joint_offset"]
         for turn in (True, False):
             poses = {n: ((S["xy_sign"][0] * x, S["xy_sign"][1] * y, yaw + np.pi) if turn and abs(y) < 0.45
                          else (x, y, yaw)) for n, (x, y, yaw) in lay.poses.items()}  # parked ones stay
-
-            class Fixed(sim.Task):
-                def layout(self, seed, lay=dataclasses.replace(lay, poses=poses)):
-                    return lay
-            env.task = Fixed(**dataclasses.asdict(task0))
-            env.reset(seed)
-            for a in swapped:
-                env.step(a)
-                if env.success:
-                    break
-            env.task = task0
-            assert env.success == turn, f"seed {seed}, turned {turn}: success {env.success}"
+            ok = solves(env, lay, poses, swapped, seed)
+            assert ok == turn, f"seed {seed}, turned {turn}: success {ok}"
     assert arms == {"left", "right"}, "the seeds should exercise both arms"
 
 
 def test_waist_turn_maps_a_demonstration_onto_the_turned_layout():
     """sim.WAISTS (train.py --waist-turn): objects turned by an angle about the acting arm's base are solved by
     the expert's trajectory with that arm's waist joint plus the angle; without it the trajectory fails."""
-    import dataclasses
     env = sim.Env("lift_block", render=False)
-    task0 = env.task
     for seed, angle in ((0, 0.3), (1, -0.3)):
-        env.reset(seed)
-        lay, acts = env.layout, []
-        for a in experts.Expert(env).actions():
-            env.step(a)
-            acts.append(a)
+        lay, acts = record_expert(env, seed)
         g = sim.ARMS.index(lay.arm_for[lay.roles["target"]])  # arm g has gripper g (GRIPPER_INDICES order)
-        (bx, by), waist = sim.WAISTS[g]
-        c, s = np.cos(angle), np.sin(angle)
-        poses = {n: ((bx + c * (x - bx) - s * (y - by), by + s * (x - bx) + c * (y - by), yaw + angle)
-                     if abs(y) < 0.45 else (x, y, yaw)) for n, (x, y, yaw) in lay.poses.items()}  # parked stay
-        turned = np.stack(acts)
+        base, waist = sim.WAISTS[g]
+        poses = turned_about(lay.poses, base, angle, moves=lambda x, y: abs(y) < 0.45)  # parked ones stay
+        turned = acts.copy()
         turned[:, waist] += angle
-        for name, traj in (("turned", turned), ("as recorded", np.stack(acts))):
-            class Fixed(sim.Task):
-                def layout(self, seed, lay=dataclasses.replace(lay, poses=poses)):
-                    return lay
-            env.task = Fixed(**dataclasses.asdict(task0))
-            env.reset(seed)
-            for a in traj:
-                env.step(a)
-                if env.success:
-                    break
-            env.task = task0
-            assert env.success == (name == "turned"), f"seed {seed}, {name}: success {env.success}"
+        for name, traj in (("turned", turned), ("as recorded", acts)):
+            ok = solves(env, lay, poses, traj, seed)
+            assert ok == (name == "turned"), f"seed {seed}, {name}: success {ok}"

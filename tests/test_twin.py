@@ -20,6 +20,9 @@ import record  # noqa: E402
 import segment  # noqa: E402
 import twin  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tests"))
+from replay import record_expert, solves, turned_about  # noqa: E402
+
 # Craig DH of the Franka, copied from ../shared/reference/franka.md (not imported from twin.py on purpose)
 A = [0, 0, 0, 0.0825, -0.0825, 0, 0.088]
 D = [0.333, 0, 0.316, 0, 0.384, 0, 0]
@@ -324,62 +327,29 @@ def test_mirror_maps_a_demonstration_onto_the_mirrored_layout(task):
     """twin.SYMMETRY (train.py --symmetry): mirrored in y (objects at (x, -y, -yaw)), a layout is solved by the
     expert's trajectory with joints 1, 3, 5, 7 reflected (7 about the ready pose's pi/4), which stays within the
     limits and starts at the ready pose; the unmirrored trajectory fails there."""
-    import dataclasses
     S, env = twin.SYMMETRY, twin.FrankaEnv(task, render=False)
-    task0 = env.task
     ready = np.r_[twin.READY, 1.0]
     np.testing.assert_allclose(ready[list(S["joint_index"])] * S["joint_sign"] + S["joint_offset"], ready, atol=1e-12)
     for seed in (0, 1, 2):
-        env.reset(seed)
-        lay, acts = env.layout, []
-        for a in experts.make_expert(env).actions():  # the expert reads the scene as it goes: step it
-            env.step(a)
-            acts.append(a)
-        acts = np.stack(acts)
+        lay, acts = record_expert(env, seed)
         mirrored = acts[:, list(S["joint_index"])] * S["joint_sign"] + S["joint_offset"]
         assert (mirrored[:, :7] >= FR3_MIN).all() and (mirrored[:, :7] <= FR3_MAX).all()
         poses = {n: (S["xy_sign"][0] * x, S["xy_sign"][1] * y, -yaw) for n, (x, y, yaw) in lay.poses.items()}
         for name, traj in (("mirrored", mirrored), ("unmirrored", acts)):
-            class Fixed(type(task0)):
-                def layout(self, seed, lay=dataclasses.replace(lay, poses=poses)):
-                    return lay
-            env.task = Fixed(**dataclasses.asdict(task0))
-            env.reset(seed)
-            for a in traj:
-                env.step(a)
-                if env.success:
-                    break
-            env.task = task0
-            assert env.success == (name == "mirrored"), f"seed {seed}, {name}: success {env.success}"
+            ok = solves(env, lay, poses, traj, seed)
+            assert ok == (name == "mirrored"), f"seed {seed}, {name}: success {ok}"
 
 
 def test_waist_turn_maps_a_demonstration_onto_the_turned_layout():
     """twin.WAISTS (train.py --waist-turn): the layout turned about the base by an angle is solved by the
     expert's trajectory with joint 1 plus the angle; the trajectory as recorded fails there."""
-    import dataclasses
     env = twin.FrankaEnv("franka_pick_place", render=False)
-    task0 = env.task
-    (bx, by), waist = twin.WAISTS[0]
+    base, waist = twin.WAISTS[0]
     for seed, angle in ((0, 0.3), (1, -0.3)):
-        env.reset(seed)
-        lay, acts = env.layout, []
-        for a in experts.make_expert(env).actions():
-            env.step(a)
-            acts.append(a)
-        c, s = np.cos(angle), np.sin(angle)
-        poses = {n: (bx + c * (x - bx) - s * (y - by), by + s * (x - bx) + c * (y - by), yaw + angle)
-                 for n, (x, y, yaw) in lay.poses.items()}
-        turned = np.stack(acts)
+        lay, acts = record_expert(env, seed)
+        poses = turned_about(lay.poses, base, angle)
+        turned = acts.copy()
         turned[:, waist] += angle
-        for name, traj in (("turned", turned), ("as recorded", np.stack(acts))):
-            class Fixed(type(task0)):
-                def layout(self, seed, lay=dataclasses.replace(lay, poses=poses)):
-                    return lay
-            env.task = Fixed(**dataclasses.asdict(task0))
-            env.reset(seed)
-            for a in traj:
-                env.step(a)
-                if env.success:
-                    break
-            env.task = task0
-            assert env.success == (name == "turned"), f"seed {seed}, {name}: success {env.success}"
+        for name, traj in (("turned", turned), ("as recorded", acts)):
+            ok = solves(env, lay, poses, traj, seed)
+            assert ok == (name == "turned"), f"seed {seed}, {name}: success {ok}"
