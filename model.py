@@ -569,6 +569,10 @@ class Policy:
         self.horizon = self.cfg.horizon
         self.n_action_steps = self.cfg.n_action_steps
         self._queue: list[np.ndarray] = []
+        self.kinematics = None
+        if meta.get("action_space", "joint") == "ee":  # train.py --action-space ee: chunks leave as joint targets
+            import ee  # here: joint-space policies need no MuJoCo
+            self.kinematics = ee.Kinematics(meta["robot"])
 
     @classmethod
     def load(cls, ckpt_path, device="cpu", use_ema=True) -> "Policy":
@@ -592,22 +596,28 @@ class Policy:
             images = images_to_input(torch.from_numpy(imgs).to(dev), self.image_size)   # (B, C, 3, H, W)
         else:
             images = None
-        qpos = torch.from_numpy(np.stack([np.asarray(o["qpos"], np.float32) for o in obs_batch])).to(dev)
-        if qpos.shape[1] != self.cfg.state_dim:
-            raise ValueError(f"qpos has {qpos.shape[1]} dims, the policy expects {self.cfg.state_dim} ({self.qpos_names})")
+        qpos = np.stack([np.asarray(o["qpos"], np.float32) for o in obs_batch])         # (B, Dq)
+        if qpos.shape[1] != len(self.qpos_names):
+            raise ValueError(f"qpos has {qpos.shape[1]} dims, the policy expects {len(self.qpos_names)} ({self.qpos_names})")
+        if self.kinematics is not None:
+            qpos = self.kinematics.state(qpos)                                            # (B, Dq + 9 arms)
+        qpos = torch.from_numpy(qpos).to(dev)
         ids, mask = self.tokenizer([o["instruction"] for o in obs_batch], self.cfg.lang_len)
         n = max(1, int(mask.sum(1).max()))  # trailing padding is masked anyway: drop it, fewer tokens
         return images, ids[:, :n].to(dev), mask[:, :n].to(dev), self.norm.state(qpos)
 
     @torch.inference_mode()
     def predict_chunk(self, obs_batch: list[dict], generator=None) -> np.ndarray:
-        """(B, horizon, A) absolute actions. `generator` (CPU or on the device) fixes the noise."""
+        """(B, horizon, A) absolute joint targets (action_names). `generator` (CPU or on the device) fixes the noise."""
         images, ids, mask, state = self._inputs(obs_batch)
         shape = (len(obs_batch), self.horizon, self.cfg.action_dim)
         gdev = generator.device if generator is not None else self.device
         noise = torch.randn(shape, generator=generator, device=gdev).to(self.device)
         x = self.model.sample(images, ids, mask, state, noise)
-        return self.norm.unaction(x).float().cpu().numpy()
+        chunk = self.norm.unaction(x).float().cpu().numpy()
+        if self.kinematics is not None:  # tcp poses -> joint targets, from each robot's measured joints
+            chunk = np.stack([self.kinematics.to_joints(c, o["qpos"]) for c, o in zip(chunk, obs_batch)])
+        return chunk
 
     def select_action(self, obs: dict) -> np.ndarray:
         """Execute `n_action_steps` of each chunk open loop, then query again."""
@@ -628,6 +638,8 @@ class Policy:
             out["stage_prob"] = torch.sigmoid(heads["stage"][0]).float().cpu().numpy()
         if "keyframe" in heads:
             out["keyframe"] = self.norm.unaction(heads["keyframe"][0]).float().cpu().numpy()
+            if self.kinematics is not None:  # in tcp space: the joints that reach it from here
+                out["keyframe"] = self.kinematics.to_joints(out["keyframe"][None], obs["qpos"])[0]
         return out
 
 

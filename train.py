@@ -95,6 +95,10 @@ class Options:
     waist_turn: float = opt(0.0, "with --grounded-only: turn each sample whose episode has one acting arm by an "
                             "angle drawn from [-this, this] rad about that arm's waist axis: its waist joint and "
                             "the objects' positions (about its base) alike (the suite's WAISTS); 0 = off")
+    action_space: str = opt("joint", "what the policy predicts: 'joint' (joint targets, pi0) or 'ee' (each arm's tcp "
+                            "position, two rotation columns and gripper; the Policy turns chunks into joint targets "
+                            "by IK, and the state gets the measured tcp poses; ee.py). Needs a simulated robot's "
+                            "joint layout (its kinematics); not with --waist-turn")
     ground_noise: float = opt(0.0, "with --grounded: std (metres) of Gaussian noise on the objects' world (x, y) the "
                               "policy sees in training (0 = off): nearby layouts must ask for nearby actions")
     vision_warmup: int = opt(0, "steps at the start during which the transformer blocks (backbone and expert) "
@@ -140,6 +144,9 @@ class Options:
                   (not (self.symmetry or self.waist_turn) or self.grounded_only, "--symmetry and --waist-turn need "
                    "--grounded-only (the images are not transformed, so the policy may see only the positions)"),
                   (0 <= self.waist_turn <= 1.0, "--waist-turn must be in [0, 1] rad"),
+                  (self.action_space in ("joint", "ee"), "--action-space must be 'joint' or 'ee'"),
+                  (not (self.action_space == "ee" and self.waist_turn), "--waist-turn works on joint actions only "
+                   "(not with --action-space ee)"),
                   (self.std_floor > 0, "--std-floor must be > 0"), (self.shift >= 0, "--shift must be >= 0"),
                   (self.state_noise >= 0, "--state-noise must be >= 0"),
                   (self.log_every > 0 and self.save_every > 0, "--log-every and --save-every must be > 0"),
@@ -282,11 +289,16 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, horizon: i
             cos, sin = angle.cos(), angle.sin()
             M = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
             t = base - (M @ base[..., None])[..., 0]                                   # (B, 2): about the base
-        if flip is not None:  # then the scene's symmetry, on joints and positions alike
+        if flip is not None and "action_sym" in D:  # --action-space ee: moved at load time (end_effector_view)
+            qpos = torch.where(flip[:, None], to(D["qpos_sym"][idx]), qpos)
+            actions = torch.where(flip[:, None, None], to(D["action_sym"][cidx]), actions)
+            keyframe = torch.where(flip[:, None], to(D["keyframe_sym"][idx]), keyframe)
+        elif flip is not None:  # then the scene's symmetry, on joints and positions alike
             move = lambda x: x[..., S["index"]] * S["sign"] + S["offset"]
             qpos = torch.where(flip[:, None], move(qpos), qpos)
             actions = torch.where(flip[:, None, None], move(actions), actions)
             keyframe = torch.where(flip[:, None], move(keyframe), keyframe)
+        if flip is not None:
             if stage.shape[1] == len(S["stage_index"]):  # per gripper; "any" (one column over two arms) stays
                 stage = torch.where(flip[:, None], stage[:, S["stage_index"]], stage)
             xy = torch.where(flip[:, None], S["xy_sign"], torch.ones_like(S["xy_sign"]))  # (B, 2)
@@ -317,6 +329,33 @@ def scene_augmentation(meta: dict) -> dict:
                 stage_index=torch.tensor([gi.index(S["joint_index"][i]) for i in gi]),  # gripper g <- its image
                 xy_sign=f(S["xy_sign"]), base=f([b for b, _ in suite.WAISTS]),          # (G, 2) per gripper's arm
                 waist=torch.tensor([w for _, w in suite.WAISTS]))
+
+
+def end_effector_view(D, symmetry: bool) -> None:
+    """--action-space ee (ee.py), in place: actions and keyframe targets become each arm's tcp pose and gripper,
+    the state gets the measured tcp poses appended (the raw joints stay first, so gripper_indices still index
+    it). With --symmetry the moved samples are computed here as well (forward kinematics of the moved joints:
+    the Franka's mirror is no rotation of the 6-D pose), for make_batch to pick."""
+    import ee  # here: joint-space training needs no MuJoCo
+    meta = D["meta"]
+    try:
+        kin = ee.Kinematics(meta.get("robot", ""))
+    except ValueError as err:
+        raise data.DataError(f"{', '.join(meta['data'])}: {err}") from None
+    if not meta["action_names"] == meta["qpos_names"] == ee.suite_of_robot(meta["robot"]).ACTION_NAMES:
+        raise data.DataError(f"--action-space ee: the data's actions {meta['action_names']} / qpos {meta['qpos_names']} "
+                             f"are not the joint layout of robot '{meta['robot']}'")
+    views = [("", lambda q: q)]
+    if symmetry:
+        S = ee.suite_of_robot(meta["robot"]).SYMMETRY
+        views.append(("_sym", lambda q: q[:, list(S["joint_index"])] * np.asarray(S["joint_sign"], np.float32)
+                      + np.asarray(S["joint_offset"], np.float32)))
+    q, a, k = (D[n].numpy() for n in ("qpos", "action", "keyframe"))
+    for suffix, move in views:
+        D["qpos" + suffix] = torch.from_numpy(kin.state(move(q)))                      # (N, Dq + 9 arms)
+        D["action" + suffix] = torch.from_numpy(kin.to_ee(move(a)))                    # (N, 10 arms)
+        D["keyframe" + suffix] = torch.from_numpy(kin.to_ee(move(k)))
+    meta["action_space"], meta["ee_names"] = "ee", kin.names
 
 
 def sample_noise_time(g: torch.Generator, B: int, horizon: int, A: int, device):
@@ -406,7 +445,8 @@ def train(opts: Options) -> dict:
         print(f"--resume: no {ck_path} yet, starting fresh")
     if resume is not None:
         same = {k: v for k, v in dataclasses.asdict(opts).items() if k not in ("resume", "stop_after", "compile", "device", "threads")}
-        was = {k: resume["options"].get(k) for k in same}
+        defaults = {f.name: getattr(Options(), f.name) for f in dataclasses.fields(Options)}  # options added later
+        was = {k: resume["options"].get(k, defaults[k]) for k in same}
         if diff := {k: (was[k], same[k]) for k in same if was[k] != same[k]}:
             raise ValueError(f"--resume: options differ from {ck_path} (was, now): {diff}")
     src = resume or (load_checkpoint(opts.init_from) if opts.init_from else None)
@@ -429,6 +469,11 @@ def train(opts: Options) -> dict:
     # data (validated before anything trains)
     cams = opts.cameras or (src["meta"]["cameras"] if src else None)
     D = load_folders(opts.data, cams, opts.stage_label)
+    if src is not None and src["meta"].get("action_space", "joint") != opts.action_space:
+        raise ValueError(f"--action-space {opts.action_space}: the checkpoint predicts "
+                         f"{src['meta'].get('action_space', 'joint')} actions ({opts.init_from or ck_path})")
+    if opts.action_space == "ee":  # StaKe's keyframe target moves to the same space as the actions
+        end_effector_view(D, opts.symmetry)
     meta, A, Dq = D["meta"], D["action"].shape[1], D["qpos"].shape[1]
     if src is not None:
         mc = src["model_config"]
