@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import mujoco
 import numpy as np
+import torch
 
 import sim
 
@@ -89,3 +90,30 @@ class Kinematics:
                 out[h, self.joints[k]] = q
                 out[h, self.gripper[k]] = ee[h, k, 9]
         return out
+
+
+# --object-frame (train.py): positions relative to one grounded object --------------------------------------------
+# With --grounded the policy is told where the instruction's objects are, in world coordinates. Predicting a
+# grasp then means reproducing that position in the output, which 50 demonstrations teach only roughly (on
+# lift_block the grasp position follows the block with a slope of 0.85-1.0 and 2-3 cm of scatter; README).
+# In the object's frame the grasp is the same small offset for every layout: each arm's tcp (x, y), in the state
+# and in the actions, is taken relative to the grounded (x, y) of one named object, as the frozen grounding head
+# reports it for the chunk's first frame, and the Policy adds that position back. z and rotation stay absolute.
+# The joint angles leave the state: they give away the absolute layout the frame is meant to hide.
+
+def object_state(state, ref, dq: int, gripper):
+    """torch (B, Dq + 9 arms) joints + tcp poses (Kinematics.state), ref (B, 2) metres ->
+    (B, arms + 9 arms): the gripper openings, then each arm's pose with its (x, y) relative to ref."""
+    pose = state[:, dq:].unflatten(1, (len(gripper), 9)).clone()                   # (B, arms, 9)
+    pose[..., :2] -= ref[:, None]
+    return torch.cat([state[:, list(gripper)], pose.flatten(1)], 1)
+
+
+def object_actions(actions, ref, sign: float = -1.0):
+    """torch (..., 10 arms) tcp actions, ref (B, 2) with B the first dim -> (x, y) of every arm + sign * ref
+    (sign -1: into the object's frame; +1: back to the world)."""
+    a = actions.unflatten(-1, (-1, PER_ARM)).clone()                               # (..., arms, 10)
+    r = ref.reshape(ref.shape[0], *([1] * (a.dim() - 2)), 2)
+    a[..., :2] += sign * r
+    return a.flatten(-2)
+

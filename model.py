@@ -317,6 +317,13 @@ class VLA(nn.Module):
         w = logits.float().softmax(2)                                       # over the N patches
         return torch.einsum("bcnk,nd->bckd", w, self.kp_grid).to(x.dtype)   # (B, C, K, 2)
 
+    def grounded_world(self, images, lang_ids, lang_mask):
+        """(B, 2R) the grounded objects' world (x, y) in metres, as encode_prefix reads them before any training
+        augmentation (train.py --object-frame takes one of them as its frame)."""
+        xy = self.encode_keypoints(images, self.embed_instruction(lang_ids), lang_mask).flatten(1)   # (B, C*K*2)
+        pos = self.ground_head(xy)
+        return pos * pos.new_tensor(self.cfg.ground_std) + pos.new_tensor(self.cfg.ground_mean)
+
     def encode_prefix(self, images, lang_ids, lang_mask, state, ground_matrix=None, ground_offset=None,
                       ground_noise=None):
         """images (B, C, 3, H, W) in [-1, 1]; lang_ids, lang_mask (B, L); state (B, D) normalised.
@@ -573,6 +580,7 @@ class Policy:
         if meta.get("action_space", "joint") == "ee":  # train.py --action-space ee: chunks leave as joint targets
             import ee  # here: joint-space policies need no MuJoCo
             self.kinematics = ee.Kinematics(meta["robot"])
+        self.object_frame = meta.get("object_frame")  # train.py --object-frame: index of the frame's object
 
     @classmethod
     def load(cls, ckpt_path, device="cpu", use_ema=True) -> "Policy":
@@ -604,17 +612,26 @@ class Policy:
         qpos = torch.from_numpy(qpos).to(dev)
         ids, mask = self.tokenizer([o["instruction"] for o in obs_batch], self.cfg.lang_len)
         n = max(1, int(mask.sum(1).max()))  # trailing padding is masked anyway: drop it, fewer tokens
-        return images, ids[:, :n].to(dev), mask[:, :n].to(dev), self.norm.state(qpos)
+        ids, mask, ref = ids[:, :n].to(dev), mask[:, :n].to(dev), None
+        if self.object_frame is not None:  # the frame's object where the grounding head sees it now
+            import ee
+            r = self.object_frame
+            ref = self.model.grounded_world(images, ids, mask)[:, 2 * r:2 * r + 2].float()  # (B, 2) metres
+            qpos = ee.object_state(qpos, ref, len(self.qpos_names), self.gripper_indices)
+        return images, ids, mask, self.norm.state(qpos), ref
 
     @torch.inference_mode()
     def predict_chunk(self, obs_batch: list[dict], generator=None) -> np.ndarray:
         """(B, horizon, A) absolute joint targets (action_names). `generator` (CPU or on the device) fixes the noise."""
-        images, ids, mask, state = self._inputs(obs_batch)
+        images, ids, mask, state, ref = self._inputs(obs_batch)
         shape = (len(obs_batch), self.horizon, self.cfg.action_dim)
         gdev = generator.device if generator is not None else self.device
         noise = torch.randn(shape, generator=generator, device=gdev).to(self.device)
-        x = self.model.sample(images, ids, mask, state, noise)
-        chunk = self.norm.unaction(x).float().cpu().numpy()
+        x = self.norm.unaction(self.model.sample(images, ids, mask, state, noise)).float()
+        if ref is not None:  # --object-frame: back from the object's frame to the world
+            import ee
+            x = ee.object_actions(x, ref, +1.0)
+        chunk = x.cpu().numpy()
         if self.kinematics is not None:  # tcp poses -> joint targets, from each robot's measured joints
             chunk = np.stack([self.kinematics.to_joints(c, o["qpos"]) for c, o in zip(chunk, obs_batch)])
         return chunk
@@ -631,13 +648,17 @@ class Policy:
         (only the heads this checkpoint has)."""
         if not (self.cfg.n_stage or self.cfg.keyframe_head):
             raise RuntimeError("this checkpoint has no StaKe heads (trained with --stage-weight 0 --keyframe-weight 0)")
-        images, ids, mask, state = self._inputs([obs])
+        images, ids, mask, state, ref = self._inputs([obs])
         cache, valid = self.model.encode_prefix(images, ids, mask, state)
         heads, out = self.model.stake(cache, valid), {}
         if "stage" in heads:
             out["stage_prob"] = torch.sigmoid(heads["stage"][0]).float().cpu().numpy()
         if "keyframe" in heads:
-            out["keyframe"] = self.norm.unaction(heads["keyframe"][0]).float().cpu().numpy()
+            kf = self.norm.unaction(heads["keyframe"]).float()                          # (1, A)
+            if ref is not None:
+                import ee
+                kf = ee.object_actions(kf, ref, +1.0)
+            out["keyframe"] = kf[0].cpu().numpy()
             if self.kinematics is not None:  # in tcp space: the joints that reach it from here
                 out["keyframe"] = self.kinematics.to_joints(out["keyframe"][None], obs["qpos"])[0]
         return out

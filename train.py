@@ -99,6 +99,10 @@ class Options:
                             "position, two rotation columns and gripper; the Policy turns chunks into joint targets "
                             "by IK, and the state gets the measured tcp poses; ee.py). Needs a simulated robot's "
                             "joint layout (its kinematics); not with --waist-turn")
+    object_frame: str = opt("", "with --action-space ee, --grounded and --shift 0: a role the grounding head locates "
+                            "(e.g. 'target'): each arm's tcp (x, y) in state and actions is taken relative to where "
+                            "the frozen head puts that object in the chunk's first frame, and the joint angles leave "
+                            "the state (ee.py); '' = off")
     ground_noise: float = opt(0.0, "with --grounded: std (metres) of Gaussian noise on the objects' world (x, y) the "
                               "policy sees in training (0 = off): nearby layouts must ask for nearby actions")
     vision_warmup: int = opt(0, "steps at the start during which the transformer blocks (backbone and expert) "
@@ -145,6 +149,9 @@ class Options:
                    "--grounded-only (the images are not transformed, so the policy may see only the positions)"),
                   (0 <= self.waist_turn <= 1.0, "--waist-turn must be in [0, 1] rad"),
                   (self.action_space in ("joint", "ee"), "--action-space must be 'joint' or 'ee'"),
+                  (not self.object_frame or (self.action_space == "ee" and self.grounded and self.shift == 0),
+                   "--object-frame needs --action-space ee, --grounded and --shift 0 (its frame is the grounding "
+                   "head's estimate on the unshifted frame)"),
                   (not (self.action_space == "ee" and self.waist_turn), "--waist-turn works on joint actions only "
                    "(not with --action-space ee)"),
                   (self.std_floor > 0, "--std-floor must be > 0"), (self.shift >= 0, "--shift must be >= 0"),
@@ -273,7 +280,7 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, horizon: i
     qpos, actions, keyframe, stage = (to(D[k][i]) for k, i in (("qpos", idx), ("action", cidx),
                                                                ("keyframe", idx), ("stage", idx)))
     # drawn last, each only when asked for: without them the stream (and every earlier run) is unchanged
-    noise = to(torch.randn(qpos.shape, generator=g)) if state_noise else None
+    noise = to(torch.randn((B, D.get("state_dim", qpos.shape[1])), generator=g)) if state_noise else None
     out = {}
     if scene is not None:
         S = scene  # on the device already (train)
@@ -304,13 +311,21 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, horizon: i
             xy = torch.where(flip[:, None], S["xy_sign"], torch.ones_like(S["xy_sign"]))  # (B, 2)
             M, t = xy[..., None] * M, xy * t
         out["ground_matrix"], out["ground_offset"] = M, t
+    gripper_qpos = qpos[:, gripper_indices]
+    if "ground" in D:  # --object-frame (ee.py): tcp (x, y) relative to the frame object, moved with the scene
+        import ee
+        ref = to(D["ground"][idx])                                                 # (B, 2) metres
+        if "ground_matrix" in out:
+            ref = (out["ground_matrix"] @ ref[..., None])[..., 0] + out["ground_offset"]
+        qpos = ee.object_state(qpos, ref, len(D["meta"]["qpos_names"]), gripper_indices)
+        actions, keyframe = ee.object_actions(actions, ref), ee.object_actions(keyframe, ref)
     state = norm.state(qpos)
     if noise is not None:
         state = state + state_noise * noise
     e = D["ep_id"][idx]
     return dict(images=images, lang_ids=to(lang[0][e]), lang_mask=to(lang[1][e]), state=state,
                 actions=norm.action(actions), action_valid=to(valid), stage=stage,
-                keyframe=norm.action(keyframe), gripper_qpos=qpos[:, gripper_indices], **out)
+                keyframe=norm.action(keyframe), gripper_qpos=gripper_qpos, **out)
 
 
 def scene_augmentation(meta: dict) -> dict:
@@ -356,6 +371,19 @@ def end_effector_view(D, symmetry: bool) -> None:
         D["action" + suffix] = torch.from_numpy(kin.to_ee(move(a)))                    # (N, 10 arms)
         D["keyframe" + suffix] = torch.from_numpy(kin.to_ee(move(k)))
     meta["action_space"], meta["ee_names"] = "ee", kin.names
+
+
+@torch.no_grad()
+def grounded_positions(model, D, lang, device, role: int, batch: int = 256) -> torch.Tensor:
+    """--object-frame: (N, 2) world (x, y) of grounded object `role` in every training frame, as the frozen
+    grounding head reports it (the Policy asks the same head at every query)."""
+    out = []
+    for i in range(0, len(D["images"]), batch):
+        e = D["ep_id"][i:i + batch]
+        images = images_to_input(D["images"][i:i + batch].to(device), model.cfg.image_size)
+        pos = model.grounded_world(images, lang[0][e].to(device), lang[1][e].to(device))  # (b, 2R)
+        out.append(pos[:, 2 * role:2 * role + 2].float().cpu())
+    return torch.cat(out)
 
 
 def sample_noise_time(g: torch.Generator, B: int, horizon: int, A: int, device):
@@ -475,6 +503,13 @@ def train(opts: Options) -> dict:
     if opts.action_space == "ee":  # StaKe's keyframe target moves to the same space as the actions
         end_effector_view(D, opts.symmetry)
     meta, A, Dq = D["meta"], D["action"].shape[1], D["qpos"].shape[1]
+    if opts.object_frame:  # the state: gripper openings + each arm's tcp pose (ee.object_state)
+        if src is not None and src["meta"].get("object_frame") is None:
+            raise ValueError(f"--object-frame: the checkpoint was trained without it ({opts.init_from or ck_path})")
+        import ee
+        Dq = D["state_dim"] = len(meta["gripper_indices"]) * ee.PER_ARM
+    elif src is not None and src["meta"].get("object_frame") is not None:
+        raise ValueError(f"the checkpoint was trained with --object-frame; give it again ({opts.init_from or ck_path})")
     if src is not None:
         mc = src["model_config"]
         if (mc["action_dim"], mc["state_dim"]) != (A, Dq):
@@ -538,6 +573,22 @@ def train(opts: Options) -> dict:
         if bad := [k for k, v in sd.items() if k not in own or own[k].shape != v.shape]:
             raise ValueError(f"--vision-from {opts.vision_from}: weights that do not fit the model: {bad}")
         model.load_state_dict(sd, strict=False)
+    if opts.object_frame:  # --object-frame: the frame object's position in every frame, then (fresh runs) the stats
+        if src is not None:
+            role = src["meta"]["object_frame"]
+        elif opts.object_frame in grounding["meta"]["roles"]:
+            role = grounding["meta"]["roles"].index(opts.object_frame)
+        else:
+            raise ValueError(f"--object-frame {opts.object_frame}: the grounding head locates {grounding['meta']['roles']} "
+                             f"({opts.vision_from})")
+        D["ground"] = grounded_positions(model, D, lang, device, role)
+        meta["object_frame"] = role
+        if src is None:
+            import ee
+            ref, dq = D["ground"], len(meta["qpos_names"])
+            stats = compute_stats(dict(qpos=ee.object_state(D["qpos"], ref, dq, meta["gripper_indices"]),
+                                       action=ee.object_actions(D["action"], ref)), opts.std_floor)
+            norm = Normalizer(stats, device)
     if opts.freeze_vision:  # requires_grad off: AdamW skips a parameter without a gradient (no step, no decay)
         for n, p in model.named_parameters():
             if n.startswith(VISION_PREFIXES):
