@@ -117,3 +117,17 @@ def object_actions(actions, ref, sign: float = -1.0):
     a[..., :2] += sign * r
     return a.flatten(-2)
 
+
+
+# --relative (train.py): each chunk's tcp positions relative to the measured tcp at its first frame ---------------
+# Normalised by the spread of whole-workspace positions (about 20 cm), a flow's output error of a few hundredths of a
+# standard deviation is a centimetre at the grasp, and a 4 cm block tolerates about 1.5 cm (README). Relative to
+# where the tcp is now, a chunk spans only the motion of one second, so the same error is smaller in metres.
+
+def relative_actions(actions, state, dq: int, sign: float = -1.0):
+    """torch (B, ..., 10 arms) tcp actions, (B, Dq + 9 arms) state (Kinematics.state) -> each arm's position
+    + sign * its measured tcp position (sign -1: relative to it; +1: back to the world)."""
+    tcp = state[:, dq:].unflatten(1, (-1, 9))[..., :3]                             # (B, arms, 3)
+    a = actions.unflatten(-1, (-1, PER_ARM)).clone()                               # (B, ..., arms, 10)
+    a[..., :3] += sign * tcp.reshape(tcp.shape[0], *([1] * (a.dim() - 3)), *tcp.shape[1:])
+    return a.flatten(-2)

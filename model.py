@@ -631,6 +631,10 @@ class Policy:
         if ref is not None:  # --object-frame: back from the object's frame to the world
             import ee
             x = ee.object_actions(x, ref, +1.0)
+        if self.meta.get("relative"):  # --relative: from the measured tcp positions to the world
+            import ee
+            tcp_state = torch.from_numpy(self.kinematics.state(np.stack([o["qpos"] for o in obs_batch]))).to(x.device)
+            x = ee.relative_actions(x, tcp_state, len(self.qpos_names), +1.0)
         chunk = x.cpu().numpy()
         if self.kinematics is not None:  # tcp poses -> joint targets, from each robot's measured joints
             chunk = np.stack([self.kinematics.to_joints(c, o["qpos"]) for c, o in zip(chunk, obs_batch)])
@@ -658,6 +662,10 @@ class Policy:
             if ref is not None:
                 import ee
                 kf = ee.object_actions(kf, ref, +1.0)
+            if self.meta.get("relative"):
+                import ee
+                kf = ee.relative_actions(kf, torch.from_numpy(self.kinematics.state(obs["qpos"][None])).to(kf.device),
+                                         len(self.qpos_names), +1.0)
             out["keyframe"] = kf[0].cpu().numpy()
             if self.kinematics is not None:  # in tcp space: the joints that reach it from here
                 out["keyframe"] = self.kinematics.to_joints(out["keyframe"][None], obs["qpos"])[0]

@@ -103,6 +103,9 @@ class Options:
                             "(e.g. 'target'): each arm's tcp (x, y) in state and actions is taken relative to where "
                             "the frozen head puts that object in the chunk's first frame, and the joint angles leave "
                             "the state (ee.py); '' = off")
+    relative: bool = opt(False, "with --action-space ee: each chunk's tcp positions (and the keyframe's) relative to "
+                         "the measured tcp position at the chunk's first frame (ee.relative_actions); not with "
+                         "--object-frame")
     ground_noise: float = opt(0.0, "with --grounded: std (metres) of Gaussian noise on the objects' world (x, y) the "
                               "policy sees in training (0 = off): nearby layouts must ask for nearby actions")
     vision_warmup: int = opt(0, "steps at the start during which the transformer blocks (backbone and expert) "
@@ -149,6 +152,8 @@ class Options:
                    "--grounded-only (the images are not transformed, so the policy may see only the positions)"),
                   (0 <= self.waist_turn <= 1.0, "--waist-turn must be in [0, 1] rad"),
                   (self.action_space in ("joint", "ee"), "--action-space must be 'joint' or 'ee'"),
+                  (not self.relative or (self.action_space == "ee" and not self.object_frame),
+                   "--relative needs --action-space ee and is not for --object-frame"),
                   (not self.object_frame or (self.action_space == "ee" and self.grounded and self.shift == 0),
                    "--object-frame needs --action-space ee, --grounded and --shift 0 (its frame is the grounding "
                    "head's estimate on the unshifted frame)"),
@@ -241,6 +246,18 @@ def load_folders(folders, cameras=None, stage_label="per-arm"):
                           stage_label=stage_label, data=[str(f) for f in folders]))
 
 
+def relative_view(D, horizon: int = 20) -> dict:
+    """What the statistics are computed on: D itself, or with --relative every step's chunk of `horizon` actions
+    relative to its first frame's tcp (flattened), as make_batch will give them."""
+    if not D["meta"].get("relative"):
+        return D
+    import ee
+    N = len(D["action"])
+    cidx = torch.minimum(torch.arange(N)[:, None] + torch.arange(horizon), D["end"][:, None])    # (N, H)
+    rel = ee.relative_actions(D["action"][cidx], D["qpos"], len(D["meta"]["qpos_names"]))        # (N, H, A)
+    return dict(qpos=D["qpos"], action=rel.flatten(0, 1))
+
+
 def compute_stats(D, floor: float) -> dict:
     s = lambda x: x.std(0, unbiased=False).clamp(min=floor).tolist()
     return dict(qpos_mean=D["qpos"].mean(0).tolist(), qpos_std=s(D["qpos"]),
@@ -312,6 +329,10 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, horizon: i
             M, t = xy[..., None] * M, xy * t
         out["ground_matrix"], out["ground_offset"] = M, t
     gripper_qpos = qpos[:, gripper_indices]
+    if D["meta"].get("relative"):  # --relative (ee.py): positions from the measured tcp at the chunk's start
+        import ee
+        dq = len(D["meta"]["qpos_names"])
+        actions, keyframe = ee.relative_actions(actions, qpos, dq), ee.relative_actions(keyframe, qpos, dq)
     if "ground" in D:  # --object-frame (ee.py): tcp (x, y) relative to the frame object, moved with the scene
         import ee
         ref = to(D["ground"][idx])                                                 # (B, 2) metres
@@ -502,6 +523,8 @@ def train(opts: Options) -> dict:
                          f"{src['meta'].get('action_space', 'joint')} actions ({opts.init_from or ck_path})")
     if opts.action_space == "ee":  # StaKe's keyframe target moves to the same space as the actions
         end_effector_view(D, opts.symmetry)
+        if opts.relative:
+            D["meta"]["relative"] = True
     meta, A, Dq = D["meta"], D["action"].shape[1], D["qpos"].shape[1]
     if opts.object_frame:  # the state: gripper openings + each arm's tcp pose (ee.object_state)
         if src is not None and src["meta"].get("object_frame") is None:
@@ -529,7 +552,7 @@ def train(opts: Options) -> dict:
                                  f"order ({opts.vision_from}); this run has {D['cameras']} (set --cameras)")
         if unseen := [c for c in D["cameras"] if c not in grounding["meta"]["cameras"]]:
             print(f"warning: camera(s) {unseen} were not in grounding ({grounding['meta']['cameras']})", file=sys.stderr)
-        tok, stats = Tokenizer(grounding["tokenizer"]), compute_stats(D, opts.std_floor)
+        tok, stats = Tokenizer(grounding["tokenizer"]), compute_stats(relative_view(D), opts.std_floor)
         cfg = model_config(opts, D, {**gc, "use_state": not opts.no_state, "action_dim": A, "state_dim": Dq,
                                      "n_cameras": len(D["cameras"]),
                                      "grounded": grounding["head"]["bias"].shape[0] if opts.grounded else 0,
@@ -538,7 +561,7 @@ def train(opts: Options) -> dict:
                                      "ground_std": grounding["meta"]["target_std"] if opts.grounded else ()})
     else:
         tok = Tokenizer(train_tokenizer(sorted(set(D["texts"])), PRESETS[opts.preset]["vocab_size"]))
-        stats = compute_stats(D, opts.std_floor)
+        stats = compute_stats(relative_view(D), opts.std_floor)
         cfg = model_config(opts, D, dataclasses.asdict(ModelConfig.from_preset(
             opts.preset, **({"patch_size": opts.patch_size} if opts.patch_size else {}), use_state=not opts.no_state,
             vit_stem=opts.vit_stem, image_pos=opts.image_pos, vit_pos=opts.vit_pos, keypoints=opts.keypoints,
