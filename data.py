@@ -151,7 +151,7 @@ def _attempt(args):
     """Run the expert once (in a worker); returns (seed, success, stage, steps, episode or None)."""
     import experts
     import sim
-    task, seed, cameras, image_size = args
+    task, seed, cameras, image_size, grasp_dwell = args
     key = (task, tuple(cameras), tuple(image_size))
     if key not in _worker_env:
         _worker_env.clear()
@@ -159,7 +159,7 @@ def _attempt(args):
     env = _worker_env[key]
     # One recorded pass; a failed attempt's frames are dropped (experts fail rarely, so re-running a
     # successful seed to record it would cost more than rendering the odd failure).
-    ok, stage, steps, ep = experts.run_expert(task, seed, env, record=True)
+    ok, stage, steps, ep = experts.run_expert(task, seed, env, record=True, grasp_dwell=grasp_dwell)
     return seed, ok, stage, steps, ep if ok else None
 
 
@@ -182,8 +182,10 @@ class Progress:
             self.out.write("\n")
 
 
-def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(96, 96), quiet=False) -> dict:
+def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(96, 96), quiet=False,
+             grasp_dwell: int = 0) -> dict:
     """Record `episodes` successful expert episodes of `task` into `out` (resumes a partial run).
+    `grasp_dwell`: control steps the expert holds still, open, at each grasp pose before closing.
 
     Seeds are tried in order seed, seed+1, ...; the k-th successful one becomes episode_k. Failed attempts
     are counted (by furthest stage) and reported, never saved. Returns the generation summary.
@@ -197,6 +199,8 @@ def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(9
     out = Path(out)
     meta = make_meta([task], cameras, image_size)
     gen = {"task": task, "seed": seed, "cameras": cameras, "image_size": list(image_size)}
+    if grasp_dwell:  # only when set: folders written before the option resume as before
+        gen["grasp_dwell"] = int(grasp_dwell)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -237,7 +241,7 @@ def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(9
         pool = mp.get_context("spawn").Pool(workers)
     try:
         while k < episodes:
-            batch = [(task, s, cameras, tuple(image_size)) for s in range(next_seed, next_seed + max(workers, min(8, episodes - k)))]
+            batch = [(task, s, cameras, tuple(image_size), grasp_dwell) for s in range(next_seed, next_seed + max(workers, min(8, episodes - k)))]
             results = pool.imap(_attempt, batch) if pool else map(_attempt, batch)
             for s, ok, stage, steps, ep in results:
                 next_seed = s + 1
@@ -435,6 +439,8 @@ def main(argv=None):
     g.add_argument("--cameras", nargs="+", default=None, help="subset of: top left_wrist right_wrist "
                    "(Franka twin tasks: front wrist); default: all of the task's scene")
     g.add_argument("--image-size", type=int, nargs=2, default=[96, 96], metavar=("H", "W"))
+    g.add_argument("--grasp-dwell", type=int, default=0, help="control steps the expert holds still, open, at "
+                   "each grasp pose before closing (0: none, as the experts were written)")
     s = sub.add_parser("show", help="write an episode as an mp4 with the gripper state drawn")
     s.add_argument("dir")
     s.add_argument("--episode", type=int, default=0)
@@ -460,7 +466,8 @@ def main(argv=None):
         elif a.cmd == "generate":
             if a.episodes < 1:
                 raise DataError(f"--episodes must be >= 1, got {a.episodes}")
-            st = generate(a.task, a.episodes, a.out, a.seed, a.workers, a.cameras, a.image_size)
+            st = generate(a.task, a.episodes, a.out, a.seed, a.workers, a.cameras, a.image_size,
+                          grasp_dwell=a.grasp_dwell)
             print(f"{a.out}: {st['saved']} episodes saved, {st['attempts']} attempts, "
                   f"{len(st['failures'])} expert failures " + (f"(seeds {[f['seed'] for f in st['failures']]})" if st["failures"] else ""))
         elif a.cmd == "show":

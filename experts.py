@@ -47,6 +47,7 @@ class Expert:
     MIN_STEPS, MAX_STEPS = 8, 40  # bounds on a free-space move's duration (control steps)
     JOINT_SPEED = None  # rad/s: if set, moves last long enough that no joint's peak speed exceeds it
     GRASP_WAIT, RELEASE_WAIT = 8, 6  # control steps the gripper gets to close / open
+    GRASP_DWELL = 0  # control steps held still, open, at the grasp pose before closing (data.py --grasp-dwell)
 
     def __init__(self, env: Env):
         self.e = env
@@ -126,6 +127,7 @@ class Expert:
         R = self.grasp_rot(arm, name)
         yield from self.move({arm: (p + [0, 0, 0.10], R)})
         yield from self.move({arm: (p + [0, 0, 0.002], R)}, steps=10)
+        yield from self.wait(self.GRASP_DWELL)
         yield from self.wait(self.GRASP_WAIT, grip={arm: 0.0})
         yield from self.move({arm: (p + [0, 0, lift], R)}, steps=10)
 
@@ -288,11 +290,12 @@ def make_expert(env) -> Expert:
     return FrankaExpert(env) if env.task.name in FRANKA_PLANS else Expert(env)
 
 
-def run_expert(task: str, seed: int, env: Env | None = None, record=False):
+def run_expert(task: str, seed: int, env: Env | None = None, record=False, grasp_dwell: int = 0):
     """Roll out the expert once. Returns (success, furthest stage, steps, episode-or-None)."""
     env = env or sim.make_env(task, render=record)
     obs = env.reset(seed)
     x = make_expert(env)
+    x.GRASP_DWELL = grasp_dwell
     frames, qpos, actions = {c: [] for c in env.cameras}, [], []
     for act in x.actions():
         if record:
