@@ -7,6 +7,8 @@ inverse kinematics from 50 grasps, and on lift_block it succeeds on 42-47 of its
 about half of new ones (README). In tcp space the grasp is the object's position plus an offset, which the
 grounded object positions give almost directly. The robot still receives joint targets through the same
 evaluation loop, limits and caps; only the policy's output (and the StaKe keyframe target) changes space.
+Measured (README, Status): on lift_block it does not beat joint targets (110 against 120 of 200 evaluation
+seeds), and the object frame and relative chunks below do worse (83, 82); on the twin 5 of 50 against 23.
 
 Per arm, in the suite's arm order, 10 numbers: tcp position (3, m, world frame), the first two columns of the
 tcp rotation matrix (6; the continuous 6-D rotation of Zhou et al. 2019), the gripper command. The state gets

@@ -45,6 +45,9 @@ Deviations from pi0 (openpi), on purpose:
      readout again from. Measured on lift_block it changes little (48-55 of 100 against 49; README).
      With grounded_only, train.py can move a sample's scene without re-rendering it (--symmetry,
      --waist-turn: the joints in the batch, the positions here through ground_matrix / ground_offset).
+  13. Optional (train.py --action-space ee, ee.py): the actions are each arm's tcp pose and gripper, and the
+     Policy turns chunks into joint targets by IK from the measured joints (pi0 predicts joint targets), with
+     --object-frame or --relative on top. Measured on lift_block: no better than joint targets (README).
 Presets: `small` uses depth 3 and an expert half as wide as the backbone (pi0's expert is also narrower)
 to keep one chunk (prefix + 10 Euler steps) near 15-20 ms on 2 CPU cores; `base` is for one GPU.
 Kept from pi0: t = 1 is noise, x_t = t * noise + (1 - t) * actions, target u = noise - actions, MSE loss;

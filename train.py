@@ -246,7 +246,7 @@ def load_folders(folders, cameras=None, stage_label="per-arm"):
                           stage_label=stage_label, data=[str(f) for f in folders]))
 
 
-def relative_view(D, horizon: int = 20) -> dict:
+def relative_view(D, horizon: int) -> dict:
     """What the statistics are computed on: D itself, or with --relative every step's chunk of `horizon` actions
     relative to its first frame's tcp (flattened), as make_batch will give them."""
     if not D["meta"].get("relative"):
@@ -521,6 +521,9 @@ def train(opts: Options) -> dict:
     if src is not None and src["meta"].get("action_space", "joint") != opts.action_space:
         raise ValueError(f"--action-space {opts.action_space}: the checkpoint predicts "
                          f"{src['meta'].get('action_space', 'joint')} actions ({opts.init_from or ck_path})")
+    if src is not None and bool(src["meta"].get("relative")) != opts.relative:
+        raise ValueError(f"--relative must match the checkpoint, which was trained "
+                         f"{'with' if src['meta'].get('relative') else 'without'} it ({opts.init_from or ck_path})")
     if opts.action_space == "ee":  # StaKe's keyframe target moves to the same space as the actions
         end_effector_view(D, opts.symmetry)
         if opts.relative:
@@ -552,7 +555,7 @@ def train(opts: Options) -> dict:
                                  f"order ({opts.vision_from}); this run has {D['cameras']} (set --cameras)")
         if unseen := [c for c in D["cameras"] if c not in grounding["meta"]["cameras"]]:
             print(f"warning: camera(s) {unseen} were not in grounding ({grounding['meta']['cameras']})", file=sys.stderr)
-        tok, stats = Tokenizer(grounding["tokenizer"]), compute_stats(relative_view(D), opts.std_floor)
+        tok, stats = Tokenizer(grounding["tokenizer"]), compute_stats(relative_view(D, gc["horizon"]), opts.std_floor)
         cfg = model_config(opts, D, {**gc, "use_state": not opts.no_state, "action_dim": A, "state_dim": Dq,
                                      "n_cameras": len(D["cameras"]),
                                      "grounded": grounding["head"]["bias"].shape[0] if opts.grounded else 0,
@@ -561,7 +564,7 @@ def train(opts: Options) -> dict:
                                      "ground_std": grounding["meta"]["target_std"] if opts.grounded else ()})
     else:
         tok = Tokenizer(train_tokenizer(sorted(set(D["texts"])), PRESETS[opts.preset]["vocab_size"]))
-        stats = compute_stats(relative_view(D), opts.std_floor)
+        stats = compute_stats(relative_view(D, PRESETS[opts.preset]["horizon"]), opts.std_floor)
         cfg = model_config(opts, D, dataclasses.asdict(ModelConfig.from_preset(
             opts.preset, **({"patch_size": opts.patch_size} if opts.patch_size else {}), use_state=not opts.no_state,
             vit_stem=opts.vit_stem, image_pos=opts.image_pos, vit_pos=opts.vit_pos, keypoints=opts.keypoints,

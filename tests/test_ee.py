@@ -252,3 +252,5 @@ def test_relative_chunks_and_policy(tmp_path):
     assert np.allclose(chunk, kin.to_joints(world, ep["qpos"][5]), atol=1e-5)
     with pytest.raises(ValueError, match="--relative needs --action-space ee"):
         Options(data=["x"], relative=True)
+    with pytest.raises(ValueError, match="--relative must match the checkpoint, which was trained with it"):
+        train(Options(out=str(tmp_path / "r2"), init_from=str(tmp_path / "run" / "ckpt.pt"), **opts))
