@@ -198,6 +198,8 @@ def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(9
     cameras = list(cameras or suite.CAMERAS)
     out = Path(out)
     meta = make_meta([task], cameras, image_size)
+    if grasp_dwell < 0:
+        raise DataError(f"--grasp-dwell must be >= 0, got {grasp_dwell}")
     gen = {"task": task, "seed": seed, "cameras": cameras, "image_size": list(image_size)}
     if grasp_dwell:  # only when set: folders written before the option resume as before
         gen["grasp_dwell"] = int(grasp_dwell)
@@ -216,7 +218,7 @@ def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(9
             pass
         if old is None or old.get("generation", {}) | {"episodes": None} != gen | {"episodes": None}:
             raise DataError(f"{out}: output folder is not empty and is not an unfinished run of the same "
-                            f"command (task, seed, cameras, image size); choose a new folder")
+                            f"command (task, seed, cameras, image size, grasp dwell); choose a new folder")
     done = episode_paths(out)
     for i, p in enumerate(done):  # resume needs contiguous, readable episodes
         if p.name != f"episode_{i:06d}.npz":
@@ -440,7 +442,8 @@ def main(argv=None):
                    "(Franka twin tasks: front wrist); default: all of the task's scene")
     g.add_argument("--image-size", type=int, nargs=2, default=[96, 96], metavar=("H", "W"))
     g.add_argument("--grasp-dwell", type=int, default=0, help="control steps the expert holds still, open, at "
-                   "each grasp pose before closing (0: none, as the experts were written)")
+                   "each pick's grasp pose before closing (experts.Expert.pick; the bar and handover grasps have "
+                   "none); 0: none, as the experts were written")
     s = sub.add_parser("show", help="write an episode as an mp4 with the gripper state drawn")
     s.add_argument("dir")
     s.add_argument("--episode", type=int, default=0)

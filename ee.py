@@ -22,7 +22,8 @@ import torch
 
 import sim
 
-PER_ARM = 10  # position 3, rotation columns 6, gripper 1
+POSE = 9  # per arm: tcp position 3, rotation columns 6
+PER_ARM = POSE + 1  # and the gripper
 
 
 def suite_of_robot(robot: str):
@@ -53,7 +54,6 @@ class Kinematics:
         self.dim = PER_ARM * len(self.arms)
         self.names = [f"{a}_{n}" for a in self.arms for n in ("x", "y", "z", "r00", "r10", "r20", "r01", "r11",
                                                              "r21", "gripper")]
-        self.ee_gripper = [PER_ARM * k + PER_ARM - 1 for k in range(len(self.arms))]
 
     def pose(self, q: np.ndarray) -> np.ndarray:
         """(N, Dq) joint vectors (qpos or action layout) -> (N, arms, 9) tcp position and rotation columns."""

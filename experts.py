@@ -47,7 +47,7 @@ class Expert:
     MIN_STEPS, MAX_STEPS = 8, 40  # bounds on a free-space move's duration (control steps)
     JOINT_SPEED = None  # rad/s: if set, moves last long enough that no joint's peak speed exceeds it
     GRASP_WAIT, RELEASE_WAIT = 8, 6  # control steps the gripper gets to close / open
-    GRASP_DWELL = 0  # control steps held still, open, at the grasp pose before closing (data.py --grasp-dwell)
+    GRASP_DWELL = 0  # control steps held still, open, at a pick's grasp pose before closing (data.py --grasp-dwell)
 
     def __init__(self, env: Env):
         self.e = env

@@ -667,8 +667,8 @@ class Policy:
                 kf = ee.object_actions(kf, ref, +1.0)
             if self.meta.get("relative"):
                 import ee
-                kf = ee.relative_actions(kf, torch.from_numpy(self.kinematics.state(obs["qpos"][None])).to(kf.device),
-                                         len(self.qpos_names), +1.0)
+                state = self.kinematics.state(np.asarray(obs["qpos"], np.float32)[None])
+                kf = ee.relative_actions(kf, torch.from_numpy(state).to(kf.device), len(self.qpos_names), +1.0)
             out["keyframe"] = kf[0].cpu().numpy()
             if self.kinematics is not None:  # in tcp space: the joints that reach it from here
                 out["keyframe"] = self.kinematics.to_joints(out["keyframe"][None], obs["qpos"])[0]

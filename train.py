@@ -99,7 +99,7 @@ class Options:
                             "position, two rotation columns and gripper; the Policy turns chunks into joint targets "
                             "by IK, and the state gets the measured tcp poses; ee.py). Needs a simulated robot's "
                             "joint layout (its kinematics); not with --waist-turn")
-    object_frame: str = opt("", "with --action-space ee, --grounded and --shift 0: a role the grounding head locates "
+    object_frame: str = opt("", "with --action-space ee, --grounded, --freeze-vision and --shift 0: a role the grounding head locates "
                             "(e.g. 'target'): each arm's tcp (x, y) in state and actions is taken relative to where "
                             "the frozen head puts that object in the chunk's first frame, and the joint angles leave "
                             "the state (ee.py); '' = off")
@@ -154,9 +154,10 @@ class Options:
                   (self.action_space in ("joint", "ee"), "--action-space must be 'joint' or 'ee'"),
                   (not self.relative or (self.action_space == "ee" and not self.object_frame),
                    "--relative needs --action-space ee and is not for --object-frame"),
-                  (not self.object_frame or (self.action_space == "ee" and self.grounded and self.shift == 0),
-                   "--object-frame needs --action-space ee, --grounded and --shift 0 (its frame is the grounding "
-                   "head's estimate on the unshifted frame)"),
+                  (not self.object_frame or (self.action_space == "ee" and self.grounded and self.shift == 0
+                                             and self.freeze_vision),
+                   "--object-frame needs --action-space ee, --grounded, --freeze-vision and --shift 0 (its frame is "
+                   "the frozen grounding head's estimate on the unshifted frame)"),
                   (not (self.action_space == "ee" and self.waist_turn), "--waist-turn works on joint actions only "
                    "(not with --action-space ee)"),
                   (self.std_floor > 0, "--std-floor must be > 0"), (self.shift >= 0, "--shift must be >= 0"),
@@ -530,12 +531,10 @@ def train(opts: Options) -> dict:
             D["meta"]["relative"] = True
     meta, A, Dq = D["meta"], D["action"].shape[1], D["qpos"].shape[1]
     if opts.object_frame:  # the state: gripper openings + each arm's tcp pose (ee.object_state)
-        if src is not None and src["meta"].get("object_frame") is None:
-            raise ValueError(f"--object-frame: the checkpoint was trained without it ({opts.init_from or ck_path})")
         import ee
-        Dq = D["state_dim"] = len(meta["gripper_indices"]) * ee.PER_ARM
-    elif src is not None and src["meta"].get("object_frame") is not None:
-        raise ValueError(f"the checkpoint was trained with --object-frame; give it again ({opts.init_from or ck_path})")
+        Dq = D["state_dim"] = len(meta["gripper_indices"]) * (1 + ee.POSE)
+    elif src is not None and src["meta"].get("object_frame") is not None:  # --object-frame needs --vision-from
+        raise ValueError(f"fine-tuning an --object-frame checkpoint (--init-from) is not supported ({opts.init_from})")
     if src is not None:
         mc = src["model_config"]
         if (mc["action_dim"], mc["state_dim"]) != (A, Dq):
@@ -608,7 +607,7 @@ def train(opts: Options) -> dict:
             raise ValueError(f"--object-frame {opts.object_frame}: the grounding head locates {grounding['meta']['roles']} "
                              f"({opts.vision_from})")
         D["ground"] = grounded_positions(model, D, lang, device, role)
-        meta["object_frame"] = role
+        meta["object_frame"] = role  # the index of the role among the grounding head's (x, y) pairs
         if src is None:
             import ee
             ref, dq = D["ground"], len(meta["qpos_names"])

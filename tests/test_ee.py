@@ -96,6 +96,11 @@ def test_symmetry_in_tcp_space(tmp_path, robot):
     assert not torch.allclose(pos(moved["actions"][f]), pos(plain["actions"][f]), atol=1e-3)
     grip = lambda x: x.unflatten(-1, (len(gi), 10))[..., 9]
     assert torch.equal(grip(moved["actions"][f]), grip(plain["actions"][f]).flip(-1))
+    state_pos = lambda b: b["state"][f][:, len(names):].unflatten(1, (len(gi), 9))[..., :3]  # measured tcp
+    want = state_pos(plain)
+    want = want.flip(-2) * torch.tensor([-1.0, -1.0, 1.0]) if robot == "bimanual_6dof" else want * torch.tensor([1.0, -1.0, 1.0])
+    assert torch.allclose(state_pos(moved), want, atol=1e-4)
+    assert torch.equal(moved["state"][f][:, gi], plain["state"][f][:, gi].flip(-1))           # grippers follow their arm
 
 
 def test_ee_policy_trains_and_acts_in_joints(tmp_path):
@@ -200,11 +205,11 @@ def test_object_frame_policy(tmp_path):
     world = ee.object_actions(raw, ref, +1.0)[0].numpy()
     assert np.allclose(chunk, policy.kinematics.to_joints(world, ep["qpos"][3]), atol=1e-5)
     assert not np.allclose(world[:, :2], raw[0, :, :2].numpy())                          # the frame moved them
-    with pytest.raises(ValueError, match="--object-frame needs --action-space ee, --grounded and --shift 0"):
+    with pytest.raises(ValueError, match="--object-frame needs --action-space ee, --grounded, --freeze-vision and --shift 0"):
         Options(data=["x"], object_frame="target", action_space="ee", grounded=True, vision_from="g")
     with pytest.raises(ValueError, match="the grounding head locates"):
         train(Options(out=str(tmp_path / "r2"), object_frame="pad", **o))
-    with pytest.raises(ValueError, match="trained with --object-frame; give it again"):
+    with pytest.raises(ValueError, match="fine-tuning an --object-frame checkpoint"):
         train(Options(data=[str(ds)], out=str(tmp_path / "r3"), steps=2, batch_size=4, warmup=1, shift=0,
                       action_space="ee", init_from=str(tmp_path / "run" / "ckpt.pt")))
 

@@ -20,29 +20,29 @@ def test_expert_succeeds_and_stages_advance(task):
 
 @pytest.mark.parametrize("task", ["lift_block", "franka_pick_place"])
 def test_grasp_dwell_holds_still_then_closes(task, tmp_path):
-    """data.py generate --grasp-dwell N: the expert stops N more steps at the grasp pose, gripper open, before it
-    closes, and still succeeds; the folder's meta records N (and a folder made without it resumes as before)."""
+    """data.py generate --grasp-dwell N: the expert stops N more steps at the pick's grasp pose, gripper open,
+    before it closes, and still succeeds; the recorded folder holds the longer episodes and records N."""
     import data
-    env = sim.make_env(task, render=False)
+    env = sim.make_env(task, cameras=(), render=False)
     g = sim.suite_of(task).GRIPPER_INDICES
-    runs = {}
+    acts = {}
     for dwell in (0, 5):
-        env.reset(3)
-        x = experts.make_expert(env)
-        x.GRASP_DWELL = dwell
-        acts = np.array(list(x.actions()))
-        for a in acts:
-            env.step(a)
-        assert env.success, f"{task} with --grasp-dwell {dwell} failed"
-        runs[dwell] = acts
-    closes = {d: int(np.flatnonzero((a[:, g] < 0.5).any(1))[0]) for d, a in runs.items()}  # first close command
-    assert closes[5] == closes[0] + 5 and len(runs[5]) == len(runs[0]) + 5                 # one pick in each task
-    assert np.array_equal(runs[5][:closes[0]], runs[0][:closes[0]])                   # the same approach
-    held = runs[5][closes[0] - 1:closes[5]]                                           # last approach step + dwell
-    assert (held == held[0]).all()                                                    # still, and open
-    out = tmp_path / "d"
-    data.generate("lift_block", 1, out, cameras=["top"], image_size=(32, 32), quiet=True, grasp_dwell=5)
-    assert data.load_meta(out)["generation"]["grasp_dwell"] == 5
+        ok, _, _, ep = experts.run_expert(task, 3, env, record=True, grasp_dwell=dwell)
+        assert ok, f"{task} with --grasp-dwell {dwell} failed"
+        acts[dwell] = ep["action"]
+    close = {d: int(np.flatnonzero((a[:, g] < 0.5).any(1))[0]) for d, a in acts.items()}  # first close command
+    assert close[5] == close[0] + 5 and len(acts[5]) == len(acts[0]) + 5                  # one pick in each task
+    assert np.array_equal(acts[5][:close[0]], acts[0][:close[0]])                         # the same approach
+    held = acts[5][close[0] - 1:close[5]]                                                 # last approach step + dwell
+    assert (held == held[0]).all()                                                        # still, and open
+    if task == "lift_block":
+        out = tmp_path / "d"
+        data.generate(task, 1, out, cameras=["top"], image_size=(32, 32), quiet=True, grasp_dwell=5)
+        assert data.load_meta(out)["generation"]["grasp_dwell"] == 5
+        ep = data.load_episode(out / "episode_000000.npz")
+        assert len(ep["action"]) == experts.run_expert(task, int(ep["seed"]), env)[2] + 5
+        with pytest.raises(data.DataError, match="--grasp-dwell must be >= 0"):
+            data.generate(task, 1, tmp_path / "e", grasp_dwell=-1, quiet=True)
 
 
 def test_scene_renders_every_camera():
