@@ -630,18 +630,22 @@ class Policy:
         shape = (len(obs_batch), self.horizon, self.cfg.action_dim)
         gdev = generator.device if generator is not None else self.device
         noise = torch.randn(shape, generator=generator, device=gdev).to(self.device)
-        x = self.norm.unaction(self.model.sample(images, ids, mask, state, noise)).float()
+        x = self.norm.unaction(self.model.sample(images, ids, mask, state, noise)).float()  # (B, H, A)
+        return self._joint_targets(x, ref, obs_batch)
+
+    def _joint_targets(self, x, ref, obs_batch) -> np.ndarray:
+        """Unnormalised actions (B, H, A) of the policy's space -> (B, H, Dq) joint targets (numpy): back from
+        --object-frame and --relative to the world, then IK from each robot's measured joints (ee.py)."""
+        if self.kinematics is None:
+            return x.cpu().numpy()
+        import ee
         if ref is not None:  # --object-frame: back from the object's frame to the world
-            import ee
             x = ee.object_actions(x, ref, +1.0)
         if self.meta.get("relative"):  # --relative: from the measured tcp positions to the world
-            import ee
-            tcp_state = torch.from_numpy(self.kinematics.state(np.stack([o["qpos"] for o in obs_batch]))).to(x.device)
-            x = ee.relative_actions(x, tcp_state, len(self.qpos_names), +1.0)
-        chunk = x.cpu().numpy()
-        if self.kinematics is not None:  # tcp poses -> joint targets, from each robot's measured joints
-            chunk = np.stack([self.kinematics.to_joints(c, o["qpos"]) for c, o in zip(chunk, obs_batch)])
-        return chunk
+            qpos = np.stack([np.asarray(o["qpos"], np.float32) for o in obs_batch])
+            x = ee.relative_actions(x, torch.from_numpy(self.kinematics.state(qpos)).to(x.device),
+                                    len(self.qpos_names), +1.0)
+        return np.stack([self.kinematics.to_joints(c, o["qpos"]) for c, o in zip(x.cpu().numpy(), obs_batch)])
 
     def select_action(self, obs: dict) -> np.ndarray:
         """Execute `n_action_steps` of each chunk open loop, then query again."""
@@ -661,17 +665,8 @@ class Policy:
         if "stage" in heads:
             out["stage_prob"] = torch.sigmoid(heads["stage"][0]).float().cpu().numpy()
         if "keyframe" in heads:
-            kf = self.norm.unaction(heads["keyframe"]).float()                          # (1, A)
-            if ref is not None:
-                import ee
-                kf = ee.object_actions(kf, ref, +1.0)
-            if self.meta.get("relative"):
-                import ee
-                state = self.kinematics.state(np.asarray(obs["qpos"], np.float32)[None])
-                kf = ee.relative_actions(kf, torch.from_numpy(state).to(kf.device), len(self.qpos_names), +1.0)
-            out["keyframe"] = kf[0].cpu().numpy()
-            if self.kinematics is not None:  # in tcp space: the joints that reach it from here
-                out["keyframe"] = self.kinematics.to_joints(out["keyframe"][None], obs["qpos"])[0]
+            kf = self.norm.unaction(heads["keyframe"]).float()[:, None]                 # (1, 1, A)
+            out["keyframe"] = self._joint_targets(kf, ref, [obs])[0, 0]                 # joints that reach it
         return out
 
 

@@ -383,10 +383,9 @@ def end_effector_view(D, symmetry: bool) -> None:
         raise data.DataError(f"--action-space ee: the data's actions {meta['action_names']} / qpos {meta['qpos_names']} "
                              f"are not the joint layout of robot '{meta['robot']}'")
     views = [("", lambda q: q)]
-    if symmetry:
-        S = ee.suite_of_robot(meta["robot"]).SYMMETRY
-        views.append(("_sym", lambda q: q[:, list(S["joint_index"])] * np.asarray(S["joint_sign"], np.float32)
-                      + np.asarray(S["joint_offset"], np.float32)))
+    if symmetry:  # the joints moved exactly as make_batch moves them for joint targets
+        S = scene_augmentation(meta)
+        views.append(("_sym", lambda q: (torch.from_numpy(q)[:, S["index"]] * S["sign"] + S["offset"]).numpy()))
     q, a, k = (D[n].numpy() for n in ("qpos", "action", "keyframe"))
     for suffix, move in views:
         D["qpos" + suffix] = torch.from_numpy(kin.state(move(q)))                      # (N, Dq + 9 arms)
