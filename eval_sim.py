@@ -50,6 +50,7 @@ class EvalConfig:
     max_steps: int = 0  # override the task's step limit (0: use sim.TASKS[task].max_steps)
     demo_seeds: bool = False  # diagnostic: roll out on demonstration seeds 0..N-1 (the training layouts), not held-out ones
     n_action_steps: int = 0  # steps of each chunk executed before re-querying (0: the checkpoint's; as eval_real.py)
+    raw_gripper: bool = False  # send the gripper output unsnapped (as evaluations before the tenth session did); default 0/1, model.py Policy
 
     def __post_init__(self):
         if self.episodes < 1 or self.workers < 1 or self.batch < 1 or self.video < 0 or self.n_action_steps < 0:
@@ -166,6 +167,7 @@ def _worker(args):
         from model import Policy
         _worker_policy.clear()
         _worker_policy[cfg.ckpt, cfg.device] = Policy.load(cfg.ckpt, device=cfg.device)
+    _worker_policy[cfg.ckpt, cfg.device].binary_gripper = not cfg.raw_gripper
     return rollout_batch(_worker_policy[cfg.ckpt, cfg.device], task, seeds, cfg, instructions, record_video)
 
 
@@ -178,6 +180,7 @@ def evaluate(cfg: EvalConfig, command: str | None = None) -> dict:
     if not Path(cfg.ckpt).is_file():
         raise ValueError(f"--ckpt {cfg.ckpt}: no such checkpoint file")
     policy = Policy.load(cfg.ckpt, device=cfg.device)
+    policy.binary_gripper = not cfg.raw_gripper
     tasks = cfg.task or list(getattr(policy, "meta", {}).get("tasks", {}))  # default: the tasks it was trained on
     if not tasks:
         raise ValueError("no --task given and the checkpoint names no tasks")
@@ -506,6 +509,7 @@ def openloop(ckpt: str, folder: str, steps=(0, 5, 10, 20, 30, 45), episodes=10, 
     import torch
     from model import Policy
     policy = Policy.load(ckpt, device=device)
+    policy.binary_gripper = False  # a close one step late counts by how far it is, not as 1; as before
     paths = data.episode_paths(folder)[:episodes]
     if not paths:
         raise data.DataError(f"{folder}: no episode_*.npz files")

@@ -584,6 +584,12 @@ class Policy:
             import ee  # here: joint-space policies need no MuJoCo
             self.kinematics = ee.Kinematics(meta["robot"])
         self.object_frame = meta.get("object_frame")  # train.py --object-frame: index of the frame's object
+        # The demonstrations command each gripper fully open (1) or closed (0), never between, and the measured
+        # opening is in the state. A sampled 0.9 would close the fingers a little, the next query would read
+        # "closing has begun" and finish the close in mid-air (seen: lift_block, re-querying every step, 16/100).
+        # So chunks leave with each gripper snapped to 0 or 1 at 0.5, as eval_real.py's gate does on the robot.
+        # Off (False) only to reproduce evaluations made before the tenth session (eval_sim.py --raw-gripper).
+        self.binary_gripper = True
 
     @classmethod
     def load(cls, ckpt_path, device="cpu", use_ema=True) -> "Policy":
@@ -625,13 +631,18 @@ class Policy:
 
     @torch.inference_mode()
     def predict_chunk(self, obs_batch: list[dict], generator=None) -> np.ndarray:
-        """(B, horizon, A) absolute joint targets (action_names). `generator` (CPU or on the device) fixes the noise."""
+        """(B, horizon, A) absolute joint targets (action_names), grippers 0 or 1 (binary_gripper). `generator` (CPU or
+        on the device) fixes the noise."""
         images, ids, mask, state, ref = self._inputs(obs_batch)
         shape = (len(obs_batch), self.horizon, self.cfg.action_dim)
         gdev = generator.device if generator is not None else self.device
         noise = torch.randn(shape, generator=generator, device=gdev).to(self.device)
         x = self.norm.unaction(self.model.sample(images, ids, mask, state, noise)).float()  # (B, H, A)
-        return self._joint_targets(x, ref, obs_batch)
+        out = self._joint_targets(x, ref, obs_batch)                                    # (B, H, Dq)
+        if self.binary_gripper:
+            g = self.gripper_indices
+            out[..., g] = (out[..., g] >= 0.5).astype(out.dtype)
+        return out
 
     def _joint_targets(self, x, ref, obs_batch) -> np.ndarray:
         """Unnormalised actions (B, H, A) of the policy's space -> (B, H, Dq) joint targets (numpy): back from

@@ -114,6 +114,7 @@ def test_ee_policy_trains_and_acts_in_joints(tmp_path):
     opts = dict(data=[str(ds)], preset="tiny", batch_size=4, warmup=1, save_every=100, steps=3)
     train(Options(out=str(tmp_path / "run"), action_space="ee", **opts))
     policy = Policy.load(tmp_path / "run" / "ckpt.pt")
+    policy.binary_gripper = False  # compared with the network's raw output below
     assert policy.meta["action_space"] == "ee" and policy.cfg.action_dim == 20 and policy.cfg.state_dim == 14 + 18
     ep = data.load_episode(data.episode_paths(ds)[0])
     obs = {"images": {"top": ep["images"]["top"][0]}, "qpos": ep["qpos"][0], "instruction": ep["instruction"]}
@@ -193,6 +194,7 @@ def test_object_frame_policy(tmp_path):
              freeze_vision=True, grounded=True, grounded_only=True, shift=0, action_space="ee")
     train(Options(out=str(tmp_path / "run"), object_frame="target", symmetry=True, **o))
     policy = Policy.load(tmp_path / "run" / "ckpt.pt")
+    policy.binary_gripper = False  # compared with the network's raw output below
     assert policy.meta["object_frame"] == 0 and policy.cfg.state_dim == 2 + 18
     ep = data.load_episode(data.episode_paths(ds)[0])
     obs = {"images": {"top": ep["images"]["top"][3]}, "qpos": ep["qpos"][3], "instruction": ep["instruction"]}
@@ -245,6 +247,7 @@ def test_relative_chunks_and_policy(tmp_path):
     opts = dict(data=[str(ds)], preset="tiny", batch_size=4, warmup=1, save_every=100, steps=2, action_space="ee")
     train(Options(out=str(tmp_path / "run"), relative=True, **opts))
     policy = Policy.load(tmp_path / "run" / "ckpt.pt")
+    policy.binary_gripper = False  # compared with the network's raw output below
     ep = data.load_episode(data.episode_paths(ds)[0])
     obs = {"images": {"top": ep["images"]["top"][5]}, "qpos": ep["qpos"][5], "instruction": ep["instruction"]}
     chunk = policy.predict_chunk([obs], generator=torch.Generator().manual_seed(0))[0]

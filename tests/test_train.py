@@ -62,6 +62,7 @@ def test_overfit_one_episode(tmp_path):
 
     def chunk_error():
         policy = Policy.load(tmp_path / "run" / "ckpt.pt", use_ema=False)
+        policy.binary_gripper = False  # the fit of the network's output, grippers as sampled
         errs = []
         for t in (0, 8, 16):
             pred = policy.predict_chunk([obs_at(ep, t)], generator=torch.Generator().manual_seed(t))[0]
@@ -127,6 +128,13 @@ def test_checkpoint_round_trip_and_policy(ds, tmp_path):
     c2 = Policy.load(tmp_path / "r" / "ckpt.pt").predict_chunk(obs, generator=torch.Generator().manual_seed(0))
     assert c1.shape == (2, p1.horizon, 14) and c1.dtype == np.float32 and np.array_equal(c1, c2)
     assert (p1.fps, p1.cameras, p1.gripper_indices, p1.image_size) == (20.0, ["top"], [6, 13], (32, 32))
+    # grippers leave as 0 or 1 (the demonstrations' two commands), snapped at 0.5; the joints as sampled
+    p1.binary_gripper = False
+    raw = p1.predict_chunk(obs, generator=torch.Generator().manual_seed(0))
+    p1.binary_gripper = True
+    assert 0 < np.abs(raw[..., [6, 13]] - c1[..., [6, 13]]).max() and np.isin(c1[..., [6, 13]], (0.0, 1.0)).all()
+    assert np.array_equal(c1[..., [6, 13]], (raw[..., [6, 13]] >= 0.5).astype(np.float32))
+    assert np.array_equal(np.delete(c1, [6, 13], -1), np.delete(raw, [6, 13], -1))
     # select_action: n_action_steps per chunk, then a new query
     calls = []
     real = p1.predict_chunk
