@@ -471,7 +471,7 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                 log("[dry-run] would open the gripper and move to the ready pose")
             closed = False if homed else backend.read_state()[1] < 0.5
             gate = GripperGate(closed, o.gripper_close_above, o.gripper_open_below, o.gripper_cooldown)
-            chunk = targets = None
+            chunk = targets = prev_qpos = None
             start, next_t = 0, clock()
             for step in range(o.max_steps):
                 if interrupted.is_set():
@@ -481,8 +481,10 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                 q, width = backend.read_state()
                 images = {c: resize(cam.read(), hw) for c, cam in cameras.items()}
                 qpos = np.append(q, width).astype(np.float32)
+                prev_qpos = qpos if prev_qpos is None else prev_qpos  # one control step earlier (train.py --velocity)
                 if chunk is None or step - start >= len(chunk):
-                    obs = {"images": {**black, **images}, "qpos": qpos, "instruction": rec["instruction"]}
+                    obs = {"images": {**black, **images}, "qpos": qpos, "prev_qpos": prev_qpos,
+                           "instruction": rec["instruction"]}
                     if o.query == "step":
                         chunk = np.asarray(policy.select_action(obs), float)[None]
                     else:
@@ -501,6 +503,7 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                 for c, img in images.items():
                     rec["images"].setdefault(c, []).append(img)
                 rec["qpos"].append(qpos)
+                prev_qpos = qpos
                 rec["action"].append(np.append(targets[i], 0.0 if gate.closed else 1.0).astype(np.float32))
                 next_t += dt                             # deadline-based: inference time does not add up
                 wait = next_t - clock()

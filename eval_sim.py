@@ -520,6 +520,7 @@ def openloop(ckpt: str, folder: str, steps=(0, 5, 10, 20, 30, 45), episodes=10, 
             if t + n > len(ep["action"]):
                 continue
             obs = {"images": {c: ep["images"][c][t] for c in policy.cameras}, "qpos": ep["qpos"][t],
+                   "prev_qpos": ep["qpos"][max(t - 1, 0)],
                    "instruction": ep["instruction"]}
             chunk = policy.predict_chunk([obs], generator=torch.Generator().manual_seed(t))[0][:n]  # (n, A)
             demo = ep["action"][t:t + n]

@@ -584,6 +584,7 @@ class Policy:
             import ee  # here: joint-space policies need no MuJoCo
             self.kinematics = ee.Kinematics(meta["robot"])
         self.object_frame = meta.get("object_frame")  # train.py --object-frame: index of the frame's object
+        self.velocity = bool(meta.get("velocity"))  # train.py --velocity: obs["prev_qpos"] joins the state
         # The demonstrations command each gripper fully open (1) or closed (0), never between, and the measured
         # opening is in the state. A sampled 0.9 would close the fingers a little, the next query would read
         # "closing has begun" and finish the close in mid-air (seen: lift_block, re-querying every step, 16/100).
@@ -616,6 +617,14 @@ class Policy:
         qpos = np.stack([np.asarray(o["qpos"], np.float32) for o in obs_batch])         # (B, Dq)
         if qpos.shape[1] != len(self.qpos_names):
             raise ValueError(f"qpos has {qpos.shape[1]} dims, the policy expects {len(self.qpos_names)} ({self.qpos_names})")
+        if self.velocity:  # the state: qpos and its change over the last control step
+            if any("prev_qpos" not in o for o in obs_batch):
+                raise KeyError("observation has no 'prev_qpos' (the measured qpos one control step earlier, as "
+                               "sim.Env and eval_real.py give it), which this checkpoint needs (train.py --velocity)")
+            prev = np.stack([np.asarray(o["prev_qpos"], np.float32) for o in obs_batch])  # (B, Dq)
+            if prev.shape != qpos.shape:
+                raise ValueError(f"prev_qpos has shape {prev.shape[1:]}, qpos {qpos.shape[1:]}")
+            qpos = np.concatenate([qpos, qpos - prev], 1)                                 # (B, 2 Dq)
         if self.kinematics is not None:
             qpos = self.kinematics.state(qpos)                                            # (B, Dq + 9 arms)
         qpos = torch.from_numpy(qpos).to(dev)

@@ -263,7 +263,8 @@ TASKS = {t.name: t for t in [
 class Env:
     """One task's scene. reset(seed) -> obs; step(action) -> obs. Tracks progress stages and success.
 
-    obs = {"images": {camera: (H, W, 3) uint8}, "qpos": (14,) float32, "instruction": str}
+    obs = {"images": {camera: (H, W, 3) uint8}, "qpos": (14,) float32, "instruction": str,
+           "prev_qpos": (14,) float32, the qpos one control step earlier (at reset: qpos; train.py --velocity)}
     twin.FrankaEnv subclasses it (one arm named "arm"): everything below that loops over arms uses self.arms.
     """
 
@@ -324,14 +325,16 @@ class Env:
         self.hold = 0
         self.success = False
         self.success_step = None
-        return self.observe()
+        obs = self.observe()
+        return obs | {"prev_qpos": obs["qpos"].copy()}
 
     def home_action(self) -> np.ndarray:
         return np.concatenate([np.r_[self.home[a], 1.0] for a in ARMS]).astype(np.float32)
 
     def step(self, action) -> dict:
+        prev = self.qpos()
         self.apply(action)
-        return self.observe()
+        return self.observe() | {"prev_qpos": prev}
 
     def apply(self, action) -> None:
         """Send one control step's action and advance the physics (no rendering)."""

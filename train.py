@@ -106,6 +106,9 @@ class Options:
     relative: bool = opt(False, "with --action-space ee: each chunk's tcp positions (and the keyframe's) relative to "
                          "the measured tcp position at the chunk's first frame (ee.relative_actions); not with "
                          "--object-frame")
+    velocity: bool = opt(False, "the state also holds each joint's change over the last control step (qpos[t] - "
+                         "qpos[t-1]; obs['prev_qpos'] at inference): a chunk requested mid-motion then knows how "
+                         "fast the arm is going. Joint actions only (not with --action-space ee)")
     ground_noise: float = opt(0.0, "with --grounded: std (metres) of Gaussian noise on the objects' world (x, y) the "
                               "policy sees in training (0 = off): nearby layouts must ask for nearby actions")
     vision_warmup: int = opt(0, "steps at the start during which the transformer blocks (backbone and expert) "
@@ -159,6 +162,8 @@ class Options:
                    "--object-frame needs --action-space ee, --grounded, --freeze-vision and --shift 0 (its frame is "
                    "the frozen grounding head's estimate on the unshifted frame)"),
                   (not (self.action_space == "ee" and self.waist_turn), "--waist-turn works on joint actions only "
+                   "(not with --action-space ee)"),
+                  (not (self.action_space == "ee" and self.velocity), "--velocity works on joint actions only "
                    "(not with --action-space ee)"),
                   (self.std_floor > 0, "--std-floor must be > 0"), (self.shift >= 0, "--shift must be >= 0"),
                   (self.state_noise >= 0, "--state-noise must be >= 0"),
@@ -259,9 +264,22 @@ def relative_view(D, horizon: int) -> dict:
     return dict(qpos=D["qpos"], action=rel.flatten(0, 1))
 
 
+def previous_qpos(D) -> torch.Tensor:
+    """--velocity: each row's qpos one control step earlier in its episode (an episode's first row: its own)."""
+    i = torch.arange(len(D["qpos"]))
+    first = (i == 0) | (D["ep_id"] != D["ep_id"].roll(1))
+    return D["qpos"][torch.where(first, i, i - 1)]                                    # (N, Dq)
+
+
+def with_velocity(qpos, qpos_prev):
+    """--velocity: the state is the joints and their change over the last control step."""
+    return qpos if qpos_prev is None else torch.cat([qpos, qpos - qpos_prev], -1)  # (..., 2 Dq)
+
+
 def compute_stats(D, floor: float) -> dict:
     s = lambda x: x.std(0, unbiased=False).clamp(min=floor).tolist()
-    return dict(qpos_mean=D["qpos"].mean(0).tolist(), qpos_std=s(D["qpos"]),
+    q = with_velocity(D["qpos"], D.get("qpos_prev"))
+    return dict(qpos_mean=q.mean(0).tolist(), qpos_std=s(q),
                 action_mean=D["action"].mean(0).tolist(), action_std=s(D["action"]), std_floor=floor)
 
 
@@ -297,6 +315,7 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, horizon: i
         images = random_shift(images, shifts, shift)
     qpos, actions, keyframe, stage = (to(D[k][i]) for k, i in (("qpos", idx), ("action", cidx),
                                                                ("keyframe", idx), ("stage", idx)))
+    qprev = to(D["qpos_prev"][idx]) if "qpos_prev" in D else None  # --velocity: moved below as qpos is
     # drawn last, each only when asked for: without them the stream (and every earlier run) is unchanged
     noise = to(torch.randn((B, D.get("state_dim", qpos.shape[1])), generator=g)) if state_noise else None
     out = {}
@@ -311,6 +330,7 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, horizon: i
             turn = torch.zeros_like(qpos)
             turn[torch.arange(B, device=device), waist] = angle
             qpos, actions, keyframe = qpos + turn, actions + turn[:, None], keyframe + turn
+            qprev = None if qprev is None else qprev + turn
             cos, sin = angle.cos(), angle.sin()
             M = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
             t = base - (M @ base[..., None])[..., 0]                                   # (B, 2): about the base
@@ -321,6 +341,7 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, horizon: i
         elif flip is not None:  # then the scene's symmetry, on joints and positions alike
             move = lambda x: x[..., S["index"]] * S["sign"] + S["offset"]
             qpos = torch.where(flip[:, None], move(qpos), qpos)
+            qprev = None if qprev is None else torch.where(flip[:, None], move(qprev), qprev)
             actions = torch.where(flip[:, None, None], move(actions), actions)
             keyframe = torch.where(flip[:, None], move(keyframe), keyframe)
         if flip is not None:
@@ -341,7 +362,7 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, horizon: i
             ref = (out["ground_matrix"] @ ref[..., None])[..., 0] + out["ground_offset"]
         qpos = ee.object_state(qpos, ref, len(D["meta"]["qpos_names"]), gripper_indices)
         actions, keyframe = ee.object_actions(actions, ref), ee.object_actions(keyframe, ref)
-    state = norm.state(qpos)
+    state = norm.state(with_velocity(qpos, qprev))
     if noise is not None:
         state = state + state_noise * noise
     e = D["ep_id"][idx]
@@ -534,6 +555,13 @@ def train(opts: Options) -> dict:
         Dq = D["state_dim"] = len(meta["gripper_indices"]) * (1 + ee.POSE)
     elif src is not None and src["meta"].get("object_frame") is not None:  # --object-frame needs --vision-from
         raise ValueError(f"fine-tuning an --object-frame checkpoint (--init-from) is not supported ({opts.init_from})")
+    if src is not None and bool(src["meta"].get("velocity")) != opts.velocity:
+        raise ValueError(f"--velocity must match the checkpoint, which was trained "
+                         f"{'with' if src['meta'].get('velocity') else 'without'} it ({opts.init_from or ck_path})")
+    if opts.velocity:
+        D["qpos_prev"] = previous_qpos(D)
+        Dq = D["state_dim"] = 2 * Dq
+        meta["velocity"] = True
     if src is not None:
         mc = src["model_config"]
         if (mc["action_dim"], mc["state_dim"]) != (A, Dq):

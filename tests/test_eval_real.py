@@ -244,8 +244,14 @@ def test_waypoint_velocities_flow_through_and_never_overshoot():
 
 def test_step_query_uses_select_action():
     backend = FakeBackend()
-    episode(FakePolicy(), backend, opts(query="step", max_steps=5))
+    policy = FakePolicy(lambda k, obs: np.tile(np.append(er.READY + 0.01 * (k + 1), 1.0), (FakePolicy.horizon, 1)))
+    _, rec = episode(policy, backend, opts(query="step", max_steps=5))
     assert backend.kinds().count("send") == 5
+    # every observation carries the qpos of the control step before (train.py --velocity); the first, its own
+    assert np.array_equal(policy.obs[0]["prev_qpos"], policy.obs[0]["qpos"])
+    for k in range(1, 5):
+        assert np.array_equal(policy.obs[k]["prev_qpos"], rec["qpos"][k - 1])
+        assert not np.array_equal(policy.obs[k]["qpos"], rec["qpos"][k - 1])
 
 
 # ----------------------------------------------------------------------------- recording and trials

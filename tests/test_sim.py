@@ -54,6 +54,9 @@ def test_scene_renders_every_camera():
         assert img.std() > 5, f"camera {cam} renders a flat image"
     assert obs["qpos"].shape == (14,) and obs["qpos"].dtype == np.float32
     assert np.allclose(obs["qpos"][sim.GRIPPER_INDICES], 1.0, atol=1e-3)  # grippers start open
+    assert np.array_equal(obs["prev_qpos"], obs["qpos"])  # train.py --velocity: at reset, at rest
+    moved = env.step(obs["qpos"] + np.r_[0.3, np.zeros(13)])
+    assert np.array_equal(moved["prev_qpos"], obs["qpos"]) and not np.array_equal(moved["qpos"], obs["qpos"])
     with pytest.raises(ValueError, match="unknown camera"):
         sim.Env("lift_block", cameras=["nope"])
     with pytest.raises(ValueError, match="known tasks"):

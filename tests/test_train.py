@@ -300,3 +300,56 @@ def test_scene_augmentation_moves_joints_and_objects_alike(tmp_path, robot):
         scene_augmentation(load_folders([str(bad)])["meta"])
     with pytest.raises(ValueError, match="--symmetry and --waist-turn need --grounded-only"):
         Options(data=["x"], waist_turn=0.2)
+
+
+def test_velocity_state(tmp_path):
+    """--velocity: the state is (qpos, qpos - previous qpos), the first row of an episode at rest; --symmetry moves
+    both rows alike (so the change is the recorded one, re-indexed and signed), --waist-turn leaves the change as
+    it is; the Policy reads obs['prev_qpos'] and names it when it is missing."""
+    import sim
+    from model import Normalizer, Tokenizer, train_tokenizer
+    from train import load_folders, make_batch, previous_qpos, scene_augmentation
+    names = list(sim.ACTION_NAMES)
+    ds = make_dataset(tmp_path / "d", n_episodes=2, T=20, meta_overrides=dict(robot=sim.ROBOT, action_names=names,
+                                                                              qpos_names=names))
+    run(ds, tmp_path / "run", steps=2, velocity=True)
+    ck = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert ck["meta"]["velocity"] and ck["model_config"]["state_dim"] == 28 and len(ck["stats"]["qpos_mean"]) == 28
+    ep = data.load_episode(data.episode_paths(ds)[0])
+    policy = Policy.load(tmp_path / "run" / "ckpt.pt")
+    with pytest.raises(KeyError, match="prev_qpos"):
+        policy.predict_chunk([obs_at(ep, 5)])
+    obs = obs_at(ep, 5) | {"prev_qpos": ep["qpos"][4]}
+    state = policy._inputs([obs])[3]                                                   # (1, 28) normalised
+    want = np.r_[ep["qpos"][5], ep["qpos"][5] - ep["qpos"][4]]
+    assert torch.allclose(state, policy.norm.state(torch.from_numpy(want[None]).float()), atol=1e-6)
+    g = lambda: torch.Generator().manual_seed(0)
+    still = policy.predict_chunk([obs | {"prev_qpos": ep["qpos"][5]}], generator=g())
+    assert not np.allclose(policy.predict_chunk([obs], generator=g()), still)           # the change is read
+    with pytest.raises(ValueError, match="--velocity must match"):
+        run(ds, tmp_path / "ft", steps=1, init_from=str(tmp_path / "run" / "ckpt.pt"))
+    with pytest.raises(ValueError, match="--velocity works on joint actions only"):
+        Options(data=["x"], action_space="ee", velocity=True)
+    # the batches: unmoved, mirrored (--symmetry) and turned (--waist-turn)
+    D = load_folders([str(ds)])
+    D["qpos_prev"], D["state_dim"] = previous_qpos(D), 28
+    assert torch.equal(D["qpos_prev"][[0, 20]], D["qpos"][[0, 20]])                  # each episode starts at rest
+    assert torch.equal(D["qpos_prev"][[5, 25]], D["qpos"][[4, 24]])
+    norm = Normalizer(dict(qpos_mean=[0.0] * 28, qpos_std=[1.0] * 28, action_mean=[0.0] * 14, action_std=[1.0] * 14))
+    lang = Tokenizer(train_tokenizer(sorted(set(D["texts"])), 64))(D["texts"], 8)
+    S = scene_augmentation(D["meta"])
+    mk = lambda **kw: make_batch(D, lang, norm, torch.Generator().manual_seed(0), 64, 5, (32, 32), 0,
+                                 D["meta"]["gripper_indices"], torch.device("cpu"), 0.0, **kw)
+    idx = torch.randint(0, 40, (64,), generator=torch.Generator().manual_seed(0))     # make_batch's first draw
+    delta = D["qpos"][idx] - D["qpos_prev"][idx]
+    plain = mk()
+    assert torch.equal(plain["state"][:, :14], D["qpos"][idx]) and torch.allclose(plain["state"][:, 14:], delta)
+    moved = mk(scene=S, symmetry=True)
+    f = (moved["ground_matrix"] != torch.eye(2)).any(2).any(1)                           # the moved samples
+    assert 16 < int(f.sum()) < 48 and torch.equal(moved["state"][~f], plain["state"][~f])
+    assert torch.allclose(moved["state"][f][:, 14:], delta[f][:, S["index"]] * S["sign"], atol=1e-6)
+    assert not torch.allclose(moved["state"][f][:, 14:], delta[f], atol=1e-3)
+    D["acting_arm"] = torch.zeros_like(D["acting_arm"])  # synthetic: both grippers act; turn the left arm's waist
+    turned = mk(scene=S, waist_turn=0.5)
+    assert not torch.equal(turned["state"][:, :14], plain["state"][:, :14])
+    assert torch.allclose(turned["state"][:, 14:], plain["state"][:, 14:], atol=1e-6)
