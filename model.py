@@ -48,6 +48,9 @@ Deviations from pi0 (openpi), on purpose:
   13. Optional (train.py --action-space ee, ee.py): the actions are each arm's tcp pose and gripper, and the
      Policy turns chunks into joint targets by IK from the measured joints (pi0 predicts joint targets), with
      --object-frame or --relative on top. Measured on lift_block: no better than joint targets (README).
+  14. The Policy snaps each gripper output to 0 or 1 before a chunk leaves (pi0 sends its continuous output):
+     the demonstrations command only those two, and a partly closed gripper in the state reads as a close under
+     way. Optional (train.py --velocity): the state also holds qpos[t] - qpos[t-1] (pi0's state is qpos alone).
 Presets: `small` uses depth 3 and an expert half as wide as the backbone (pi0's expert is also narrower)
 to keep one chunk (prefix + 10 Euler steps) near 15-20 ms on 2 CPU cores; `base` is for one GPU.
 Kept from pi0: t = 1 is noise, x_t = t * noise + (1 - t) * actions, target u = noise - actions, MSE loss;
