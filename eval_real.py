@@ -481,10 +481,9 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                 q, width = backend.read_state()
                 images = {c: resize(cam.read(), hw) for c, cam in cameras.items()}
                 qpos = np.append(q, width).astype(np.float32)
-                prev_qpos = qpos if prev_qpos is None else prev_qpos  # one control step earlier (train.py --velocity)
-                if chunk is None or step - start >= len(chunk):
-                    obs = {"images": {**black, **images}, "qpos": qpos, "prev_qpos": prev_qpos,
-                           "instruction": rec["instruction"]}
+                if chunk is None or step - start >= len(chunk):  # prev_qpos: one control step earlier (--velocity)
+                    obs = {"images": {**black, **images}, "qpos": qpos,
+                           "prev_qpos": qpos if prev_qpos is None else prev_qpos, "instruction": rec["instruction"]}
                     if o.query == "step":
                         chunk = np.asarray(policy.select_action(obs), float)[None]
                     else:
