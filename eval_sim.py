@@ -50,11 +50,14 @@ class EvalConfig:
     max_steps: int = 0  # override the task's step limit (0: use sim.TASKS[task].max_steps)
     demo_seeds: bool = False  # diagnostic: roll out on demonstration seeds 0..N-1 (the training layouts), not held-out ones
     n_action_steps: int = 0  # steps of each chunk executed before re-querying (0: the checkpoint's; as eval_real.py)
+    noise_scale: float = 1.0  # the flow's starting noise times this (0: one deterministic chunk per observation); model.py Policy
     raw_gripper: bool = False  # send the gripper output unsnapped (as evaluations before the tenth session did); default 0/1, model.py Policy
 
     def __post_init__(self):
         if self.episodes < 1 or self.workers < 1 or self.batch < 1 or self.video < 0 or self.n_action_steps < 0:
             raise ValueError("--episodes, --workers and --batch must be >= 1; --video, --n-action-steps >= 0")
+        if not 0.0 <= self.noise_scale <= 1.0:
+            raise ValueError(f"--noise-scale {self.noise_scale}: must be in [0, 1]")
         unknown = [t for t in self.task if t not in sim.TASKS]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; known tasks: {', '.join(sim.TASKS)}")
@@ -168,6 +171,7 @@ def _worker(args):
         _worker_policy.clear()
         _worker_policy[cfg.ckpt, cfg.device] = Policy.load(cfg.ckpt, device=cfg.device)
     _worker_policy[cfg.ckpt, cfg.device].binary_gripper = not cfg.raw_gripper
+    _worker_policy[cfg.ckpt, cfg.device].noise_scale = cfg.noise_scale
     return rollout_batch(_worker_policy[cfg.ckpt, cfg.device], task, seeds, cfg, instructions, record_video)
 
 
@@ -181,6 +185,7 @@ def evaluate(cfg: EvalConfig, command: str | None = None) -> dict:
         raise ValueError(f"--ckpt {cfg.ckpt}: no such checkpoint file")
     policy = Policy.load(cfg.ckpt, device=cfg.device)
     policy.binary_gripper = not cfg.raw_gripper
+    policy.noise_scale = cfg.noise_scale
     tasks = cfg.task or list(getattr(policy, "meta", {}).get("tasks", {}))  # default: the tasks it was trained on
     if not tasks:
         raise ValueError("no --task given and the checkpoint names no tasks")

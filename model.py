@@ -594,6 +594,9 @@ class Policy:
         # So chunks leave with each gripper snapped to 0 or 1 at 0.5, as eval_real.py's gate does on the robot.
         # Off (False) only to reproduce evaluations made before the tenth session (eval_sim.py --raw-gripper).
         self.binary_gripper = True
+        # Flow matching samples a chunk from noise; scaling that noise below 1 (0 = the flow from the noise's mean)
+        # trades the chunk's spread for precision, as a temperature would. 1 = the trained distribution (pi0).
+        self.noise_scale = 1.0
 
     @classmethod
     def load(cls, ckpt_path, device="cpu", use_ema=True) -> "Policy":
@@ -648,7 +651,7 @@ class Policy:
         images, ids, mask, state, ref = self._inputs(obs_batch)
         shape = (len(obs_batch), self.horizon, self.cfg.action_dim)
         gdev = generator.device if generator is not None else self.device
-        noise = torch.randn(shape, generator=generator, device=gdev).to(self.device)
+        noise = self.noise_scale * torch.randn(shape, generator=generator, device=gdev).to(self.device)
         x = self.norm.unaction(self.model.sample(images, ids, mask, state, noise)).float()  # (B, H, A)
         out = self._joint_targets(x, ref, obs_batch)                                    # (B, H, Dq)
         if self.binary_gripper:

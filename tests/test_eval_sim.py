@@ -144,6 +144,8 @@ def test_n_action_steps_override_sets_the_requery_interval():
         cfg = eval_sim.EvalConfig(ckpt="x", task=["lift_block"], episodes=1, max_steps=20, n_action_steps=override)
         eval_sim.rollout_batch(pol, "lift_block", seeds, cfg)
         assert pol.calls == calls, (override, pol.calls)
+    with pytest.raises(ValueError, match="--noise-scale 1.5"):
+        eval_sim.EvalConfig(ckpt="x", task=["lift_block"], noise_scale=1.5)
 
 
 def test_main_job_pipeline_tiny(tmp_path):

@@ -135,6 +135,11 @@ def test_checkpoint_round_trip_and_policy(ds, tmp_path):
     assert 0 < np.abs(raw[..., [6, 13]] - c1[..., [6, 13]]).max() and np.isin(c1[..., [6, 13]], (0.0, 1.0)).all()
     assert np.array_equal(c1[..., [6, 13]], (raw[..., [6, 13]] >= 0.5).astype(np.float32))
     assert np.array_equal(np.delete(c1, [6, 13], -1), np.delete(raw, [6, 13], -1))
+    # noise_scale 0: the flow from the noise's mean, one chunk whatever the generator; 1 (default): samples differ
+    p1.noise_scale = 0.0
+    z0, z1 = (p1.predict_chunk(obs, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
+    p1.noise_scale = 1.0
+    assert np.array_equal(z0, z1) and not np.array_equal(c1, p1.predict_chunk(obs, generator=torch.Generator().manual_seed(1)))
     # select_action: n_action_steps per chunk, then a new query
     calls = []
     real = p1.predict_chunk
