@@ -151,7 +151,7 @@ def _attempt(args):
     """Run the expert once (in a worker); returns (seed, success, stage, steps, episode or None)."""
     import experts
     import sim
-    task, seed, cameras, image_size, grasp_dwell = args
+    task, seed, cameras, image_size, grasp_dwell, grasp_natural = args
     key = (task, tuple(cameras), tuple(image_size))
     if key not in _worker_env:
         _worker_env.clear()
@@ -159,7 +159,8 @@ def _attempt(args):
     env = _worker_env[key]
     # One recorded pass; a failed attempt's frames are dropped (experts fail rarely, so re-running a
     # successful seed to record it would cost more than rendering the odd failure).
-    ok, stage, steps, ep = experts.run_expert(task, seed, env, record=True, grasp_dwell=grasp_dwell)
+    ok, stage, steps, ep = experts.run_expert(task, seed, env, record=True, grasp_dwell=grasp_dwell,
+                                              grasp_natural=grasp_natural)
     return seed, ok, stage, steps, ep if ok else None
 
 
@@ -183,9 +184,10 @@ class Progress:
 
 
 def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(96, 96), quiet=False,
-             grasp_dwell: int = 0) -> dict:
+             grasp_dwell: int = 0, grasp_natural: bool = False) -> dict:
     """Record `episodes` successful expert episodes of `task` into `out` (resumes a partial run).
     `grasp_dwell`: control steps the expert holds still, open, at each grasp pose before closing.
+    `grasp_natural`: blocks are pinched along the arm's natural finger direction whatever their yaw.
 
     Seeds are tried in order seed, seed+1, ...; the k-th successful one becomes episode_k. Failed attempts
     are counted (by furthest stage) and reported, never saved. Returns the generation summary.
@@ -203,6 +205,8 @@ def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(9
     gen = {"task": task, "seed": seed, "cameras": cameras, "image_size": list(image_size)}
     if grasp_dwell:  # only when set: folders written before the option resume as before
         gen["grasp_dwell"] = int(grasp_dwell)
+    if grasp_natural:
+        gen["grasp_natural"] = True
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -218,7 +222,7 @@ def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(9
             pass
         if old is None or old.get("generation", {}) | {"episodes": None} != gen | {"episodes": None}:
             raise DataError(f"{out}: output folder is not empty and is not an unfinished run of the same "
-                            f"command (task, seed, cameras, image size, grasp dwell); choose a new folder")
+                            f"command (task, seed, cameras, image size, grasp options); choose a new folder")
     done = episode_paths(out)
     for i, p in enumerate(done):  # resume needs contiguous, readable episodes
         if p.name != f"episode_{i:06d}.npz":
@@ -243,7 +247,7 @@ def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(9
         pool = mp.get_context("spawn").Pool(workers)
     try:
         while k < episodes:
-            batch = [(task, s, cameras, tuple(image_size), grasp_dwell) for s in range(next_seed, next_seed + max(workers, min(8, episodes - k)))]
+            batch = [(task, s, cameras, tuple(image_size), grasp_dwell, grasp_natural) for s in range(next_seed, next_seed + max(workers, min(8, episodes - k)))]
             results = pool.imap(_attempt, batch) if pool else map(_attempt, batch)
             for s, ok, stage, steps, ep in results:
                 next_seed = s + 1
@@ -444,6 +448,9 @@ def main(argv=None):
     g.add_argument("--grasp-dwell", type=int, default=0, help="control steps the expert holds still, open, at "
                    "each pick's grasp pose before closing (experts.Expert.pick; the bar and handover grasps have "
                    "none); 0: none, as the experts were written")
+    g.add_argument("--grasp-natural", action="store_true", help="the expert pinches blocks along the arm's natural "
+                   "finger direction whatever the block's yaw (experts.Expert.GRASP_YAW off): the wrist no longer "
+                   "turns with a yaw that a --grounded-only policy cannot see; default: the pair of faces nearest it")
     s = sub.add_parser("show", help="write an episode as an mp4 with the gripper state drawn")
     s.add_argument("dir")
     s.add_argument("--episode", type=int, default=0)
@@ -470,7 +477,7 @@ def main(argv=None):
             if a.episodes < 1:
                 raise DataError(f"--episodes must be >= 1, got {a.episodes}")
             st = generate(a.task, a.episodes, a.out, a.seed, a.workers, a.cameras, a.image_size,
-                          grasp_dwell=a.grasp_dwell)
+                          grasp_dwell=a.grasp_dwell, grasp_natural=a.grasp_natural)
             print(f"{a.out}: {st['saved']} episodes saved, {st['attempts']} attempts, "
                   f"{len(st['failures'])} expert failures " + (f"(seeds {[f['seed'] for f in st['failures']]})" if st["failures"] else ""))
         elif a.cmd == "show":

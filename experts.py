@@ -48,6 +48,10 @@ class Expert:
     JOINT_SPEED = None  # rad/s: if set, moves last long enough that no joint's peak speed exceeds it
     GRASP_WAIT, RELEASE_WAIT = 8, 6  # control steps the gripper gets to close / open
     GRASP_DWELL = 0  # control steps held still, open, at a pick's grasp pose before closing (data.py --grasp-dwell)
+    # A block may be pinched across either pair of faces; True picks the pair nearest the arm's natural finger
+    # direction (so the wrist turns with the block's yaw), False keeps the natural direction whatever the yaw
+    # (data.py --grasp-natural: all a policy that sees positions but no yaw can predict).
+    GRASP_YAW = True
 
     def __init__(self, env: Env):
         self.e = env
@@ -115,6 +119,8 @@ class Expert:
         nat = e.finger_dir(arm, p)
         obj = next(o for o in e.objects if o.name == name)
         yaw = e.obj_yaw(name)
+        if obj.kind == "block" and not self.GRASP_YAW:
+            return topdown_rot(nat)
         if obj.kind == "block":  # any of the four faces: pick the one nearest the natural wrist roll
             cands = [np.array([np.cos(yaw + k * np.pi / 2), np.sin(yaw + k * np.pi / 2)]) for k in range(4)]
         else:  # long objects are pinched across their width
@@ -290,12 +296,13 @@ def make_expert(env) -> Expert:
     return FrankaExpert(env) if env.task.name in FRANKA_PLANS else Expert(env)
 
 
-def run_expert(task: str, seed: int, env: Env | None = None, record=False, grasp_dwell: int = 0):
+def run_expert(task: str, seed: int, env: Env | None = None, record=False, grasp_dwell: int = 0,
+               grasp_natural: bool = False):
     """Roll out the expert once. Returns (success, furthest stage, steps, episode-or-None)."""
     env = env or sim.make_env(task, render=record)
     obs = env.reset(seed)
     x = make_expert(env)
-    x.GRASP_DWELL = grasp_dwell
+    x.GRASP_DWELL, x.GRASP_YAW = grasp_dwell, not grasp_natural
     frames, qpos, actions = {c: [] for c in env.cameras}, [], []
     for act in x.actions():
         if record:

@@ -45,6 +45,34 @@ def test_grasp_dwell_holds_still_then_closes(task, tmp_path):
             data.generate(task, 1, tmp_path / "e", grasp_dwell=-1, quiet=True)
 
 
+@pytest.mark.parametrize("task", ["lift_block", "franka_pick_place"])
+def test_grasp_natural_ignores_the_block_yaw(task, tmp_path):
+    """data.py generate --grasp-natural: the expert's grasp rotation is the arm's natural top-down one whatever the
+    block's yaw (by default it turns to the faces nearest it), and the expert still succeeds."""
+    import data
+    env = sim.make_env(task, cameras=(), render=False)
+    differs = 0
+    for seed in range(4):
+        env.reset(seed)
+        x = experts.make_expert(env)
+        arm = env.arms[0] if len(env.arms) == 1 else None
+        name = env.layout.roles["target"]
+        arm = arm or min(env.arms, key=lambda a: np.linalg.norm(env.tcp_pos(a)[:2] - env.obj_pos(name)[:2]))
+        natural = experts.topdown_rot(env.finger_dir(arm, env.obj_pos(name)))
+        yaw_aware = x.grasp_rot(arm, name)
+        x.GRASP_YAW = False
+        assert np.allclose(x.grasp_rot(arm, name), natural)
+        differs += not np.allclose(yaw_aware, natural, atol=1e-3)
+        assert experts.run_expert(task, seed, env, grasp_natural=True)[0], f"{task} seed {seed}: expert failed"
+    assert differs >= 3  # random yaws: the default grasp turns with the block
+    if task == "lift_block":
+        out = tmp_path / "n"
+        data.generate(task, 1, out, cameras=["top"], image_size=(32, 32), quiet=True, grasp_natural=True)
+        assert data.load_meta(out)["generation"]["grasp_natural"] is True
+        with pytest.raises(data.DataError, match="not an unfinished run"):  # another expert: another folder
+            data.generate(task, 1, out, cameras=["top"], image_size=(32, 32), quiet=True)
+
+
 def test_scene_renders_every_camera():
     env = sim.Env("lift_block", image_size=(48, 64))
     obs = env.reset(0)
