@@ -127,6 +127,8 @@ class Options:
     camera_timeout: float = opt(1.5, "seconds without a new frame before a camera counts as stalled")
     fps: float = opt(0.0, "control rate in Hz (0 = the checkpoint's)")
     n_action_steps: int = opt(0, "steps of each chunk executed before re-querying (0 = the checkpoint's)")
+    noise_scale: float = opt(1.0, "the flow's starting noise times this, in [0, 1] (0: one deterministic chunk per "
+                                  "query; model.py Policy.noise_scale)")
     query: str = opt("chunk", "'chunk': predict_chunk, sent as one waypoint motion; 'step': select_action "
                               "every step (one-target motions, jerky)", choices=["chunk", "step"])
     max_steps: int = opt(600, "steps per rollout (Ctrl-C ends one earlier)")
@@ -171,6 +173,8 @@ def check_options(o: Options) -> None:
         raise RobotError("need 0 <= --gripper-open-below < --gripper-close-above <= 1")
     if o.joint_margin < 0 or o.max_joint_speed <= 0 or o.max_steps < 1 or o.episodes < 1 or o.fps < 0:
         raise RobotError("--joint-margin >= 0, --max-joint-speed > 0, --max-steps >= 1, --episodes >= 1, --fps >= 0")
+    if not 0 <= o.noise_scale <= 1:
+        raise RobotError(f"--noise-scale must be in [0, 1]; got {o.noise_scale}")
 
 
 # ----------------------------------------------------------------------------- robot backends
@@ -602,7 +606,9 @@ def load_policy(o: Options):
     import torch
     torch.manual_seed(o.seed)
     from model import Policy                             # here, so tests and --help need no torch
-    return Policy.load(o.ckpt, device=o.device)
+    policy = Policy.load(o.ckpt, device=o.device)
+    policy.noise_scale = o.noise_scale
+    return policy
 
 
 def run(o: Options, policy=None, backend=None, cameras=None, clock=time.monotonic, sleep=time.sleep,

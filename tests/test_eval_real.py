@@ -326,6 +326,9 @@ def test_flags_from_the_dataclass():
     assert o.dry_run and o.dynamics == 0.5 and not o.home and o.arm == "panda"
     with pytest.raises(er.RobotError, match="dynamics"):
         er.check_options(er.Options(dynamics=1.5))
+    assert er.Options(**vars(er.build_parser().parse_args(["--noise-scale", "0"]))).noise_scale == 0.0
+    with pytest.raises(er.RobotError, match="--noise-scale"):
+        er.check_options(er.Options(noise_scale=1.5))
 
 
 def test_done_predicate_ends_the_rollout_and_stops():
