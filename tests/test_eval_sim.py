@@ -130,6 +130,20 @@ def test_rollout_batch_with_replayed_expert_succeeds_and_reports():
     assert sum(e["success"] for e in blind) <= 1, "another seed's actions should not solve this seed"
 
 
+def test_shuffled_instructions_ask_for_another_target():
+    """--shuffle-instructions: every episode's instruction is another episode's, naming another target (a plain
+    derangement of episodes repeats the request by chance), and the draw is seeded."""
+    seeds = eval_sim.eval_seeds(0, 40)
+    layouts = [sim.TASKS["lift_block"].layout(s) for s in seeds]
+    ins = eval_sim.shuffled_instructions("lift_block", seeds, 0)
+    assert len(ins) == 40 and ins == eval_sim.shuffled_instructions("lift_block", seeds, 0)
+    assert ins != eval_sim.shuffled_instructions("lift_block", seeds, 1)
+    for lay, s in zip(layouts, ins):
+        donors = [d for d in layouts if d.instruction == s]
+        assert donors and all(d.roles != lay.roles for d in donors), (lay.instruction, s)
+    assert len({lay.roles["target"] for lay in layouts}) > 1
+
+
 def test_n_action_steps_override_sets_the_requery_interval():
     class Counting:  # holds the arms where they start; counts chunk requests
         cameras, image_size, n_action_steps, horizon, calls = ["top"], (32, 32), 10, 10, 0
