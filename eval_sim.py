@@ -170,12 +170,18 @@ def _worker(args):
         from model import Policy
         _worker_policy.clear()
         _worker_policy[cfg.ckpt, cfg.device] = Policy.load(cfg.ckpt, device=cfg.device)
-    _worker_policy[cfg.ckpt, cfg.device].binary_gripper = not cfg.raw_gripper
-    _worker_policy[cfg.ckpt, cfg.device].noise_scale = cfg.noise_scale
-    return rollout_batch(_worker_policy[cfg.ckpt, cfg.device], task, seeds, cfg, instructions, record_video)
+    policy = with_eval_options(_worker_policy[cfg.ckpt, cfg.device], cfg)
+    return rollout_batch(policy, task, seeds, cfg, instructions, record_video)
 
 
 _worker_policy = {}
+
+
+def with_eval_options(policy, cfg: EvalConfig):
+    """The evaluation's settings of how a Policy acts (one place for the main process and the workers)."""
+    policy.binary_gripper = not cfg.raw_gripper
+    policy.noise_scale = cfg.noise_scale
+    return policy
 
 
 def evaluate(cfg: EvalConfig, command: str | None = None) -> dict:
@@ -183,9 +189,7 @@ def evaluate(cfg: EvalConfig, command: str | None = None) -> dict:
     from model import Policy
     if not Path(cfg.ckpt).is_file():
         raise ValueError(f"--ckpt {cfg.ckpt}: no such checkpoint file")
-    policy = Policy.load(cfg.ckpt, device=cfg.device)
-    policy.binary_gripper = not cfg.raw_gripper
-    policy.noise_scale = cfg.noise_scale
+    policy = with_eval_options(Policy.load(cfg.ckpt, device=cfg.device), cfg)
     tasks = cfg.task or list(getattr(policy, "meta", {}).get("tasks", {}))  # default: the tasks it was trained on
     if not tasks:
         raise ValueError("no --task given and the checkpoint names no tasks")

@@ -119,9 +119,9 @@ class Expert:
         nat = e.finger_dir(arm, p)
         obj = next(o for o in e.objects if o.name == name)
         yaw = e.obj_yaw(name)
-        if obj.kind == "block" and not self.GRASP_YAW:
-            return topdown_rot(nat)
         if obj.kind == "block":  # any of the four faces: pick the one nearest the natural wrist roll
+            if not self.GRASP_YAW:  # --grasp-natural: the natural roll itself, whatever the yaw
+                return topdown_rot(nat)
             cands = [np.array([np.cos(yaw + k * np.pi / 2), np.sin(yaw + k * np.pi / 2)]) for k in range(4)]
         else:  # long objects are pinched across their width
             cands = [s * np.array([-np.sin(yaw), np.cos(yaw)]) for s in (1, -1)]

@@ -55,9 +55,8 @@ def test_grasp_natural_ignores_the_block_yaw(task, tmp_path):
     for seed in range(4):
         env.reset(seed)
         x = experts.make_expert(env)
-        arm = env.arms[0] if len(env.arms) == 1 else None
         name = env.layout.roles["target"]
-        arm = arm or min(env.arms, key=lambda a: np.linalg.norm(env.tcp_pos(a)[:2] - env.obj_pos(name)[:2]))
+        arm = min(env.arms, key=lambda a: np.linalg.norm(env.tcp_pos(a)[:2] - env.obj_pos(name)[:2]))
         natural = experts.topdown_rot(env.finger_dir(arm, env.obj_pos(name)))
         yaw_aware = x.grasp_rot(arm, name)
         x.GRASP_YAW = False
