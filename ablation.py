@@ -26,7 +26,6 @@ import argparse
 import copy
 import dataclasses
 import gc
-import io
 import json
 import shlex
 import sys
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import data
+from data import opt
 
 ALL_TASKS = ["lift_block", "place_block", "lift_bar", "handover", "stack_two", "stack_three"]
 PRESETS = {  # the protocol's numbers; "gpu" is the full protocol, the others are reductions of it
@@ -62,12 +62,8 @@ class AblationError(RuntimeError):
     """A run failed or the results folder disagrees with the options; the message says what to do."""
 
 
-def opt(default, help):
-    return field(default=default, metadata={"help": help})
-
-
-def popt(help):  # a protocol number: None until filled from the preset
-    return field(default=None, metadata={"help": help, "preset": True})
+def popt(help):  # a protocol number: its default is the --preset's (parse_options)
+    return field(default=None, metadata={"help": help + " (default: the preset's)"})
 
 
 @dataclass
@@ -130,21 +126,13 @@ class Options:
 
 
 def parse_options(argv=None) -> Options:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(Options):
-        flag, ref = "--" + f.name.replace("_", "-"), PRESETS["gpu"].get(f.name)
-        if f.metadata.get("preset"):
-            kind = type(ref[0]) if isinstance(ref, list) else type(ref)
-            ap.add_argument(flag, type=kind, nargs="*" if isinstance(ref, list) else None, default=None,
-                            help=f.metadata["help"] + " (default: the preset's)")
-        elif isinstance(f.default, bool):
-            ap.add_argument(flag, action="store_true", help=f.metadata["help"])
-        else:
-            ap.add_argument(flag, type=type(f.default), default=f.default, help=f"{f.metadata['help']} (default: {f.default!r})")
-    a = vars(ap.parse_args(argv))
-    if a["preset"] not in PRESETS:
-        raise ValueError(f"--preset must be one of {list(PRESETS)}, got '{a['preset']}'")
-    return Options(**{k: copy.deepcopy(PRESETS[a["preset"]][k]) if v is None else v for k, v in a.items()})
+    """Options from flags; the protocol's numbers default to those of --preset."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="cpu")
+    preset = pre.parse_known_args(argv)[0].preset
+    if preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {list(PRESETS)}, got '{preset}'")
+    return data.parse_options(Options, argv, "ablation.py", __doc__.split("\n")[0], copy.deepcopy(PRESETS[preset]))
 
 
 def reductions(o: Options) -> list:
@@ -237,20 +225,20 @@ def is_done(job: Job, records: Path) -> bool:
     return job.output.is_file()
 
 
-def share_loaded_demos(train) -> None:
-    """The runs of one invocation read the same folders: decode them once (train.load_folders is pure; the
+def share_loaded_demos(dataset) -> None:
+    """The runs of one invocation read the same folders: decode them once (dataset.load_folders is pure; the
     only part train() changes, meta, is copied for every caller)."""
-    load, cache = train.load_folders, {}
+    load, cache = dataset.load_folders, {}
 
-    def cached(folders, cameras=None, stage_label="per-arm"):
-        key = (tuple(map(str, folders)), tuple(cameras or ()), stage_label)
+    def cached(folders, cameras=None, stage_label="per-arm", images=True):
+        key = (tuple(map(str, folders)), tuple(cameras or ()), stage_label, images)
         if key not in cache:
             cache.clear()
-            cache[key] = load(folders, cameras, stage_label)
+            cache[key] = load(folders, cameras, stage_label, images)
         return {**cache[key], "meta": copy.deepcopy(cache[key]["meta"])}
-    if not getattr(train.load_folders, "shared", False):
+    if not getattr(dataset.load_folders, "shared", False):
         cached.shared = True
-        train.load_folders = cached
+        dataset.load_folders = cached
 
 
 def run_job(job: Job, o: Options, records: Path) -> dict:
@@ -262,15 +250,16 @@ def run_job(job: Job, o: Options, records: Path) -> dict:
             result = json.loads(job.output.read_text())["generation_stats"]
         elif job.script == "train.py":
             import torch
+            import dataset
             import train
-            share_loaded_demos(train)
-            train.train(train.parse_options([str(a) for a in job.argv]))
+            share_loaded_demos(dataset)
+            train.train(data.parse_options(train.Options, [str(a) for a in job.argv]))
             lines = (job.output.parent / "metrics.jsonl").read_text().splitlines()
             result = {"last_metrics": json.loads(lines[-1]) if lines else {}}
             gc.collect(), torch.cuda.empty_cache() if torch.cuda.is_available() else None
         else:
             import eval_sim
-            res = eval_sim.evaluate(eval_sim._parse_config([str(a) for a in job.argv]), command=job.command)
+            res = eval_sim.evaluate(data.parse_options(eval_sim.EvalConfig, [str(a) for a in job.argv]), command=job.command)
             result = {t: {k: v for k, v in r.items() if k != "per_episode"} for t, r in res["tasks"].items()}
     except SystemExit as e:  # data.py reports its DataError and exits 2
         raise AblationError(f"{job.name} failed (exit {e.code}); command: {job.command}") from None
@@ -289,25 +278,12 @@ def run_job(job: Job, o: Options, records: Path) -> dict:
 
 def sweep_chart(path: Path, o: Options, cells: dict) -> None:
     """The sweep grid as a heat map: success rate on the sweep task per (stage weight, keyframe weight)."""
-    from PIL import Image, ImageDraw
+    import plots
     ss, ks = sorted({s for s, _ in cells}), sorted({k for _, k in cells})
-    img = Image.new("RGB", (110 + 110 * len(ks), 70 + 50 * len(ss)), (255, 255, 255))
-    d = ImageDraw.Draw(img)
-    d.text((8, 6), f"SS+KS sweep on {o.sweep_task}: success rate (k/n)", fill=(0, 0, 0))
-    d.text((110, 24), "keyframe weight ->", fill=(0, 0, 0))
-    for j, k in enumerate(ks):
-        d.text((120 + 110 * j, 40), f"{k:g}", fill=(0, 0, 0))
-    for i, s in enumerate(ss):
-        d.text((8, 70 + 50 * i), f"stage {s:g}", fill=(0, 0, 0))
-        for j, k in enumerate(ks):
-            if (s, k) in cells:
-                x = cells[s, k]
-                g = int(255 * (1 - x["success_rate"]))
-                d.rectangle([110 + 110 * j, 56 + 50 * i, 210 + 110 * j, 100 + 50 * i], fill=(g, 255, g), outline=(0, 0, 0))
-                d.text((118 + 110 * j, 70 + 50 * i), f"{x['success_rate']:.2f} ({x['successes']}/{x['episodes']})", fill=(0, 0, 0))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    data.atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+    plots.heatmap(path, f"SS+KS sweep on {o.sweep_task}: success rate (k/n)", [f"stage {s:g}" for s in ss],
+                  [f"{k:g}" for k in ks], [[c["success_rate"] if (c := cells.get((s, k))) else None for k in ks] for s in ss],
+                  [[f"{c['success_rate']:.2f} ({c['successes']}/{c['episodes']})" if (c := cells.get((s, k))) else ""
+                    for k in ks] for s in ss], col_title="keyframe weight ->")
 
 
 def report(o: Options, jobs: list, out: Path, records: Path) -> dict:

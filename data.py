@@ -9,6 +9,7 @@ robot with 8-D actions uses the same files as the 14-D bimanual scene.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -73,8 +74,10 @@ def load_episode(path) -> dict:
     try:
         with np.load(path, allow_pickle=False) as z:
             raw = {k: z[k] for k in z.files}
-    except Exception as e:  # zip errors, truncated files, pickled objects
-        raise DataError(f"{path}: not a readable episode .npz ({type(e).__name__}: {e})") from None
+    except Exception as e:  # zip errors, truncated files, pickled objects (numpy's own message would advise
+        # allow_pickle=True, which is unsafe for a file of unknown origin and never what an episode needs)
+        raise DataError(f"{path}: not a valid episode file (cannot be read as an .npz of arrays: "
+                        f"{type(e).__name__})") from None
     for k in EPISODE_KEYS:
         if k not in raw:
             raise DataError(f"{path}: missing key '{k}' (has {sorted(raw)})")
@@ -124,7 +127,8 @@ def episode_paths(folder) -> list[Path]:
 
 def make_meta(tasks: list[str], cameras, image_size) -> dict:
     import sim
-    suite = sim.suite_of(tasks[0])
+    import world
+    suite = world.suite_of(tasks[0])
     if suite is not sim:  # another robot's suite (twin.py) writes its own layout
         return suite.make_meta(tasks, cameras, image_size)
     return {
@@ -150,17 +154,16 @@ _worker_env = {}
 def _attempt(args):
     """Run the expert once (in a worker); returns (seed, success, stage, steps, episode or None)."""
     import experts
-    import sim
-    task, seed, cameras, image_size, grasp_dwell, grasp_natural = args
+    import world
+    task, seed, cameras, image_size, grasp_natural = args
     key = (task, tuple(cameras), tuple(image_size))
     if key not in _worker_env:
         _worker_env.clear()
-        _worker_env[key] = sim.make_env(task, cameras=cameras, image_size=image_size, render=True)
+        _worker_env[key] = world.make_env(task, cameras=cameras, image_size=image_size, render=True)
     env = _worker_env[key]
     # One recorded pass; a failed attempt's frames are dropped (experts fail rarely, so re-running a
     # successful seed to record it would cost more than rendering the odd failure).
-    ok, stage, steps, ep = experts.run_expert(task, seed, env, record=True, grasp_dwell=grasp_dwell,
-                                              grasp_natural=grasp_natural)
+    ok, stage, steps, ep = experts.run_expert(task, seed, env, record=True, grasp_natural=grasp_natural)
     return seed, ok, stage, steps, ep if ok else None
 
 
@@ -184,27 +187,23 @@ class Progress:
 
 
 def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(96, 96), quiet=False,
-             grasp_dwell: int = 0, grasp_natural: bool = False) -> dict:
+             grasp_natural: bool = False) -> dict:
     """Record `episodes` successful expert episodes of `task` into `out` (resumes a partial run).
-    `grasp_dwell`: control steps the expert holds still, open, at each grasp pose before closing.
     `grasp_natural`: blocks are pinched along the arm's natural finger direction whatever their yaw.
 
     Seeds are tried in order seed, seed+1, ...; the k-th successful one becomes episode_k. Failed attempts
     are counted (by furthest stage) and reported, never saved. Returns the generation summary.
     """
     import sim
+    import world
     try:
-        suite = sim.suite_of(task)
+        suite = world.suite_of(task)
     except ValueError as e:
         raise DataError(str(e)) from None
     cameras = list(cameras or suite.CAMERAS)
     out = Path(out)
     meta = make_meta([task], cameras, image_size)
-    if grasp_dwell < 0:
-        raise DataError(f"--grasp-dwell must be >= 0, got {grasp_dwell}")
     gen = {"task": task, "seed": seed, "cameras": cameras, "image_size": list(image_size)}
-    if grasp_dwell:  # only when set: folders written before the option resume as before
-        gen["grasp_dwell"] = int(grasp_dwell)
     if grasp_natural:
         gen["grasp_natural"] = True
     try:
@@ -247,7 +246,7 @@ def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(9
         pool = mp.get_context("spawn").Pool(workers)
     try:
         while k < episodes:
-            batch = [(task, s, cameras, tuple(image_size), grasp_dwell, grasp_natural) for s in range(next_seed, next_seed + max(workers, min(8, episodes - k)))]
+            batch = [(task, s, cameras, tuple(image_size), grasp_natural) for s in range(next_seed, next_seed + max(workers, min(8, episodes - k)))]
             results = pool.imap(_attempt, batch) if pool else map(_attempt, batch)
             for s, ok, stage, steps, ep in results:
                 next_seed = s + 1
@@ -331,6 +330,36 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return (0.0 if k == 0 else max(0.0, float(c - h)), 1.0 if k == n else min(1.0, float(c + h)))
 
 
+# ----------------------------------------------------------------------------- command-line options (every entry point)
+
+def opt(default, help: str, required: bool = False, choices=None):
+    """A field of an entry point's options dataclass: its default and the help of its --flag (CleanRL style)."""
+    meta = {"help": help, "required": required, "choices": choices}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def parse_options(cls, argv=None, prog=None, description=None, defaults=None):
+    """The options dataclass `cls` from --kebab-case flags, one per field: bools are switches (--x, or --x /
+    --no-x where the default is on), lists take one or more values of their default's element type. `defaults`
+    (name -> value) replaces fields' defaults (a named preset). The dataclass checks itself in __post_init__."""
+    import argparse
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    for f in dataclasses.fields(cls):
+        d = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        d = (defaults or {}).get(f.name, d)
+        flag, h, req = "--" + f.name.replace("_", "-"), f.metadata.get("help", ""), f.metadata.get("required", False)
+        if isinstance(d, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction if d else "store_true", default=d, help=h)
+        elif isinstance(d, list):
+            p.add_argument(flag, nargs="*", type=type(d[0]) if d else str, default=d, required=req, help=h)
+        else:
+            p.add_argument(flag, type=type(d), default=d, required=req, choices=f.metadata.get("choices"),
+                           help=f"{h} (default: {d})")
+    return cls(**vars(p.parse_args(argv)))
+
+
 # ----------------------------------------------------------------------------- experts and benchmark
 
 def git_revision() -> str:
@@ -348,16 +377,16 @@ def git_revision() -> str:
 
 def _expert_stats(args):
     import experts
-    import sim
+    import world
     task, seeds = args
-    env = sim.make_env(task, render=False)
+    env = world.make_env(task, render=False)
     rows = [(s, *experts.run_expert(task, s, env)[:3]) for s in seeds]
     return task, rows
 
 
 def experts(tasks, n_seeds, workers=1) -> dict:
     """Expert success over seeds 0..n-1 per task, without rendering; failures listed with their stage."""
-    import sim
+    import world
     jobs = [(t, list(range(n_seeds))) for t in tasks]
     if workers > 1:
         import multiprocessing as mp
@@ -367,7 +396,7 @@ def experts(tasks, n_seeds, workers=1) -> dict:
         out = list(map(_expert_stats, jobs))
     report = {}
     for task, rows in out:
-        suite = sim.suite_of(task)
+        suite = world.suite_of(task)
         stages = [s[0] for s in suite.STAGES[task]]
         lengths = [r[3] for r in rows]
         # failed_at_stage: the first stage the attempt did not reach ("all" = every stage reached, success
@@ -389,11 +418,12 @@ def bench(tasks, episodes=1, cameras=None, image_size=(96, 96)) -> dict:
     import time
     import experts
     import sim
+    import world
     rows = {}
     for task in tasks:
-        suite = sim.suite_of(task)
+        suite = world.suite_of(task)
         cams = list(cameras or suite.CAMERAS)
-        env = sim.make_env(task, cameras=cams, image_size=image_size, render=True)
+        env = world.make_env(task, cameras=cams, image_size=image_size, render=True)
         t_phys = t_render = 0.0
         n_steps = n_frames = 0
         t_rec = 0.0
@@ -416,7 +446,7 @@ def bench(tasks, episodes=1, cameras=None, image_size=(96, 96)) -> dict:
             with tempfile.TemporaryDirectory() as d:
                 t0 = time.perf_counter()
                 _worker_env.clear()
-                _, ok, _, _, ep = _attempt((task, s, cams, tuple(image_size)))
+                _, ok, _, _, ep = _attempt((task, s, cams, tuple(image_size), False))
                 if ep is not None:
                     save_episode(Path(d) / "ep.npz", ep)
                 t_rec += time.perf_counter() - t0
@@ -445,9 +475,6 @@ def main(argv=None):
     g.add_argument("--cameras", nargs="+", default=None, help="subset of: top left_wrist right_wrist "
                    "(Franka twin tasks: front wrist); default: all of the task's scene")
     g.add_argument("--image-size", type=int, nargs=2, default=[96, 96], metavar=("H", "W"))
-    g.add_argument("--grasp-dwell", type=int, default=0, help="control steps the expert holds still, open, at "
-                   "each pick's grasp pose before closing (experts.Expert.pick; the bar and handover grasps have "
-                   "none); 0: none, as the experts were written")
     g.add_argument("--grasp-natural", action="store_true", help="the expert pinches blocks along the arm's natural "
                    "finger direction whatever the block's yaw (experts.Expert.GRASP_YAW off): the wrist no longer "
                    "turns with a yaw that a --grounded-only policy cannot see; default: the pair of faces nearest it")
@@ -467,8 +494,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         import sim
+        import world
         if a.cmd == "tasks":
-            for suite in sim.suites():
+            for suite in world.SUITES:
                 for t in suite.TASKS.values():
                     arms = ("both at once" if t.both_arms else "one (left or right: the side of the object)") \
                         if suite is sim else f"one ({suite.ROBOT})"
@@ -477,16 +505,16 @@ def main(argv=None):
             if a.episodes < 1:
                 raise DataError(f"--episodes must be >= 1, got {a.episodes}")
             st = generate(a.task, a.episodes, a.out, a.seed, a.workers, a.cameras, a.image_size,
-                          grasp_dwell=a.grasp_dwell, grasp_natural=a.grasp_natural)
+                          grasp_natural=a.grasp_natural)
             print(f"{a.out}: {st['saved']} episodes saved, {st['attempts']} attempts, "
                   f"{len(st['failures'])} expert failures " + (f"(seeds {[f['seed'] for f in st['failures']]})" if st["failures"] else ""))
         elif a.cmd == "show":
             print(show(a.dir, a.episode, a.out))
         elif a.cmd in ("experts", "bench"):
             tasks = a.tasks or list(sim.TASKS)
-            unknown = [t for t in tasks if t not in sim.all_tasks()]
+            unknown = [t for t in tasks if t not in world.all_tasks()]
             if unknown:
-                raise DataError(f"unknown task(s) {unknown}; known tasks: {', '.join(sim.all_tasks())}")
+                raise DataError(f"unknown task(s) {unknown}; known tasks: {', '.join(world.all_tasks())}")
             if a.cmd == "experts":
                 rep = experts(tasks, a.seeds, a.workers)
                 for t, r in rep.items():

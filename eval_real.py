@@ -5,28 +5,45 @@
   franky-sim -s mujoco &                                                          # no robot: the protocol twin
   python eval_real.py --ckpt CKPT --ip 127.0.0.1 --realtime ignore --camera none --instruction "..."
   python eval_real.py --ckpt CKPT --robot mujoco --task franka_pick_place --episodes 50   # the MuJoCo twin
-  python eval_real.py record --robot franky|mujoco --task NAME --instruction "..." --out DIR  # demonstrations
+
+Demonstrations are recorded with record.py (`python record.py --robot franky|mujoco ...`). Installation, the
+safety checklist and the numbers measured for it: docs/real_robot.md.
 
 --robot mujoco (twin.py) runs the same loop, limits and caps on the simulated Franka with rendered cameras and
 a simulated clock (as fast as the CPU allows), over randomised evaluation seeds, scored by the task's success
-predicate; it writes OUT/results.json (default OUT: results/twin/TASK). `record` is in record.py.
+predicate; it writes OUT/results.json in eval_sim.py's schema (default OUT: results/twin/TASK), so that
+`python eval_sim.py compare` pairs twin runs by seed.
 
-Each rollout: connect (the address is probed first, so a wrong one fails in seconds), open the gripper and
-move to the ready pose, then at a fixed rate (default: the checkpoint's fps, held by the clock, not by sleeping
-a fixed dt) read joints + gripper + cameras, and every `n_action_steps` steps ask the policy for a chunk and
-send the executed part as ONE franky waypoint motion (a new point-to-point motion per step would stop the
-arm at every target). The rollout is saved in the project's episode format with a video, the operator's label
-is asked, and a row is appended to OUT/trials.csv with the success rate so far and its Wilson 95% interval.
+Each rollout: connect (the address is probed first, so a wrong one fails in seconds), clear what the last one
+left (a hard stop's pending error; a reflex, recovered with its result checked), open the gripper and move to
+the ready pose (a motion that fails says why at once), then at a fixed rate (default: the checkpoint's fps,
+held by the clock, not by sleeping a fixed dt) read joints + gripper + cameras, and every `n_action_steps`
+steps ask the policy for a chunk and send the executed part as ONE franky waypoint motion (a new
+point-to-point motion per step would stop the arm at every target). The rate actually held is measured and
+reported; the loop says so when it falls behind. The rollout is saved in the project's episode format with a
+video, the operator's label is asked, and a row is appended to OUT/trials.csv with the success rate so far and
+its Wilson 95% interval.
+
+The loop never waits on the gripper: on a real Franka Hand reading `gripper.width` takes about 100 ms, and
+franky's "asynchronous" gripper calls wait for the previous command to finish (a full stroke at 0.05 m/s takes
+1.6 s). A GripperWorker reads the width on its own thread (the loop takes the latest value; a stale one is
+reported) and runs the newest requested command on another.
 
 Safety layers, all on by default, each with a flag:
   * joint targets clamped to the documented limits of --arm minus --joint-margin (0.05 rad);
   * every target within --max-joint-speed / fps (0.5 rad/s -> 0.025 rad at 20 Hz) of the previous one, the
     first one of a chunk of the *measured* joints, so target k is at most (k+1) caps from where the arm is;
-  * franky's relative_dynamics_factor --dynamics 0.2 (velocity, acceleration, jerk at 20% of the limits);
-  * NaN / inf actions stop the rollout; the gripper is binarised with hysteresis + cooldown and commanded
-    only on change; Ctrl-C is deferred to the end of the current step (a second one aborts at once);
+  * no waypoint leads the arm past a limit: its velocity is 0 where a joint reverses or holds (so at a clamped
+    target), and toward a limit at most what brakes to rest before the clamped bound at half the planner's
+    deceleration (waypoint_velocities);
+  * franky's relative_dynamics_factor --dynamics 0.2 (velocity, acceleration, jerk at 20% of the limits), with
+    franky's limits lowered to the --arm's at connect: franky 2.0.0 plans with the Panda's accelerations and
+    jerks, up to twice an FR3's (plan_with_arm_limits);
+  * NaN / inf actions stop the rollout; the gripper is binarised with hysteresis + a cooldown of at least one
+    full stroke, and commanded only on change; Ctrl-C is deferred to the end of the current step (a second one
+    aborts at once);
   * whatever ends the rollout (last step, Ctrl-C, an exception), `finally` stops the motion (JointStopMotion,
-    then franky's hard stop if that fails) and leaves the arm still;
+    then franky's hard stop if that fails, its pending error cleared) and leaves the arm still;
   * --dry-run connects and reads the real state, runs the loop and prints the targets, moves nothing.
 
 Assumptions and choices (documented deviations):
@@ -49,47 +66,30 @@ Assumptions and choices (documented deviations):
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import dataclasses
 import importlib
+import json
 import math
 import signal
 import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import data
+from data import opt
+from franka import ARMS, GRIPPER_MAX_WIDTH, READY, Arm  # noqa: F401  (re-exported: record.py and tests use them)
 
-# ----------------------------------------------------------------------------- Franka facts
-
-@dataclass(frozen=True)
-class Arm:
-    q_min: tuple
-    q_max: tuple
-    dq_max: tuple
-
-
-_FR3_DQ = (2.62, 2.62, 2.62, 2.62, 5.26, 4.18, 5.26)
-ARMS = {  # Franka docs, "control parameters"; rad and rad/s
-    "fr3": Arm((-2.9007, -1.8361, -2.9007, -3.0770, -2.8763, 0.4398, -3.0508),
-               (2.9007, 1.8361, 2.9007, -0.1169, 2.8763, 4.6216, 3.0508), _FR3_DQ),
-    "fr3-pre59": Arm((-2.7437, -1.7837, -2.9007, -3.0421, -2.8065, 0.5445, -3.0159),  # FR3, system < 5.9
-                     (2.7437, 1.7837, 2.9007, -0.1518, 2.8065, 4.5169, 3.0159), _FR3_DQ),
-    "panda": Arm((-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973),
-                 (2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973), (2.175,) * 4 + (2.61,) * 3),
-}
-READY = np.array([0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4])
-GRIPPER_MAX_WIDTH = 0.08  # m; qpos gripper = width / this
 FCI_PORT = 1337           # libfranka's TCP command port (the gripper uses 1338)
-FRANKY_HINT = ("pip install -r requirements-robot.txt (or: pip install franky-control; for a robot server "
-               "other than version 10, the wheel for your libfranka: README 'Running on a real Franka')")
+FRANKY_HINT = ("pip install -r requirements-robot.txt (or: pip install franky-control; for a robot server other "
+               "than version 10, franky's wheel index for it: docs/real_robot.md)")
+STALE_WIDTH_S = 1.0       # s; a gripper width older than this is reported (the hand does not answer)
 
 
 class RobotError(RuntimeError):
@@ -107,10 +107,6 @@ def require(module: str, hint: str):
 
 
 # ----------------------------------------------------------------------------- options (one dataclass -> flags)
-
-def opt(default, help, **kw):
-    return field(default=default, metadata=dict(help=help, **kw))
-
 
 @dataclass
 class Options:
@@ -138,7 +134,8 @@ class Options:
     max_joint_speed: float = opt(0.5, "rad/s; per-step target change cap = this / fps")
     gripper_close_above: float = opt(0.6, "close when 1 - gripper action rises above this")
     gripper_open_below: float = opt(0.4, "open when 1 - gripper action falls below this")
-    gripper_cooldown: float = opt(1.0, "seconds between two gripper commands")
+    gripper_cooldown: float = opt(1.0, "seconds between two gripper commands (at least one full stroke, "
+                                       "0.08 m / --gripper-speed: 1.6 s at 0.05 m/s)")
     gripper_speed: float = opt(0.05, "m/s")
     gripper_force: float = opt(20.0, "N, grasp force")
     home: bool = opt(True, "open the gripper and move to the ready pose before each rollout")
@@ -152,18 +149,8 @@ class Options:
     video: int = opt(0, "--robot mujoco: save this many rollouts (episode + mp4) in OUT/rollouts")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    for f in dataclasses.fields(Options):
-        kw = dict(default=f.default, help=f.metadata["help"] + f" (default: {f.default!r})")
-        if f.type == "bool":
-            kw["action"] = argparse.BooleanOptionalAction
-        else:
-            kw["type"] = {"int": int, "float": float}.get(f.type, str)
-            if "choices" in f.metadata:
-                kw["choices"] = f.metadata["choices"]
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
-    return p
+def parse_options(argv=None) -> Options:
+    return data.parse_options(Options, argv, "eval_real.py", __doc__.split("\n")[0])
 
 
 def check_options(o: Options) -> None:
@@ -195,73 +182,239 @@ def check_reachable(ip: str, port: int = FCI_PORT, timeout: float = 2.0) -> None
         raise RobotError(f"cannot reach {ip}:{port} ({e}); check --ip and this PC's network set-up") from None
 
 
+class GripperWorker:
+    """The Franka Hand off the control thread. One thread keeps reading the width (latest() returns the newest
+    value and its age, never waiting); another runs the newest requested command with franky's blocking calls.
+    A request made while a command runs replaces any request still waiting: only the latest intent is sent, and
+    request() itself never blocks. The width is read at most every `period` s (franky-sim answers in about 1 ms).
+    Commands use franky's blocking calls on the worker's own thread: their futures need no keeping."""
+
+    def __init__(self, gripper, speed=0.05, force=20.0, log=print, period=0.02):
+        self.gripper, self.speed, self.force, self.log, self.period = gripper, speed, force, log, period
+        self.cond = threading.Condition()                # guards everything below; never held across a gripper call
+        self.width, self.t_width = float(gripper.width), time.monotonic()   # m, s: the first read, at connect
+        self.pending, self.busy, self.running, self.error = None, False, True, None
+        self.threads = [threading.Thread(target=fn, daemon=True, name=name)  # daemon: a hung call cannot block exit
+                        for fn, name in ((self._read, "gripper-width"), (self._command, "gripper-command"))]
+        for t in self.threads:
+            t.start()
+
+    def _read(self):
+        while self.running:
+            t0 = time.monotonic()
+            try:
+                w = float(self.gripper.width)            # about 100 ms on a real hand
+            except Exception as e:
+                self.error = e
+                return
+            with self.cond:
+                self.width, self.t_width = w, time.monotonic()
+            time.sleep(max(0.0, self.period - (time.monotonic() - t0)))
+
+    def _command(self):
+        while True:
+            with self.cond:
+                while self.pending is None and self.running:
+                    self.cond.wait()
+                if not self.running:
+                    return
+                closed, self.pending, self.busy = self.pending, None, True
+            try:                                         # blocking: up to a full stroke (1.6 s at 0.05 m/s)
+                if closed:
+                    ok = self.gripper.grasp(0.0, self.speed, self.force, epsilon_inner=1.0, epsilon_outer=1.0)
+                else:
+                    ok = self.gripper.open(self.speed)
+                if not ok:
+                    self.log(f"gripper {'close' if closed else 'open'}: the hand reports failure")
+            except Exception as e:
+                self.log(f"gripper {'close' if closed else 'open'} failed: {type(e).__name__}: {e}")
+            with self.cond:
+                self.busy = False
+                self.cond.notify_all()
+
+    def latest(self) -> tuple:
+        """(width in m, its age in s), without waiting."""
+        if self.error is not None:
+            raise RobotError(f"the gripper width cannot be read: {type(self.error).__name__}: {self.error}")
+        with self.cond:
+            return self.width, time.monotonic() - self.t_width
+
+    def request(self, closed: bool) -> None:
+        with self.cond:
+            self.pending = bool(closed)
+            self.cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait (bounded) until no command runs or waits; True when idle."""
+        with self.cond:
+            return self.cond.wait_for(lambda: self.pending is None and not self.busy, timeout)
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Stop both threads once the last command requested has reached the hand (bounded wait), so the
+        connection is released with nothing under way."""
+        self.wait_idle(timeout)
+        with self.cond:
+            self.running, self.pending = False, None
+            self.cond.notify_all()
+        for t in self.threads:
+            t.join(timeout)
+        self.gripper = None
+
+
+def plan_with_arm_limits(robot, arm: Arm) -> tuple:
+    """franky 2.0.0 plans with the Panda's joint acceleration and jerk limits on every robot (its limit defaults,
+    src/robot.cpp; read back in franky-sim: accelerations [15, 7.5, 10, 12.5, 15, 20, 20] rad/s^2), up to twice an
+    FR3's (10 rad/s^2, 5000 rad/s^3). Lower franky's limits to the arm's (franky refuses values above its own,
+    so the smaller of the two; settable only while no motion runs: at connect). Returns the velocity and
+    acceleration limits the planner now scales by the dynamics factor, (7,) rad/s and rad/s^2."""
+    out = []
+    for limit, ours in ((robot.joint_velocity_limit, arm.dq_max), (robot.joint_acceleration_limit, arm.ddq_max),
+                        (robot.joint_jerk_limit, arm.dddq_max)):
+        value = np.minimum(np.asarray(limit.get(), float).ravel(), ours)
+        limit.set(value)
+        out.append(value)
+    return out[0], out[1]
+
+
+def clear_errors(robot, f, log=print) -> None:
+    """Start a rollout clean: a finished motion's pending error is raised and dropped here (after franky's hard
+    stop, 'Move command preempted' would otherwise fail the next move at once), then a reflex is recovered from;
+    a recovery that fails stops with what to do."""
+    try:
+        robot.join_motion(timeout=1.0)                   # returns at once when no motion runs
+    except f.Exception as e:
+        log(f"the last motion ended with: {type(e).__name__}: {e} (cleared)")
+    if robot.has_errors:
+        log("robot reports errors; recovering")
+        if not robot.recover_from_errors() or robot.has_errors:
+            raise RobotError("the robot reports errors and automatic recovery failed: read the error in Desk and "
+                             "clear it (e.g. guide a joint off its limit), then run again")
+
+
+def waypoint_velocities(targets, q_from, v_from, dt, v_max, a_brake, lo, hi) -> np.ndarray:
+    """(n, 7) rad/s: the velocity the arm passes each waypoint of a chunk with.
+
+    franky's planner meets every waypoint at exactly its position and velocity: where a velocity cannot be
+    reached from the waypoint before, it backs up for a run-up; where it cannot be braked to the next one's,
+    it swings past and comes back (past a clamped target at a limit: 41 mrad at --dynamics 0.2). So:
+    the central difference of the path q_from -> targets[0] -> ... (q_from, v_from: where the arm is and how
+    it moves when the chunk replaces the running motion), 0 where a joint reverses or holds (so at a clamped
+    target) and at the last waypoint (at rest if no chunk follows), at most v_max; then at most what can be
+    reached from the waypoint before and braked to the next one's at a_brake (forward and backward passes),
+    and toward a bound at most what brakes to rest before lo / hi."""
+    t = np.asarray(targets, float)
+    d = np.diff(np.vstack([q_from, t]), axis=0)          # d[k] = targets[k] - the point before it
+    v = np.zeros_like(t)
+    if len(t) > 1:
+        d_in, d_out = d[:-1], d[1:]
+        v[:-1] = np.where(d_in * d_out > 0, (d_in + d_out) / (2 * dt), 0.0)
+    v = np.clip(v, -v_max, v_max)
+    room = np.maximum(np.where(v > 0, hi - t, t - lo), 0.0)   # rad before the bound, in the direction of motion
+    v = np.clip(v, -np.sqrt(2 * a_brake * room), np.sqrt(2 * a_brake * room))
+    speed = np.where(np.asarray(v_from) * d[0] > 0, np.abs(v_from), 0.0)   # along the first segment
+    for k in range(len(t)):                              # reachable from the waypoint before
+        cap = np.sqrt(speed ** 2 + 2 * a_brake * np.abs(d[k]))
+        v[k] = np.clip(v[k], -cap, cap)
+        speed = np.abs(v[k])
+    for k in range(len(t) - 2, -1, -1):                  # brakes to the next waypoint's velocity
+        cap = np.sqrt(v[k + 1] ** 2 + 2 * a_brake * np.abs(d[k + 1]))
+        v[k] = np.clip(v[k], -cap, cap)
+    return v
+
+
 class FrankyBackend:
-    """FR3 / Panda through franky: read_state, send_chunk, set_gripper, stop (the whole backend interface)."""
+    """FR3 / Panda through franky. The backend interface: read_state, send_chunk, set_gripper, stop, close, and
+    optionally begin (before a rollout), motion_finished (homing) and gripper_stroke_s (the gate's cooldown)."""
 
     def __init__(self, ip, arm="fr3", dynamics=0.2, realtime="enforce", gripper_speed=0.05, gripper_force=20.0,
-                 recover=True, log=print):
+                 recover=True, joint_margin=0.05, log=print):
         f = self.f = require("franky", FRANKY_HINT)      # cheapest check first: no network needed
         check_reachable(ip)
         rt = f.RealtimeConfig.Ignore if realtime == "ignore" else f.RealtimeConfig.Enforce
+        limits = ARMS[arm]
         try:
             self.robot = f.Robot(ip, realtime_config=rt)
             self.robot.relative_dynamics_factor = dynamics
-            if self.robot.has_errors and recover:        # e.g. a reflex from the last session; never moves the arm
-                log("robot reports errors; recovering")
-                self.robot.recover_from_errors()
-            self.gripper = f.Gripper(ip)
+            vel, acc = plan_with_arm_limits(self.robot, limits)
+            if recover:                                  # e.g. a reflex from the last session; never moves the arm
+                clear_errors(self.robot, f, log)
+            gripper = f.Gripper(ip)
         except f.RealtimeException as e:
-            raise RobotError(f"{e} -- set up a PREEMPT_RT kernel (README) or pass --realtime ignore") from None
+            raise RobotError(f"{e} -- set up a PREEMPT_RT kernel (docs/real_robot.md) or pass --realtime ignore") from None
         except f.IncompatibleVersionException as e:
-            raise RobotError(f"{e} -- install the franky wheel built for your robot's libfranka: {FRANKY_HINT}") from None
+            raise RobotError(f"{e} -- install the franky wheel built for your robot's server version: {FRANKY_HINT}") from None
         except f.Exception as e:
             raise RobotError(f"cannot connect to the Franka at {ip}: {type(e).__name__}: {e}") from None
-        # franky's planner rejects waypoint velocities above its (scaled) limits: stay at 80% of them
-        limit = np.minimum(np.asarray(self.robot.joint_velocity_limit.get(), float), ARMS[arm].dq_max)
-        self.v_max = 0.8 * dynamics * limit
-        self.speed, self.force, self.log = gripper_speed, gripper_force, log
+        self.hand = GripperWorker(gripper, gripper_speed, gripper_force, log)
+        self.v_max = 0.8 * dynamics * vel                # franky's planner rejects waypoint velocities above its scaled limits
+        self.a_brake = 0.5 * dynamics * acc              # rad/s^2: half the planner's deceleration, for waypoint_velocities
+        self.lo, self.hi = np.add(limits.q_min, joint_margin), np.subtract(limits.q_max, joint_margin)
+        self.gripper_stroke_s = GRIPPER_MAX_WIDTH / gripper_speed   # s, a full open or close
+        self.log, self.stale, self.goal = log, False, None          # goal: where the last motion sent ends (rad)
+
+    def begin(self):
+        self.goal = None
+        clear_errors(self.robot, self.f, self.log)
 
     def read_state(self):
         q = np.asarray(self.robot.current_joint_state.position, float)
-        return q, float(np.clip(self.gripper.width / GRIPPER_MAX_WIDTH, 0.0, 1.0))
+        width, age = self.hand.latest()                  # never waits on the hand
+        if age > STALE_WIDTH_S and not self.stale:
+            self.log(f"WARNING: the gripper width was last read {age:.1f} s ago (does the hand answer?)")
+        self.stale = age > STALE_WIDTH_S
+        return q, float(np.clip(width / GRIPPER_MAX_WIDTH, 0.0, 1.0))
 
     def send_chunk(self, targets, dt):
-        """All targets as one waypoint motion replacing the running one; intermediate ones passed with velocity."""
+        """All targets as one waypoint motion replacing the running one; intermediate ones passed with velocity.
+        A chunk that only holds the pose the last motion ends at (at rest) is not sent: re-planning it from the
+        robot's reported velocity, which lags the plan, would only add overshoot (a joint held at a limit)."""
         f, t = self.f, np.asarray(targets, float)
-        v, d = np.zeros_like(t), np.diff(t, axis=0)
-        if len(t) > 1:
-            v[0] = d[0] / dt
-            # central difference, but 0 where a joint reverses or holds: the arm never overshoots a target
-            # (a clamped one sits right at the limit margin)
-            v[1:-1] = np.where(d[:-1] * d[1:] > 0, (d[:-1] + d[1:]) / (2 * dt), 0.0)
-        v = np.clip(v, -self.v_max, self.v_max)          # last stays 0: at rest if no new chunk comes
+        if self.goal is not None and np.abs(t - self.goal).max() < 1e-9:
+            self.robot.poll_motion()                     # nothing new to send; a failed motion still raises here
+            return
+        s = self.robot.state                             # the commanded state the new motion starts from
+        v = waypoint_velocities(t, np.asarray(s.q_d, float), np.asarray(s.dq_d, float), dt, self.v_max,
+                                self.a_brake, self.lo, self.hi)
         ms = f.Duration(max(1, int(round(dt * 1000))))
         wps = [f.JointWaypoint(f.JointState(t[k], v[k]), minimum_time=ms) for k in range(len(t))]
+        self.goal = None
         self.robot.move(f.JointWaypointMotion(wps), asynchronous=True)   # errors of the last one surface here
+        self.goal = t[-1]
 
     def set_gripper(self, closed: bool):
-        # asynchronous so the loop keeps its rate; the cooldown keeps commands from queueing up. The future is
-        # dropped at once (the command still runs): one kept past its Gripper hangs the next connection (tried).
-        if closed:
-            self.gripper.grasp_async(0.0, self.speed, self.force, epsilon_inner=1.0, epsilon_outer=1.0)
-        else:
-            self.gripper.open_async(self.speed)
+        self.hand.request(closed)                        # the worker sends it; the loop goes on at once
+
+    def motion_finished(self) -> bool:
+        """Whether the running motion has ended, without waiting; one that failed raises why (reflex, limit).
+        franky 2.0.0's poll_motion() is join_motion(0): True once finished (its docstring says the reverse)."""
+        try:
+            return bool(self.robot.poll_motion())
+        except self.f.Exception as e:
+            raise RobotError(f"the motion failed: {type(e).__name__}: {e} (see Desk; the next rollout recovers)") from None
 
     def stop(self):
         """Bring the arm to rest; never raises (it runs in `finally`), but says loudly when it fails."""
+        self.goal = None
         try:
             self.robot.move(self.f.JointStopMotion(), asynchronous=True)
             if self.robot.join_motion(timeout=5.0):
                 return
+            self.log("stop: the stop motion did not end within 5 s; using franky's hard stop")
         except BaseException as e:                       # a failed previous motion surfaces here
             self.log(f"stop: {type(e).__name__}: {e}; using franky's hard stop")
         try:
             self.robot.stop()
         except BaseException as e:
             self.log(f"WARNING: could not stop the robot ({type(e).__name__}: {e}); use the user stop")
+            return
+        try:                                             # the hard stop leaves an error pending for the next move
+            clear_errors(self.robot, self.f, self.log)
+        except BaseException as e:
+            self.log(f"WARNING: after the hard stop: {e}")
 
     def close(self):
-        self.robot = self.gripper = None                 # dropping franky's objects closes the connections
+        self.hand.close()
+        self.robot = self.hand = None                    # dropping franky's objects closes the connections
 
 
 class DryRunBackend:
@@ -269,6 +422,7 @@ class DryRunBackend:
 
     def __init__(self, backend, log=print):
         self.backend, self.log = backend, log
+        self.gripper_stroke_s = getattr(backend, "gripper_stroke_s", 0.0)
 
     def read_state(self):
         return self.backend.read_state()
@@ -289,11 +443,11 @@ class DryRunBackend:
 
 def make_backend(o: Options, log=print):
     if o.robot == "mujoco":
-        raise RobotError("--robot mujoco runs through twin.evaluate (python eval_real.py --robot mujoco ...)")
+        raise RobotError("--robot mujoco runs through evaluate_twin (python eval_real.py --robot mujoco ...)")
     if not o.ip:
         raise RobotError("--ip is required (the robot's FCI address)")
     return FrankyBackend(o.ip, o.arm, o.dynamics, o.realtime, o.gripper_speed, o.gripper_force,
-                         recover=not o.dry_run, log=log)
+                         recover=not o.dry_run, joint_margin=o.joint_margin, log=log)
 
 
 # ----------------------------------------------------------------------------- cameras
@@ -456,7 +610,8 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                 done=None):
     """One rollout, appended step by step to rec['images'|'qpos'|'action'] (so a failure keeps what was
     recorded); returns why it ended. The arm is stopped on every way out. `done()` (the twin's success
-    predicate) ends the rollout early with 'done'."""
+    predicate) ends the rollout early with 'done'. rec['rate_hz'] is the control rate actually held (from the
+    steps' start times) and rec['overruns'] the steps that started late."""
     fps = o.fps or float(policy.fps)
     dt = 1.0 / fps
     n_exec = 1 if o.query == "step" else max(1, min(o.n_action_steps or policy.n_action_steps, policy.horizon))
@@ -464,17 +619,22 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
     lo, hi = np.add(arm.q_min, o.joint_margin), np.subtract(arm.q_max, o.joint_margin)
     hw = tuple(policy.image_size)
     black = {c: np.zeros(hw + (3,), np.uint8) for c in policy.cameras}
+    # a new gripper command only once the last one can have finished a full stroke (1.6 s at 0.05 m/s)
+    cooldown = max(o.gripper_cooldown, getattr(backend, "gripper_stroke_s", 0.0))
     policy.reset()
     rec.setdefault("overruns", 0)
+    starts = []                                          # s, when each step began (its state was read)
     with deferred_interrupt(log) as interrupted:
         try:
+            if hasattr(backend, "begin") and not o.dry_run:
+                backend.begin()                          # what the last rollout left (a hard stop's error, a reflex)
             homed = o.home and not o.dry_run
             if homed:
                 go_home(backend, clock, sleep, interrupted)
             elif o.home:
                 log("[dry-run] would open the gripper and move to the ready pose")
             closed = False if homed else backend.read_state()[1] < 0.5
-            gate = GripperGate(closed, o.gripper_close_above, o.gripper_open_below, o.gripper_cooldown)
+            gate = GripperGate(closed, o.gripper_close_above, o.gripper_open_below, cooldown)
             chunk = targets = prev_qpos = None
             start, next_t = 0, clock()
             for step in range(o.max_steps):
@@ -482,6 +642,7 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                     return "ctrl-c"
                 if done is not None and done():
                     return "done"
+                starts.append(clock())
                 q, width = backend.read_state()
                 images = {c: resize(cam.read(), hw) for c, cam in cameras.items()}
                 qpos = np.append(q, width).astype(np.float32)
@@ -502,7 +663,7 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                 i = step - start
                 change = gate.update(chunk[i, 7], clock())
                 if change is not None:
-                    backend.set_gripper(change)
+                    backend.set_gripper(change)          # never waits on the hand (GripperWorker)
                 for c, img in images.items():
                     rec["images"].setdefault(c, []).append(img)
                 rec["qpos"].append(qpos)
@@ -514,22 +675,42 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                     sleep(wait)
                 else:
                     rec["overruns"] += 1
+                    if rec["overruns"] == 1:
+                        log(f"step {step}: {-wait * 1000:.0f} ms behind the {fps:g} Hz schedule (slow inference, "
+                            "camera or CPU); re-anchored, the rate held is reported at the end")
                     next_t = clock()                     # late: re-anchor instead of bursting to catch up
             return "max-steps"
         finally:
+            rec["rate_hz"] = measured_rate(starts)
             backend.stop()
 
 
-def go_home(backend, clock=time.monotonic, sleep=time.sleep, interrupted=None, timeout=30.0, tol=0.03):
-    """Open the gripper and move to the ready pose as one planned motion; wait (bounded) until there."""
+def measured_rate(starts) -> float:
+    """Steps per second from the steps' start times (0.0 with fewer than two steps)."""
+    if len(starts) < 2 or starts[-1] <= starts[0]:
+        return 0.0
+    return (len(starts) - 1) / (starts[-1] - starts[0])
+
+
+def go_home(backend, clock=time.monotonic, sleep=time.sleep, interrupted=None, timeout=30.0, tol=0.03, settle=1.0):
+    """Open the gripper and move to the ready pose as one planned motion; wait (bounded) until there. A motion
+    that fails raises its reason at once (backend.motion_finished); one that ends elsewhere, after `settle` s."""
     backend.set_gripper(False)
     backend.send_chunk(READY[None], 1.0)
-    deadline = clock() + timeout
+    finished = getattr(backend, "motion_finished", None)
+    deadline, ended = clock() + timeout, None
     while clock() < deadline:
         if interrupted is not None and interrupted.is_set():
             return                                       # the loop sees the flag and ends the rollout
-        if np.abs(backend.read_state()[0] - READY).max() < tol:
+        off = np.abs(backend.read_state()[0] - READY)
+        if off.max() < tol:
             return
+        if finished is not None and finished():          # raises RobotError when the motion failed
+            ended = clock() if ended is None else ended
+            if clock() - ended > settle:
+                j = int(off.argmax())
+                raise RobotError(f"the motion to the ready pose ended with joint {j + 1} {off[j]:.3f} rad away from "
+                                 "it (blocked by something? check Desk)")
         sleep(0.1)
     raise RobotError(f"the arm did not reach the ready pose within {timeout:g} s (blocked? reflex? check Desk)")
 
@@ -598,7 +779,7 @@ def ask_label(ask) -> str:
             return "success" if ans[0] == "y" else "fail"
 
 
-# ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- a session on the arm
 
 def load_policy(o: Options):
     if not o.ckpt or not Path(o.ckpt).is_file():
@@ -639,7 +820,12 @@ def run(o: Options, policy=None, backend=None, cameras=None, clock=time.monotoni
                 ended = run_episode(policy, backend, cameras, o, rec, clock, sleep, log)
             except BaseException as e:                   # saved and logged below, then re-raised
                 error, ended = e, "error"
-            log(f"rollout ended ({ended}) after {len(rec['action'])} steps, {rec.get('overruns', 0)} late")
+            rate = rec.get("rate_hz", 0.0)
+            log(f"rollout ended ({ended}) after {len(rec['action'])} steps at {rate:.2f} Hz (target {fps:g}), "
+                f"{rec.get('overruns', 0)} late")
+            if rate and rate < 0.95 * fps:
+                log(f"WARNING: the loop held {rate:.2f} Hz, {100 * (1 - rate / fps):.0f}% below {fps:g} Hz: each step "
+                    "was longer than the policy was trained on (slow inference or camera? --n-action-steps)")
             path = save_rollout(out, policy, o, rec, fps, log) if rec["action"] else None
             if error is not None:
                 label = "aborted" if isinstance(error, KeyboardInterrupt) else "error"
@@ -653,7 +839,7 @@ def run(o: Options, policy=None, backend=None, cameras=None, clock=time.monotoni
             log(f"{label}: {row['successes_so_far']}/{row['trials_so_far']} so far, 95% Wilson interval "
                 f"[{row['wilson_low']}, {row['wilson_high']}]" + (f"; saved {path}" if path else ""))
             results.append({"episode": path, "label": label, "ended": ended, "steps": len(rec["action"]),
-                            "overruns": rec.get("overruns", 0)})
+                            "overruns": rec.get("overruns", 0), "rate_hz": rate})
             if error is not None:
                 raise error
             if ep + 1 < o.episodes and not o.label:
@@ -665,16 +851,78 @@ def run(o: Options, policy=None, backend=None, cameras=None, clock=time.monotoni
     return results
 
 
+# ----------------------------------------------------------------------------- --robot mujoco: the twin
+
+def twin_episode(env, seed: int, rec: dict, ended: str) -> dict:
+    """One twin rollout as eval_sim.rollout_batch reports an episode (its keys), plus why it ended. Gripper
+    events come from the commanded gripper channel; steps count control steps since reset, as env.stage_steps."""
+    import eval_sim
+    acts = np.asarray(rec["action"], np.float32).reshape(-1, 8)
+    events = eval_sim.gripper_events(acts, [7])
+    ok = bool(env.success)
+    fstep = env.stage_steps[-1] if env.stage_steps else 0
+    uniform_step = int(np.random.default_rng(seed).integers(0, max(len(acts), 1)))   # as eval_sim: the seed's draw
+    return {"seed": seed, "instruction": rec["instruction"], "true_instruction": env.layout.instruction,
+            "success": ok, "furthest_stage": env.stages[env.stage - 1][0] if env.stage else "none",
+            "stages_reached": env.stage, "failure_type": eval_sim.classify(ok, env.stage, env.stages),
+            "failure_step": None if ok else fstep,
+            "failure_to_nearest_event": None if ok else eval_sim.nearest_distance(fstep, events),
+            "uniform_step_to_nearest_event": None if ok else eval_sim.nearest_distance(uniform_step, events),
+            "gripper_events": events, "length": len(acts), "ended": ended}
+
+
+def evaluate_twin(o: Options, policy=None, log=print, command: str | None = None) -> dict:
+    """`eval_real.py --robot mujoco`: o.episodes randomised rollouts of twin task o.task through run_episode,
+    scored by the task's success predicate. Writes OUT/results.json as eval_sim.py does: {command, git_revision,
+    config (the options as run: caps, dynamics, arm, the task's max_steps), tasks: {task: eval_sim.summarise},
+    wall_s}."""
+    import eval_sim
+    import twin
+    check_options(o)
+    if o.task not in twin.TASKS:
+        raise RobotError(f"--robot mujoco needs a twin task (--task): {', '.join(twin.TASKS)}; got '{o.task}'")
+    policy = policy or load_policy(o)  # before any renderer: torch imported after an EGL context segfaults
+    check_layout(policy)
+    bad = [c for c in policy.cameras if c not in twin.CAMERAS]
+    if bad:
+        raise RobotError(f"the checkpoint's camera(s) {bad} are not the twin's ({', '.join(twin.CAMERAS)})")
+    backend = twin.TwinBackend(o.task, list(policy.cameras), tuple(policy.image_size), o.dynamics, o.arm)
+    cameras = {c: twin.TwinCamera(backend.env, c) for c in policy.cameras}
+    run_o = dataclasses.replace(o, max_steps=min(o.max_steps, twin.TASKS[o.task].max_steps),  # never past the task's
+                                fps=o.fps or float(policy.fps), n_action_steps=o.n_action_steps or policy.n_action_steps)
+    out = Path(o.out if o.out != Options.out else f"results/twin/{o.task}")
+    out.mkdir(parents=True, exist_ok=True)
+    eps, t0 = [], time.time()
+    for i, seed in enumerate(twin.eval_seeds(o.seed, o.episodes)):
+        obs = backend.reset(seed)
+        rec = {"images": {}, "qpos": [], "action": [], "instruction": o.instruction or obs["instruction"]}
+        ended = run_episode(policy, backend, cameras, run_o, rec, clock=backend.clock, sleep=backend.sleep,
+                            log=log, done=lambda: backend.env.success)
+        eps.append(twin_episode(backend.env, seed, rec, ended))
+        if i < o.video:
+            save_rollout(out / "rollouts", policy, run_o, rec, 1.0 / twin.DT, log)
+        k = sum(e["success"] for e in eps)
+        log(f"episode {i + 1}/{o.episodes} seed {seed}: {eps[-1]['failure_type']} after {eps[-1]['length']} steps "
+            f"({k}/{i + 1} so far)")
+    wall = time.time() - t0
+    summary = eval_sim.summarise(o.task, eps, wall)
+    res = {"command": command or "python " + " ".join(sys.argv), "git_revision": data.git_revision(),
+           "config": dataclasses.asdict(run_o), "tasks": {o.task: summary}, "wall_s": wall}
+    data.atomic_write_bytes(out / "results.json", lambda f: f.write(json.dumps(res, indent=1).encode()))
+    lo, hi = summary["wilson95"]
+    log(f"{o.task}: {summary['successes']}/{summary['episodes']} = {summary['success_rate']:.2f}, Wilson 95% "
+        f"[{lo:.2f}, {hi:.2f}] -> {out / 'results.json'}")
+    return res
+
+
+# ----------------------------------------------------------------------------- main
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["record"]:
-        import record
-        return record.main(argv[1:])
-    o = Options(**vars(build_parser().parse_args(argv)))
+    o = parse_options(argv)
     try:
         if o.robot == "mujoco":
-            import twin
-            twin.evaluate(o)
+            evaluate_twin(o, command="python eval_real.py " + " ".join(argv))
         else:
             run(o)
     except RobotError as e:

@@ -1,10 +1,11 @@
-"""Closed-loop evaluation in the MuJoCo scenes, with failure attribution, comparisons and the main job.
+"""Closed-loop evaluation in the MuJoCo scenes, with failure attribution, comparisons and diagnostics.
 
   python eval_sim.py --ckpt RUN/ckpt.pt --task lift_block --episodes 100 --out DIR [--video 2] [--workers 2]
   python eval_sim.py compare DIR [DIR ...] --out REPORT_DIR      # markdown table + PNG charts + paired test
   python eval_sim.py compare none=D1,D2 stake=D3,D4 --out R      # several training seeds per variant
   python eval_sim.py probe --ckpt RUN/ckpt.pt --task T --out probe.png   # StaKe heads along a rollout
-  python eval_sim.py main                                          # the README's end-to-end small job
+  python eval_sim.py openloop --ckpt RUN/ckpt.pt --data DIR       # chunk error on demonstrations, by step
+  python eval_sim.py bench --ckpt RUN/ckpt.pt [--task T]           # episodes/min, cameras every step vs when read
 
 Evaluation seeds are sim.EVAL_SEED_OFFSET + seed * 100_000 + i: disjoint from demonstration seeds (which
 data.py keeps below the offset) by construction, and identical across variants, so results pair up.
@@ -23,7 +24,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,27 +32,29 @@ import numpy as np
 import data
 import segment
 import sim
+import world
+from data import opt
 
 
 @dataclass
 class EvalConfig:
-    ckpt: str = ""  # checkpoint written by train.py (RUN/ckpt.pt)
-    task: list = field(default_factory=list)  # task name(s); default: the tasks the checkpoint was trained on
-    episodes: int = 20  # evaluation episodes per task
-    out: str = "outputs/eval"  # folder for results.json and videos
-    seed: int = 0  # evaluation seed block: seeds are EVAL_SEED_OFFSET + seed * 100_000 + i
-    video: int = 0  # save this many rollouts per task as mp4 (instruction and gripper state drawn)
-    workers: int = 1  # parallel worker processes (each runs a batch of environments)
-    batch: int = 10  # environments stepped together per worker; one batched policy call per chunk
-    cameras: list = field(default_factory=list)  # default: the checkpoint's cameras
-    blank_images: bool = False  # control: all images black (a VLA should fail without vision)
-    shuffle_instructions: bool = False  # control: each episode gets the instruction of an episode with another target (shuffled_instructions)
-    device: str = "cpu"  # torch device for the policy
-    max_steps: int = 0  # override the task's step limit (0: use sim.TASKS[task].max_steps)
-    demo_seeds: bool = False  # diagnostic: roll out on demonstration seeds 0..N-1 (the training layouts), not held-out ones
-    n_action_steps: int = 0  # steps of each chunk executed before re-querying (0: the checkpoint's; as eval_real.py)
-    noise_scale: float = 1.0  # the flow's starting noise times this (0: one deterministic chunk per observation); model.py Policy
-    raw_gripper: bool = False  # send the gripper output unsnapped (as evaluations before the tenth session did); default 0/1, model.py Policy
+    ckpt: str = opt("", "checkpoint written by train.py (RUN/ckpt.pt)")
+    task: list = opt([], "task name(s); default: the tasks the checkpoint was trained on")
+    episodes: int = opt(20, "evaluation episodes per task")
+    out: str = opt("outputs/eval", "folder for results.json and videos")
+    seed: int = opt(0, "evaluation seed block: seeds are EVAL_SEED_OFFSET + seed * 100_000 + i")
+    video: int = opt(0, "save this many rollouts per task as mp4 (instruction and gripper state drawn)")
+    workers: int = opt(1, "parallel worker processes (each runs a batch of environments)")
+    batch: int = opt(10, "environments stepped together per worker; one batched policy call per chunk")
+    cameras: list = opt([], "default: the checkpoint's cameras")
+    blank_images: bool = opt(False, "control: all images black (a VLA should fail without vision)")
+    shuffle_instructions: bool = opt(False, "control: each episode gets the instruction of an episode with another "
+                                     "target (shuffled_instructions)")
+    device: str = opt("cpu", "torch device for the policy")
+    max_steps: int = opt(0, "override the task's step limit (0: the task's max_steps)")
+    demo_seeds: bool = opt(False, "diagnostic: roll out on demonstration seeds 0..N-1 (the training layouts)")
+    n_action_steps: int = opt(0, "steps of each chunk executed before re-querying (0: the checkpoint's)")
+    noise_scale: float = opt(1.0, "the flow's starting noise times this (0: one deterministic chunk per observation)")
 
     def __post_init__(self):
         if self.episodes < 1 or self.workers < 1 or self.batch < 1 or self.video < 0 or self.n_action_steps < 0:
@@ -60,7 +63,8 @@ class EvalConfig:
             raise ValueError(f"--noise-scale {self.noise_scale}: must be in [0, 1]")
         unknown = [t for t in self.task if t not in sim.TASKS]
         if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; known tasks: {', '.join(sim.TASKS)}")
+            raise ValueError(f"unknown task(s) {unknown}; eval_sim.py runs the bimanual tasks {', '.join(sim.TASKS)} "
+                             f"(the Franka twin's: eval_real.py --robot mujoco)")
 
 
 def eval_seeds(seed, n):
@@ -94,8 +98,10 @@ def nearest_distance(step: int, events: list) -> float | None:
 
 # ============================================================================ rollouts
 
-def rollout_batch(policy, task: str, seeds: list, cfg: EvalConfig, instructions=None, record_video=0):
-    """Roll out len(seeds) environments in lock-step; one batched policy call per chunk. Returns per-episode dicts."""
+def rollout_batch(policy, task: str, seeds: list, cfg: EvalConfig, instructions=None, record_video=0,
+                  render_every_step=False):
+    """Roll out len(seeds) environments in lock-step; one batched policy call per chunk. Returns per-episode dicts.
+    Cameras render only at the steps whose images are read (render_every_step: at all, for `bench`)."""
     cams = cfg.cameras or policy.cameras
     envs = [sim.Env(task, cameras=cams, image_size=tuple(policy.image_size)) for _ in seeds]
     obs = [e.reset(s) for e, s in zip(envs, seeds)]
@@ -135,7 +141,8 @@ def rollout_batch(policy, task: str, seeds: list, cfg: EvalConfig, instructions=
                 frames[i].append(data.annotate(np.concatenate([obs[i]["images"][c] for c in cams], 1),
                                                obs[i]["instruction"], a[sim.GRIPPER_INDICES]))
             ins = obs[i]["instruction"]
-            obs[i] = envs[i].step(a)
+            # cameras only where they are read: the next query step, and every step of a recorded episode
+            obs[i] = envs[i].step(a, render=render_every_step or (t + 1) % n_exec == 0 or i < len(frames))
             obs[i]["instruction"] = ins
             actions[i].append(np.asarray(a, np.float32))
             if envs[i].success:
@@ -179,7 +186,6 @@ _worker_policy = {}
 
 def with_eval_options(policy, cfg: EvalConfig):
     """The evaluation's settings of how a Policy acts (one place for the main process and the workers)."""
-    policy.binary_gripper = not cfg.raw_gripper
     policy.noise_scale = cfg.noise_scale
     return policy
 
@@ -190,9 +196,12 @@ def evaluate(cfg: EvalConfig, command: str | None = None) -> dict:
     if not Path(cfg.ckpt).is_file():
         raise ValueError(f"--ckpt {cfg.ckpt}: no such checkpoint file")
     policy = with_eval_options(Policy.load(cfg.ckpt, device=cfg.device), cfg)
-    tasks = cfg.task or list(getattr(policy, "meta", {}).get("tasks", {}))  # default: the tasks it was trained on
+    trained = list(policy.meta.get("tasks", {}))
+    tasks = cfg.task or trained  # default: the tasks it was trained on
     if not tasks:
         raise ValueError("no --task given and the checkpoint names no tasks")
+    if unseen := [t for t in tasks if t not in trained]:
+        raise ValueError(f"--task {' '.join(unseen)}: {cfg.ckpt} was trained on {', '.join(trained) or 'no named task'}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"command": command or "python " + " ".join(sys.argv), "git_revision": data.git_revision(),
@@ -260,76 +269,12 @@ def summarise(task, eps, wall):
     fails = [e for e in eps if not e["success"]]
     near = [e["failure_to_nearest_event"] for e in fails if e["failure_to_nearest_event"] is not None]
     unif = [e["uniform_step_to_nearest_event"] for e in fails if e["uniform_step_to_nearest_event"] is not None]
-    return {"gripper_events": sim.TASKS[task].gripper_events, "episodes": n, "successes": k,
+    return {"gripper_events": world.suite_of(task).TASKS[task].gripper_events, "episodes": n, "successes": k,
             "success_rate": k / n, "wilson95": wilson(k, n),
             "failure_types": {t: sum(e["failure_type"] == t for e in eps) for t in ("motion-fail", "skill-fail", "timeout")},
             "failure_to_nearest_event_mean": float(np.mean(near)) if near else None,
             "uniform_step_to_nearest_event_mean": float(np.mean(unif)) if unif else None,
             "episodes_per_min": 60 * n / max(wall, 1e-9), "per_episode": eps}
-
-
-# ============================================================================ charts (PIL only; no matplotlib)
-
-PALETTE = [(90, 90, 90), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
-
-
-def _canvas(w, h):
-    from PIL import Image, ImageDraw
-    img = Image.new("RGB", (w, h), (255, 255, 255))
-    return img, ImageDraw.Draw(img)
-
-
-def bar_chart(path, groups: list, variants: list, values, lows, highs, title: str):
-    """Grouped bars (groups x variants) of rates in [0, 1] with interval whiskers."""
-    W, H, L, B = max(120 + 110 * len(groups), 60 + 110 * len(variants), 7 * len(title) + 60), 340, 50, 60
-    img, d = _canvas(W, H)
-    d.text((L, 6), title, fill=(0, 0, 0))
-    y = lambda v: H - B - v * (H - B - 30)  # noqa: E731
-    for v in (0, 0.25, 0.5, 0.75, 1.0):
-        d.line([L, y(v), W - 10, y(v)], fill=(225, 225, 225))
-        d.text((8, y(v) - 6), f"{v:.2f}", fill=(0, 0, 0))
-    bw = 90 / max(len(variants), 1)
-    for gi, g in enumerate(groups):
-        x0 = L + 10 + gi * 110
-        d.text((x0, H - B + 6), g[:16], fill=(0, 0, 0))
-        for vi in range(len(variants)):
-            xa = x0 + vi * bw
-            c = PALETTE[vi % len(PALETTE)]
-            d.rectangle([xa, y(values[gi][vi]), xa + bw - 3, y(0)], fill=c)
-            xm = xa + bw / 2 - 1
-            d.line([xm, y(lows[gi][vi]), xm, y(highs[gi][vi])], fill=(0, 0, 0), width=1)
-    for vi, v in enumerate(variants):
-        d.rectangle([L + vi * 110, H - 22, L + vi * 110 + 10, H - 12], fill=PALETTE[vi % len(PALETTE)])
-        d.text((L + vi * 110 + 14, H - 24), v[:14], fill=(0, 0, 0))
-    img.save(path)
-
-
-def scatter_chart(path, points: list, title: str, xlabel: str, ylabel: str,
-                  empty_note="no conclusive points: every baseline is within 0.1 of floor or ceiling"):
-    """points: (x, y, label, colour index). Axes fitted to the data, zero line drawn."""
-    W, H, L, B = 520, 340, 60, 40
-    img, d = _canvas(W, H)
-    d.text((L, 6), title, fill=(0, 0, 0))
-    if points:
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        x0, x1 = min(xs) - 0.5, max(xs) + 0.5
-        y0, y1 = min(min(ys), 0) - 0.1, max(max(ys), 0) + 0.1
-        X = lambda v: L + (v - x0) / (x1 - x0) * (W - L - 20)  # noqa: E731
-        Y = lambda v: H - B - (v - y0) / (y1 - y0) * (H - B - 30)  # noqa: E731
-        d.line([L, Y(0), W - 20, Y(0)], fill=(180, 180, 180))
-        for v in np.linspace(y0, y1, 5):
-            d.text((4, Y(v) - 6), f"{v:+.2f}", fill=(0, 0, 0))
-        for v in sorted(set(xs)):
-            d.text((X(v) - 3, H - B + 4), f"{v:g}", fill=(0, 0, 0))
-        for x, yv, label, ci in points:
-            c = PALETTE[ci % len(PALETTE)]
-            d.ellipse([X(x) - 4, Y(yv) - 4, X(x) + 4, Y(yv) + 4], fill=c)
-            d.text((X(x) + 6, Y(yv) - 6), label[:18], fill=c)
-    else:  # say why the chart is empty rather than leave a blank plot
-        d.text((L, H // 2), empty_note, fill=(160, 0, 0))
-    d.text((W // 2 - 40, H - 18), xlabel, fill=(0, 0, 0))
-    d.text((4, 18), ylabel, fill=(0, 0, 0))
-    img.save(path)
 
 
 # ============================================================================ compare
@@ -377,6 +322,7 @@ def compare(dirs: list, out: str, labels: list | None = None) -> str:
     them. The paired test matches folder i of the variant with folder i of the baseline (a variant with a
     single folder, such as the base policy, with the baseline's first folder only, so that no episode counts
     twice), and episodes within a pair of folders by evaluation seed."""
+    import plots
     groups = [[str(d)] if isinstance(d, (str, Path)) else [str(x) for x in d] for d in dirs]
     runs = []
     for g in groups:
@@ -452,11 +398,11 @@ def compare(dirs: list, out: str, labels: list | None = None) -> str:
                "tasks": {t: {"gripper_events": events[t], "variants": dict(zip(labels, pooled[t]))} for t in tasks}}
     data.atomic_write_bytes(outp / "compare.md", lambda f: f.write(md.encode()))
     data.atomic_write_bytes(outp / "compare.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
-    bar_chart(outp / "success.png", tasks, labels, [[x["success_rate"] for x in pooled[t]] for t in tasks],
+    plots.bar_chart(outp / "success.png", tasks, labels, [[x["success_rate"] for x in pooled[t]] for t in tasks],
               [[x["wilson95"][0] for x in pooled[t]] for t in tasks], [[x["wilson95"][1] for x in pooled[t]] for t in tasks],
               "success rate per task (Wilson 95% whiskers)")
     if len(runs) > 1:
-        scatter_chart(outp / "gain_vs_events.png", points, f"relative gain over {labels[0]} vs gripper events per task",
+        plots.scatter_chart(outp / "gain_vs_events.png", points, f"relative gain over {labels[0]} vs gripper events per task",
                       "gripper events (expert)", "relative gain")
     return md
 
@@ -466,9 +412,9 @@ def compare(dirs: list, out: str, labels: list | None = None) -> str:
 def probe(ckpt: str, task: str, seed: int, out: str, device="cpu") -> dict:
     """Roll out the policy once; at every step read the StaKe heads (which inference never uses) and plot the
     stage head's probability against the rollout's true gripper stage, and the keyframe head's error."""
-    from model import Policy
-    from PIL import Image, ImageDraw
     import torch
+    import plots
+    from model import Policy
     torch.manual_seed(seed)  # select_action draws the flow's noise from the global generator
     policy = Policy.load(ckpt, device=device)
     env = sim.Env(task, cameras=policy.cameras, image_size=tuple(policy.image_size))
@@ -490,35 +436,44 @@ def probe(ckpt: str, task: str, seed: int, out: str, device="cpu") -> dict:
     true_key = segment.keyframe_targets(acts, seg)
     key_err = np.abs(keys - true_key)[:, [i for i in range(acts.shape[1]) if i not in sim.GRIPPER_INDICES]].mean(1)
     T = len(acts)
-    W, H = max(560, 3 * T + 80), 320
-    img = Image.new("RGB", (W, H), (255, 255, 255))
-    d = ImageDraw.Draw(img)
-    X = lambda t: 60 + t * (W - 80) / max(T - 1, 1)  # noqa: E731
-    d.text((60, 4), f"{task} seed {env.seed}: success={env.success}; stage head p(skill) vs true stage", fill=(0, 0, 0))
-    for k in range(probs.shape[1]):
-        y0 = 30 + k * 70
-        Y = lambda v, y0=y0: y0 + 60 - 55 * v  # noqa: E731
-        for t in range(T):  # true stage as a band
-            if (true_stage[t, k] if probs.shape[1] == true_stage.shape[1] else true_stage[t].max()):
-                d.rectangle([X(t), y0 + 5, X(t) + 3, y0 + 60], fill=(210, 225, 245))
-        d.line([(X(t), Y(float(probs[t, k]))) for t in range(T)], fill=(214, 39, 40), width=2)
-        d.text((4, y0 + 25), ["left", "right", "any"][k if probs.shape[1] > 1 else 2], fill=(0, 0, 0))
-    y0 = 30 + probs.shape[1] * 70 + 10
-    m = float(key_err.max()) + 1e-6
-    d.text((4, y0), "keyframe |err|", fill=(0, 0, 0))
-    d.line([(X(t), y0 + 70 - 65 * float(key_err[t]) / m) for t in range(T)], fill=(31, 119, 180), width=2)
-    for t, _, kind in seg.events:
-        d.line([X(t), 25, X(t), H - 10], fill=(44, 160, 44) if kind == "open" else (0, 0, 0))
-    d.text((60, H - 14), "blue band: true skill stage; red: stage head p(skill); vertical lines: gripper events", fill=(80, 80, 80))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    img.save(out)
+    plots.stage_probe(out, f"{task} seed {env.seed}: success={env.success}; stage head p(skill) vs true stage",
+                      probs, true_stage, key_err, seg.events)
     agree = float(((probs > 0.5) == (true_stage[:, :probs.shape[1]] > 0.5 if probs.shape[1] == true_stage.shape[1]
                                       else true_stage.max(1, keepdims=True) > 0.5)).mean())
     return {"steps": T, "success": bool(env.success), "stage_agreement": agree,
             "keyframe_l1_mean": float(key_err.mean()), "events": seg.events}
 
 
-# ============================================================================ the main job
+# ============================================================================ benchmark
+
+def bench(ckpt: str, task: str = "lift_block", episodes: int = 10, batch: int = 10, noise_scale: float = 0.0) -> dict:
+    """Episodes per minute of one process rolling out `ckpt`, with the cameras rendered at every control step
+    (as evaluation did before) and only at the steps the policy reads, on the same seeds; the outcomes must be
+    the same."""
+    import torch
+    from model import Policy
+    torch.set_num_threads(1)
+    policy = Policy.load(ckpt)
+    policy.noise_scale = noise_scale
+    cfg = EvalConfig(ckpt=ckpt, task=[task], episodes=episodes, batch=batch, noise_scale=noise_scale)
+    seeds, rates, outcomes = eval_seeds(0, episodes), {}, {}
+    for every in (True, False):
+        t0 = time.perf_counter()
+        eps = [e for b in range(0, episodes, batch) for e in
+               rollout_batch(policy, task, seeds[b:b + batch], cfg, render_every_step=every)]
+        rates[every] = 60 * episodes / (time.perf_counter() - t0)
+        outcomes[every] = [(e["success"], e["length"], e["gripper_events"]) for e in eps]
+    if outcomes[True] != outcomes[False]:
+        raise RuntimeError("bench: rendering only the read steps changed the outcomes")
+    res = {"task": task, "episodes": episodes, "batch": batch, "successes": sum(o[0] for o in outcomes[False]),
+           "episodes_per_min_render_every_step": rates[True], "episodes_per_min_render_read_steps": rates[False],
+           "speedup": rates[False] / rates[True]}
+    print(f"{task}: {rates[True]:.1f} episodes/min rendering every step, {rates[False]:.1f} rendering only what "
+          f"the policy reads ({res['speedup']:.2f}x); same outcomes ({res['successes']}/{episodes} successes)")
+    return res
+
+
+# ============================================================================ open-loop check
 
 def openloop(ckpt: str, folder: str, steps=(0, 5, 10, 20, 30, 45), episodes=10, device="cpu") -> dict:
     """Open-loop check on recorded episodes: the policy's chunk at step t against the demonstration's next
@@ -550,59 +505,7 @@ def openloop(ckpt: str, folder: str, steps=(0, 5, 10, 20, 30, 45), episodes=10, 
     return {"ckpt": ckpt, "data": folder, "steps": rows}
 
 
-def main_job(argv):
-    """Generate a little data, train briefly, evaluate, print the table, write a video. Each step resumes:
-    rerunning the command after an interruption continues where it stopped."""
-    import subprocess
-    p = argparse.ArgumentParser(prog="eval_sim.py main", description=main_job.__doc__)
-    p.add_argument("--out", default="outputs/main", help="folder for data/, run/, eval/")
-    p.add_argument("--task", default="lift_block")
-    p.add_argument("--demos", type=int, default=40, help="demonstrations to record")
-    p.add_argument("--steps", type=int, default=1500, help="training steps")
-    p.add_argument("--preset", default="small")
-    p.add_argument("--episodes", type=int, default=20, help="evaluation episodes")
-    p.add_argument("--workers", type=int, default=2)
-    a = p.parse_args(argv)
-    out = Path(a.out)
-    py = sys.executable
-    here = Path(__file__).resolve().parent
-    t0 = time.time()
-
-    def run(cmd):
-        print("$ " + " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True, cwd=here)
-
-    run([py, "data.py", "generate", "--task", a.task, "--episodes", str(a.demos), "--out", str(out / "data"),
-         "--workers", str(a.workers)])
-    t1 = time.time()
-    run([py, "train.py", "--data", str(out / "data"), "--out", str(out / "run"), "--steps", str(a.steps),
-         "--preset", a.preset, "--seed", "0", "--resume"])
-    t2 = time.time()
-    cfg = EvalConfig(ckpt=str(out / "run" / "ckpt.pt"), task=[a.task], episodes=a.episodes, out=str(out / "eval"),
-                     video=1, workers=a.workers, batch=max(1, -(-a.episodes // a.workers)))
-    evaluate(cfg)
-    t3 = time.time()
-    print(compare([str(out / "eval")], str(out / "report")))
-    print(f"minutes: data {(t1 - t0) / 60:.1f}, train {(t2 - t1) / 60:.1f}, eval {(t3 - t2) / 60:.1f}; "
-          f"video: {sorted((out / 'eval').glob('*.mp4'))[0] if list((out / 'eval').glob('*.mp4')) else 'none'}")
-
-
 # ============================================================================ CLI
-
-def _parse_config(argv) -> EvalConfig:
-    p = argparse.ArgumentParser(prog="eval_sim.py", description=__doc__.split("\n\n")[0])
-    for f in fields(EvalConfig):
-        flag = "--" + f.name.replace("_", "-")
-        helptext = f"(default: {f.default if not callable(f.default_factory) else f.default_factory()})"
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action="store_true", help=helptext)
-        elif f.type in ("list", list):
-            p.add_argument(flag, nargs="+", action="extend", default=[], help=helptext)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default, help=helptext)
-    a = p.parse_args(argv)
-    return EvalConfig(**{f.name: getattr(a, f.name) for f in fields(EvalConfig)})
-
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -639,10 +542,20 @@ def main(argv=None):
                 print(f"t={t:3d}  open-loop error {r['error_rad']:.3f} rad  (the demonstration moves {r['demo_motion_rad']:.3f})")
             if a.out:
                 data.atomic_write_bytes(Path(a.out), lambda f: f.write(json.dumps(res, indent=1).encode()))
-        elif argv[:1] == ["main"]:
-            main_job(argv[1:])
+        elif argv[:1] == ["bench"]:
+            p = argparse.ArgumentParser(prog="eval_sim.py bench", description=bench.__doc__.split("\n")[0])
+            p.add_argument("--ckpt", required=True)
+            p.add_argument("--task", default="lift_block")
+            p.add_argument("--episodes", type=int, default=10)
+            p.add_argument("--batch", type=int, default=10)
+            p.add_argument("--json", default="", help="write the figures here")
+            a = p.parse_args(argv[1:])
+            res = {"command": "python eval_sim.py " + " ".join(argv), "git_revision": data.git_revision(),
+                   **bench(a.ckpt, a.task, a.episodes, a.batch)}
+            if a.json:
+                data.atomic_write_bytes(Path(a.json), lambda f: f.write(json.dumps(res, indent=1).encode()))
         else:
-            evaluate(_parse_config(argv))
+            evaluate(data.parse_options(EvalConfig, argv, "eval_sim.py", __doc__.split("\n\n")[0]))
     except (ValueError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-import sim
 from sim import ARMS, BLOCK, FPS, Env, solve_ik, topdown_rot
 
 # ============================================================================ scripted experts
@@ -47,7 +46,6 @@ class Expert:
     MIN_STEPS, MAX_STEPS = 8, 40  # bounds on a free-space move's duration (control steps)
     JOINT_SPEED = None  # rad/s: if set, moves last long enough that no joint's peak speed exceeds it
     GRASP_WAIT, RELEASE_WAIT = 8, 6  # control steps the gripper gets to close / open
-    GRASP_DWELL = 0  # control steps held still, open, at a pick's grasp pose before closing (data.py --grasp-dwell)
     # A block may be pinched across either pair of faces; True picks the pair nearest the arm's natural finger
     # direction (so the wrist turns with the block's yaw), False keeps the natural direction whatever the yaw
     # (data.py --grasp-natural: all a policy that sees positions but no yaw can predict).
@@ -133,7 +131,6 @@ class Expert:
         R = self.grasp_rot(arm, name)
         yield from self.move({arm: (p + [0, 0, 0.10], R)})
         yield from self.move({arm: (p + [0, 0, 0.002], R)}, steps=10)
-        yield from self.wait(self.GRASP_DWELL)
         yield from self.wait(self.GRASP_WAIT, grip={arm: 0.0})
         yield from self.move({arm: (p + [0, 0, lift], R)}, steps=10)
 
@@ -296,13 +293,14 @@ def make_expert(env) -> Expert:
     return FrankaExpert(env) if env.task.name in FRANKA_PLANS else Expert(env)
 
 
-def run_expert(task: str, seed: int, env: Env | None = None, record=False, grasp_dwell: int = 0,
-               grasp_natural: bool = False):
+def run_expert(task: str, seed: int, env: Env | None = None, record=False, grasp_natural: bool = False):
     """Roll out the expert once. Returns (success, furthest stage, steps, episode-or-None)."""
-    env = env or sim.make_env(task, render=record)
+    if env is None:
+        import world  # above sim.py and twin.py
+        env = world.make_env(task, render=record)
     obs = env.reset(seed)
     x = make_expert(env)
-    x.GRASP_DWELL, x.GRASP_YAW = grasp_dwell, not grasp_natural
+    x.GRASP_YAW = not grasp_natural
     frames, qpos, actions = {c: [] for c in env.cameras}, [], []
     for act in x.actions():
         if record:

@@ -4,10 +4,11 @@
     python ground.py --task lift_block --out runs/ground_arms --steps 2000 --expert-frac 0.5 --workers 2 --init-from runs/ground_lift/ckpt.pt
     python train.py --data data/lift_block --out runs/lift_grounded --vision-from runs/ground_arms/ckpt.pt --freeze-vision ...
     python ground.py check --ckpt runs/ground_arms/ckpt.pt --data data/lift_block [--out X.json]  # on demo frames
+    python ground.py export --ckpt runs/ground_arms/ckpt.pt --out frontends/lift_block.pt   # fp16, to ship
 
 Why. pi0 fine-tunes a VLA whose vision-language backbone was pretrained on web data (PaliGemma, whose mix
 includes detection and referring expressions: "where is the red block"). Our VLA starts from scratch, and from
-50 demonstrations it does not learn where the named block is (README, Status: 50 layouts are memorised,
+50 demonstrations it does not learn where the named block is (docs/experiments.md: 50 layouts are memorised,
 and the policy's own loss does not pull its readout toward the block). This script is the miniature of that
 pretraining stage: no demonstrations and no actions, only rendered scenes of random layouts (seeds from
 GROUND_SEED_OFFSET on, disjoint from demonstration and evaluation seeds) and the simulator's own object
@@ -43,9 +44,11 @@ import torch
 import torch.nn as nn
 
 import data
-import sim
+import world
+from data import git_revision, opt
 from model import PRESETS, VISION_PREFIXES, VLA, ModelConfig, Tokenizer, images_to_input, train_tokenizer
-from train import git_revision, load_checkpoint, opt, random_shift, save_checkpoint
+from dataset import random_shift
+from train import cpu_threads, load_checkpoint, save_checkpoint
 
 GROUND_SEED_OFFSET = 50_000_000  # above every demonstration (< sim.EVAL_SEED_OFFSET) and evaluation seed in use
 HOLDOUT_SEED_OFFSET = 60_000_000
@@ -74,7 +77,7 @@ class Options:
                          "ground at reset first, then with --expert-frac > 0); same --task, --preset, --keypoints")
     seed: int = opt(0, "seeds weights, batch order and augmentation (layout seeds are fixed by the offset)")
     eval_every: int = opt(100, "steps between held-out evaluations (and checkpoints)")
-    threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
+    threads: int = opt(0, "CPU threads for torch (0: half the cores, train.cpu_threads)")
     resume: bool = opt(False, "continue OUT/ckpt.pt if it exists (same options, --steps may grow)")
 
     def __post_init__(self):
@@ -88,7 +91,7 @@ class Options:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
-        sim.suite_of(self.task)  # a clear error naming the known tasks
+        world.suite_of(self.task)  # a clear error naming the known tasks
 
 
 def render(task: str, seeds, cameras, image_size, expert_frac: float = 0.0) -> tuple:
@@ -98,7 +101,7 @@ def render(task: str, seeds, cameras, image_size, expert_frac: float = 0.0) -> t
     expert's rollout instead of at reset: arms over the table, held objects moved (targets are the objects'
     positions at that step), as the policy will see them."""
     import experts
-    env = sim.make_env(task, cameras=tuple(cameras), image_size=tuple(image_size))
+    env = world.make_env(task, cameras=tuple(cameras), image_size=tuple(image_size))
     images, targets, texts, roles = [], [], [], None
     for s in seeds:
         obs = env.reset(s)
@@ -140,7 +143,7 @@ def vision_state(model: VLA) -> dict:
     return {k: v for k, v in model.state_dict().items() if k.startswith(VISION_PREFIXES)}
 
 
-def ground(o: Options) -> dict:
+def ground(o: Options, command: str = "") -> dict:
     out = Path(o.out)
     ck_path = out / "ckpt.pt"
     resume = load_checkpoint(ck_path) if o.resume and ck_path.is_file() else None
@@ -149,9 +152,8 @@ def ground(o: Options) -> dict:
         raise ValueError(f"--resume: options differ from {ck_path} (was, now): {diff}")
     random.seed(o.seed), np.random.seed(o.seed), torch.manual_seed(o.seed)
     g = torch.Generator().manual_seed(o.seed)
-    if o.threads:
-        torch.set_num_threads(o.threads)
-    cams = o.cameras or list(sim.suite_of(o.task).CAMERAS)
+    torch.set_num_threads(o.threads or cpu_threads())
+    cams = o.cameras or list(world.suite_of(o.task).CAMERAS)
 
     t0 = time.perf_counter()
     X, Y, texts, roles = render_parallel(o.task, range(GROUND_SEED_OFFSET, GROUND_SEED_OFFSET + o.layouts), cams,
@@ -229,39 +231,73 @@ def ground(o: Options) -> dict:
                 git=git_revision()))
     result = dict(task=o.task, cameras=cams, roles=roles, layouts=o.layouts, holdout=o.holdout,
                   mean_predictor_cm=[round(c, 2) for c in chance], curve=curve,
-                  command="python ground.py " + " ".join(sys.argv[1:]), git=git_revision())
+                  command=command or "python ground.py " + " ".join(sys.argv[1:]), git=git_revision())
     data.atomic_write_bytes(out / "ground.json", lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))
     return result
 
 
-def parse_options(argv=None) -> Options:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(Options):
-        flag, d = "--" + f.name.replace("_", "-"), f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if isinstance(d, bool):
-            p.add_argument(flag, action="store_true", help=f.metadata["help"])
-        elif isinstance(d, list):
-            p.add_argument(flag, nargs="*", type=int if f.name == "image_size" else str, default=d, help=f.metadata["help"])
-        else:
-            p.add_argument(flag, type=type(d), default=d, help=f.metadata["help"])
-    return Options(**vars(p.parse_args(argv)))
+def load_front_end(path) -> tuple:
+    """(model, head, tokenizer, meta) of a ground.py checkpoint or a shipped front end (export), in eval mode.
+    Only the front end's weights are loaded: the rest of the VLA is never run here."""
+    ck = load_checkpoint(path)
+    if ck.get("kind") != "grounding":
+        raise ValueError(f"{path}: not a ground.py checkpoint")
+    model = VLA(ModelConfig.from_dict(ck["model_config"], str(path))).eval()
+    if bad := model.load_state_dict({k: v.float() for k, v in ck["vision"].items()}, strict=False).unexpected_keys:
+        raise ValueError(f"{path}: weights that do not fit the front end: {bad}")
+    head = nn.Linear(*ck["head"]["weight"].shape[::-1])
+    head.load_state_dict({k: v.float() for k, v in ck["head"].items()})
+    return model, head.eval(), Tokenizer(ck["tokenizer"]), ck["meta"]
 
 
-def check(ckpt: str, folder: str, steps=(0, 10, 20, 30), out: str = "") -> dict:
+@torch.no_grad()
+def held_out(path, layouts: int = 20, expert_frac: float = 0.5, first_seed: int = HOLDOUT_SEED_OFFSET + 5_000) -> list:
+    """Mean error (cm) per named object of a front end on freshly rendered layouts of its task (seeds that no
+    ground.py run trains or holds out on), a fraction `expert_frac` of them from inside the expert's rollout."""
+    model, head, tok, meta = load_front_end(path)
+    X, Y, texts, roles = render(meta["task"], range(first_seed, first_seed + layouts), meta["cameras"],
+                                model.cfg.image_size, expert_frac)
+    assert roles == meta["roles"], (roles, meta["roles"])
+    ids, mask = tok(texts, model.cfg.lang_len)
+    pos = locate(model, head, images_to_input(X, model.cfg.image_size), ids, mask)
+    pos = pos * torch.tensor(meta["target_std"]) + torch.tensor(meta["target_mean"])
+    return ((pos - Y).view(len(Y), -1, 2).norm(dim=-1).mean(0) * 100).tolist()
+
+
+def export(ckpt: str, out: str, layouts: int = 100) -> dict:
+    """A ground.py run as a front end to ship: its weights in fp16 without optimiser state (OUT, a few MB),
+    and OUT with .json: the ground.py commands that made it (its --init-from chain, first stage first), their
+    git revisions, the training curve's last held-out error and the error of the shipped fp16 weights on
+    `layouts` freshly rendered layouts (held_out)."""
+    ck, stages, path = load_checkpoint(ckpt), [], Path(ckpt)
+    while True:  # the curriculum: each stage's ground.json, back along --init-from
+        run = json.loads((path.parent / "ground.json").read_text())
+        stages.insert(0, {k: run[k] for k in ("command", "git")} | {"held_out_cm": run["curve"][-1]["held_out_cm"]})
+        prev = load_checkpoint(path)["options"]["init_from"]
+        if not prev:
+            break
+        path = Path(prev)
+    half = lambda sd: {k: v.half() for k, v in sd.items()}
+    shipped = {k: ck[k] for k in ("kind", "model_config", "tokenizer", "meta", "options", "step", "git")}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, shipped | {"vision": half(ck["vision"]), "head": half(ck["head"])})
+    info = dict(task=ck["meta"]["task"], roles=ck["meta"]["roles"], cameras=ck["meta"]["cameras"], stages=stages,
+                shipped_held_out_cm=[round(c, 2) for c in held_out(out, layouts)], held_out_layouts=layouts,
+                expert_frac=0.5, bytes=out.stat().st_size)
+    data.atomic_write_bytes(out.with_suffix(".json"), lambda f: f.write((json.dumps(info, indent=1) + "\n").encode()))
+    print(f"{out}: {info['bytes'] / 1e6:.1f} MB, held-out error {info['shipped_held_out_cm']} cm on {layouts} new layouts")
+    return info
+
+
+def check(ckpt: str, folder: str, steps=(0, 10, 20, 30), out: str = "", command: str = "") -> dict:
     """The grounding head on a demonstration folder's own frames: the error (cm) per named object at each
     step t of every episode. Labels are the objects' positions at reset (the episode's layout seed), so they
     hold until an object is carried sideways. Shows whether a front end grounded on rendered layouts
     transfers to the frames a policy sees, arms included."""
-    ck = load_checkpoint(ckpt)
-    if ck.get("kind") != "grounding":
-        raise ValueError(f"{ckpt}: not a ground.py checkpoint")
-    cfg, meta = ModelConfig(**ck["model_config"]), ck["meta"]
-    model = VLA(cfg).eval()
-    model.load_state_dict(ck["model"])
-    head = nn.Linear(*ck["head"]["weight"].shape[::-1])
-    head.load_state_dict(ck["head"])
-    tok, mu, sd = Tokenizer(ck["tokenizer"]), torch.tensor(meta["target_mean"]), torch.tensor(meta["target_std"])
-    task = sim.suite_of(meta["task"]).TASKS[meta["task"]]
+    model, head, tok, meta = load_front_end(ckpt)
+    cfg, mu, sd = model.cfg, torch.tensor(meta["target_mean"]), torch.tensor(meta["target_std"])
+    task = world.suite_of(meta["task"]).TASKS[meta["task"]]
     errors = {t: [] for t in steps}
     for path in data.episode_paths(folder):
         ep = data.load_episode(path)
@@ -280,7 +316,7 @@ def check(ckpt: str, folder: str, steps=(0, 10, 20, 30), out: str = "") -> dict:
     result = dict(ckpt=ckpt, data=folder, roles=meta["roles"],
                   error_cm={str(t): np.mean(e, 0).round(2).tolist() for t, e in errors.items() if e},
                   episodes={str(t): len(e) for t, e in errors.items()},
-                  command="python ground.py " + " ".join(sys.argv[1:]), git=git_revision())
+                  command=command or "python ground.py " + " ".join(sys.argv[1:]), git=git_revision())
     for t, e in result["error_cm"].items():
         print(f"t={int(t):3d}  {', '.join(f'{r} {c:.1f} cm' for r, c in zip(meta['roles'], e))}  ({result['episodes'][t]} episodes)")
     if out:
@@ -289,12 +325,29 @@ def check(ckpt: str, folder: str, steps=(0, 10, 20, 30), out: str = "") -> dict:
     return result
 
 
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["export"]:  # python ground.py export --ckpt RUN/ckpt.pt --out frontends/TASK.pt
+            a = argparse.ArgumentParser(prog="ground.py export", description=export.__doc__.split("\n")[0])
+            a.add_argument("--ckpt", required=True), a.add_argument("--out", required=True)
+            a.add_argument("--layouts", type=int, default=100, help="fresh layouts for the shipped error")
+            args = a.parse_args(argv[1:])
+            export(args.ckpt, args.out, args.layouts)
+        elif argv[:1] == ["check"]:  # python ground.py check --ckpt RUN/ckpt.pt --data DIR [--out X.json]
+            a = argparse.ArgumentParser(prog="ground.py check", description=check.__doc__.split("\n")[0])
+            a.add_argument("--ckpt", required=True), a.add_argument("--data", required=True)
+            a.add_argument("--steps", type=int, nargs="*", default=[0, 10, 20, 30]), a.add_argument("--out", default="")
+            args = a.parse_args(argv[1:])
+            check(args.ckpt, args.data, tuple(args.steps), args.out, command="python ground.py " + " ".join(argv))
+        else:
+            ground(data.parse_options(Options, argv, "ground.py", __doc__.split("\n\n")[0]),
+                   command="python ground.py " + " ".join(argv))
+    except (ValueError, FileNotFoundError) as e:  # data.DataError is a ValueError
+        print(f"ground.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["check"]:  # python ground.py check --ckpt RUN/ckpt.pt --data DIR [--out X.json]
-        a = argparse.ArgumentParser(description=check.__doc__.split("\n")[0])
-        a.add_argument("check"), a.add_argument("--ckpt", required=True), a.add_argument("--data", required=True)
-        a.add_argument("--steps", type=int, nargs="*", default=[0, 10, 20, 30]), a.add_argument("--out", default="")
-        args = a.parse_args()
-        check(args.ckpt, args.data, tuple(args.steps), args.out)
-    else:
-        ground(parse_options())
+    sys.exit(main())

@@ -27,28 +27,22 @@ Deviations from pi0 (openpi), on purpose:
   7. The prefix's last backbone layer only computes keys/values (its output is never read), and the Policy
      drops trailing language padding before encoding (masked either way; fewer tokens on a CPU).
   8. Optional (`vit_stem="conv"`): a stack of 3x3 convolutions in place of the ViT's patchify conv (conv_stem).
-  9. Optional (`image_pos=True`): fixed 2-D sin-cos positions added to the image tokens as they enter the
-     backbone. Without it the backbone knows a token's camera but not where in the image it lies, except for
-     what survives of the ViT's own input positions; pi0's Gemma has RoPE over the whole token sequence.
-  10. Optional (`vit_pos="sincos"`): the ViT's position embedding is a fixed 2-D sin-cos table, not learned.
-  11. Optional (`keypoints=K`): each camera enters the prefix as K spatial-softmax keypoints (Levine et al.
+  9. Optional (`vit_pos="sincos"`): the ViT's position embedding is a fixed 2-D sin-cos table, not learned.
+  10. Optional (`keypoints=K`): each camera enters the prefix as K spatial-softmax keypoints (Levine et al.
      2016; expected (x, y) over the patch grid, one token each) instead of its patch tokens. The instruction
      (mean language embedding) adds to the keypoint detectors, and the coordinates are also added to every
      action token (`kp_direct`), because a from-scratch backbone read only through attention learns to
-     ignore them. None of pi0; all for 50-demonstration, from-scratch training (README, issue 5).
-  12. Optional, in place of pi0's VLM pretraining: ground.py pretrains the keypoint front end
+     ignore them. None of pi0; all for 50-demonstration training (docs/experiments.md).
+  11. In place of pi0's VLM pretraining: ground.py pretrains the keypoint front end
      (VISION_PREFIXES) to locate the objects the instruction names on thousands of rendered layouts, using
      the simulator's object positions as labels; train.py --vision-from loads it, --freeze-vision fixes it.
      With `grounded=2R` (train.py --grounded) its linear head, keypoints -> the (x, y) of R objects, comes
      too, frozen, and those positions enter the policy as one more prefix token and in kp_direct (with
      `grounded_only`, in place of the keypoints): 50 demonstrations show only 50 layouts to learn that
-     readout again from. Measured on lift_block it changes little (48-55 of 100 against 49; README).
-     With grounded_only, train.py can move a sample's scene without re-rendering it (--symmetry,
-     --waist-turn: the joints in the batch, the positions here through ground_matrix / ground_offset).
-  13. Optional (train.py --action-space ee, ee.py): the actions are each arm's tcp pose and gripper, and the
-     Policy turns chunks into joint targets by IK from the measured joints (pi0 predicts joint targets), with
-     --object-frame or --relative on top. Measured on lift_block: no better than joint targets (README).
-  14. The Policy snaps each gripper output to 0 or 1 before a chunk leaves (pi0 sends its continuous output):
+     readout again from. Measured on lift_block it changes little (48-55 of 100 against 49; docs/experiments.md).
+     With grounded_only, train.py can move a sample's scene without re-rendering it (--symmetry: the joints
+     in the batch, the positions here through ground_matrix / ground_offset).
+  12. The Policy snaps each gripper output to 0 or 1 before a chunk leaves (pi0 sends its continuous output):
      the demonstrations command only those two, and a partly closed gripper in the state reads as a close under
      way. Optional (train.py --velocity): the state also holds qpos[t] - qpos[t-1] (pi0's state is qpos alone).
 Presets: `small` uses depth 3 and an expert half as wide as the backbone (pi0's expert is also narrower)
@@ -62,6 +56,7 @@ larger peak learning rate (3e-4, pi0 fine-tunes at 2.5e-5) and a slower EMA (0.9
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from dataclasses import dataclass
@@ -73,13 +68,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-# image_pos: the sin-cos values (+-1) scaled to about the size of a projected image token at init (~0.2)
-IMAGE_POS_SCALE = 0.2
 STAKE_SEED_OFFSET = 7919  # StaKe: heads and queries draw from Generator(seed + this), never the global RNG
 
 # the vision-language front end that ground.py pretrains and train.py --vision-from loads: everything
 # encode_keypoints reads (the word embeddings also feed the backbone as the instruction tokens)
 VISION_PREFIXES = ("vit.", "kp_logits.", "kp_lang.", "lang_emb.", "lang_pos", "ground_head.")
+
+# ModelConfig fields of retired options (docs/experiments.md) and the values that meant "off"
+RETIRED_OFF = {"image_pos": (False,)}
 
 PRESETS = {  # architecture only; training options live in train.py
     "tiny": dict(patch_size=16, vit_width=64, vit_depth=2, vit_heads=2, width=64, depth=2, heads=2,
@@ -102,7 +98,6 @@ class ModelConfig:
     vit_depth: int = 4
     vit_heads: int = 4
     vit_stem: str = "patch"              # "patch": timm's one 16x16 patchify conv; "conv": a stack of 3x3 convs
-    image_pos: bool = False              # add fixed 2-D sin-cos positions to the image tokens entering the backbone
     vit_pos: str = "learned"             # the ViT's own position embedding: "learned" (timm) or "sincos" (fixed)
     keypoints: int = 0                   # > 0: K spatial-softmax keypoint tokens per camera replace the patch tokens
     grounded: int = 0                    # > 0 (with keypoints): ground.py's head, keypoints -> this many object coordinates, feeds the policy
@@ -149,6 +144,16 @@ class ModelConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"ModelConfig: {msg}")
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "checkpoint") -> "ModelConfig":
+        """The config a checkpoint stored. Options retired since (docs/experiments.md) are dropped where they
+        were off; a checkpoint that used one needs the revision that still has it."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        if used := {k: v for k, v in d.items() if k not in known and v not in RETIRED_OFF.get(k, ())}:
+            raise ValueError(f"{source}: made with option(s) {used} that this version no longer has "
+                             f"(docs/experiments.md names the revision that runs them)")
+        return cls(**{k: v for k, v in d.items() if k in known})
 
     @classmethod
     def from_preset(cls, preset: str, **kw) -> "ModelConfig":
@@ -219,7 +224,7 @@ def conv_stem(patch_size: int, width: int) -> nn.Sequential:
     """A convolutional stem in place of the ViT's patchify conv (Xiao et al. 2021, "Early convolutions help
     transformers see better"): 3x3 stride-2 convs while the stride left is even, then one conv of the stride
     left (1x1 for patch 16), so the token grid is the same as with patches. An option, off by default: what it
-    changes in this project is measured by probe_vision.py (arm vla_conv) and stated in the README.
+    changes here is in docs/experiments.md; ground.py's front end always uses it.
     """
     layers, c, stride, c_out = [], 3, patch_size, 32  # channels 32, 64, 128, ... capped at width
     while stride % 2 == 0 and stride > 1:
@@ -268,8 +273,6 @@ class VLA(nn.Module):
                 self.register_buffer("kp_grid", torch.stack([xs.flatten(), ys.flatten()], 1), persistent=False)
             else:
                 self.img_proj = nn.Linear(cfg.vit_width, W)
-            if cfg.image_pos:  # not saved: rebuilt from the config
-                self.register_buffer("image_pos", IMAGE_POS_SCALE * sincos_2d(*grid, W), persistent=False)
         # language and state
         self.lang_emb = nn.Embedding(cfg.vocab_size, W)
         self.lang_pos = nn.Parameter(torch.zeros(cfg.lang_len, W))
@@ -325,17 +328,17 @@ class VLA(nn.Module):
 
     def grounded_world(self, images, lang_ids, lang_mask):
         """(B, 2R) the grounded objects' world (x, y) in metres, as encode_prefix reads them before any training
-        augmentation (train.py --object-frame takes one of them as its frame)."""
+        augmentation."""
         xy = self.encode_keypoints(images, self.embed_instruction(lang_ids), lang_mask).flatten(1)   # (B, C*K*2)
         pos = self.ground_head(xy)
         return pos * pos.new_tensor(self.cfg.ground_std) + pos.new_tensor(self.cfg.ground_mean)
 
-    def encode_prefix(self, images, lang_ids, lang_mask, state, ground_matrix=None, ground_offset=None,
-                      ground_noise=None):
+    def encode_prefix(self, images, lang_ids, lang_mask, state, ground_matrix=None, ground_offset=None, ground=None):
         """images (B, C, 3, H, W) in [-1, 1]; lang_ids, lang_mask (B, L); state (B, D) normalised.
         Training only, with grounded: each object's world (x, y) becomes ground_matrix (B, 2, 2) @ (x, y) +
-        ground_offset (B, 2) (train.py --symmetry / --waist-turn, which move state and actions alike), plus
-        ground_noise (B, 2R) metres (--ground-noise).
+        ground_offset (B, 2) (train.py --symmetry, which moves state and actions alike); with grounded_only,
+        `ground` (B, 2R) may hold the frozen front end's normalised output precomputed for these images
+        (train.py's cache), and the images are not read.
 
         Returns the per-layer (k, v) cache, each (B, heads, P, head), and the key validity (B, P). With
         keypoints the cache has one more entry after the layers: the keypoint coordinates (B, C*K*2), followed
@@ -344,20 +347,21 @@ class VLA(nn.Module):
         parts, valid, extra = [], [], []
         lang = self.embed_instruction(lang_ids)                             # (B, L, W)
         if self.cfg.n_cameras:
-            C = images.shape[1]
             if self.cfg.keypoints:  # K (x, y) per camera instead of N patch tokens
-                xy = self.encode_keypoints(images, lang, lang_mask)          # (B, C, K, 2)
-                x = (self.kp_proj(xy) + self.kp_emb + self.cam_emb[:C, None]).flatten(1, 2)  # (B, C*K, W)
-                xy = xy.flatten(1)                                          # (B, C*K*2)
+                if ground is None:
+                    C = images.shape[1]
+                    xy = self.encode_keypoints(images, lang, lang_mask)      # (B, C, K, 2)
+                    x = (self.kp_proj(xy) + self.kp_emb + self.cam_emb[:C, None]).flatten(1, 2)  # (B, C*K, W)
+                    xy = xy.flatten(1)                                      # (B, C*K*2)
+                elif not self.cfg.grounded_only:
+                    raise ValueError("precomputed grounded positions stand in for the images only with grounded_only")
                 if self.cfg.grounded:
-                    pos = self.ground_head(xy)                              # (B, 2R) objects' (x, y), normalised
-                    if ground_matrix is not None or ground_noise is not None:
+                    pos = self.ground_head(xy) if ground is None else ground  # (B, 2R) objects' (x, y), normalised
+                    if ground_matrix is not None:
                         mu, sd = pos.new_tensor(self.cfg.ground_mean), pos.new_tensor(self.cfg.ground_std)
                         world = pos * sd + mu                                   # (B, 2R) metres
-                        if ground_matrix is not None:
-                            moved = torch.einsum("bij,brj->bri", ground_matrix, world.unflatten(1, (-1, 2)))
-                            world = (moved + ground_offset[:, None]).flatten(1)  # (B, R, 2) -> (B, 2R)
-                        world = world + ground_noise if ground_noise is not None else world
+                        moved = torch.einsum("bij,brj->bri", ground_matrix, world.unflatten(1, (-1, 2)))
+                        world = (moved + ground_offset[:, None]).flatten(1)  # (B, R, 2) -> (B, 2R)
                         pos = (world - mu) / sd
                     g = self.ground_proj(pos)[:, None]                      # (B, 1, W)
                     if self.cfg.grounded_only:  # nothing else of the scene: no layout detail to memorise
@@ -366,10 +370,9 @@ class VLA(nn.Module):
                         x, xy = torch.cat([x, g], 1), torch.cat([xy, pos], 1)  # (B, C*K+1, W), (B, C*K*2 + 2R)
                 extra.append(xy)                                            # for kp_direct
             else:
+                C = images.shape[1]
                 x = self.vit.forward_features(images.flatten(0, 1))        # (B*C, N, Wv)
                 x = self.img_proj(x).unflatten(0, (B, C)) + self.cam_emb[:C, None]  # (B, C, N, W)
-                if self.cfg.image_pos:
-                    x = x + self.image_pos
                 x = x.flatten(1, 2)                                         # (B, C*N, W)
             parts.append(x)
             valid.append(torch.ones(B, x.shape[1], dtype=torch.bool, device=state.device))
@@ -449,9 +452,8 @@ class VLA(nn.Module):
         """batch: images, lang_ids, lang_mask, state, actions (B, H, A) normalised, action_valid (B, H),
         stage (B, n_stage) 0/1 and keyframe (B, A) normalised when the heads exist.
         noise (B, H, A) ~ N(0, I); t (B,) in (0, 1]. Returns the losses (scalars) and the stage logits."""
-        cache, valid = self.encode_prefix(batch["images"], batch["lang_ids"], batch["lang_mask"], batch["state"],
-                                          batch.get("ground_matrix"), batch.get("ground_offset"),
-                                          batch.get("ground_noise"))
+        cache, valid = self.encode_prefix(batch.get("images"), batch["lang_ids"], batch["lang_mask"], batch["state"],
+                                          batch.get("ground_matrix"), batch.get("ground_offset"), batch.get("ground"))
         a = batch["actions"]
         tt = t[:, None, None]
         x_t = tt * noise + (1 - tt) * a                                      # t = 1 noise, t = 0 data
@@ -582,17 +584,12 @@ class Policy:
         self.horizon = self.cfg.horizon
         self.n_action_steps = self.cfg.n_action_steps
         self._queue: list[np.ndarray] = []
-        self.kinematics = None
-        if meta.get("action_space", "joint") == "ee":  # train.py --action-space ee: chunks leave as joint targets
-            import ee  # here: joint-space policies need no MuJoCo
-            self.kinematics = ee.Kinematics(meta["robot"])
-        self.object_frame = meta.get("object_frame")  # train.py --object-frame: index of the frame's object
         self.velocity = bool(meta.get("velocity"))  # train.py --velocity: obs["prev_qpos"] joins the state
         # The demonstrations command each gripper fully open (1) or closed (0), never between, and the measured
         # opening is in the state. A sampled 0.9 would close the fingers a little, the next query would read
         # "closing has begun" and finish the close in mid-air (seen: lift_block, re-querying every step, 16/100).
         # So chunks leave with each gripper snapped to 0 or 1 at 0.5, as eval_real.py's gate does on the robot.
-        # Off (False) only to reproduce evaluations made before the tenth session (eval_sim.py --raw-gripper).
+        # Off (False) only where the network's raw output is what is measured (eval_sim.py openloop).
         self.binary_gripper = True
         # Flow matching samples a chunk from noise; scaling that noise below 1 (0 = the flow from the noise's mean)
         # trades the chunk's spread for precision, as a temperature would. 1 = the trained distribution (pi0).
@@ -601,7 +598,7 @@ class Policy:
     @classmethod
     def load(cls, ckpt_path, device="cpu", use_ema=True) -> "Policy":
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model = VLA(ModelConfig(**ck["model_config"]), seed=0)
+        model = VLA(ModelConfig.from_dict(ck["model_config"], str(ckpt_path)), seed=0)
         model.load_state_dict(ck["ema"] if use_ema and ck.get("ema") is not None else ck["model"])
         return cls(model, Tokenizer(ck["tokenizer"]), ck["stats"], ck["meta"], device)
 
@@ -631,47 +628,24 @@ class Policy:
             if prev.shape != qpos.shape:
                 raise ValueError(f"prev_qpos has shape {prev.shape[1:]}, qpos {qpos.shape[1:]}")
             qpos = np.concatenate([qpos, qpos - prev], 1)                                 # (B, 2 Dq)
-        if self.kinematics is not None:
-            qpos = self.kinematics.state(qpos)                                            # (B, Dq + 9 arms)
         qpos = torch.from_numpy(qpos).to(dev)
         ids, mask = self.tokenizer([o["instruction"] for o in obs_batch], self.cfg.lang_len)
         n = max(1, int(mask.sum(1).max()))  # trailing padding is masked anyway: drop it, fewer tokens
-        ids, mask, ref = ids[:, :n].to(dev), mask[:, :n].to(dev), None
-        if self.object_frame is not None:  # the frame's object where the grounding head sees it now
-            import ee
-            r = self.object_frame
-            ref = self.model.grounded_world(images, ids, mask)[:, 2 * r:2 * r + 2].float()  # (B, 2) metres
-            qpos = ee.object_state(qpos, ref, len(self.qpos_names), self.gripper_indices)
-        return images, ids, mask, self.norm.state(qpos), ref
+        return images, ids[:, :n].to(dev), mask[:, :n].to(dev), self.norm.state(qpos)
 
     @torch.inference_mode()
     def predict_chunk(self, obs_batch: list[dict], generator=None) -> np.ndarray:
         """(B, horizon, A) absolute joint targets (action_names), grippers 0 or 1 (binary_gripper). `generator` (CPU or
         on the device) fixes the noise."""
-        images, ids, mask, state, ref = self._inputs(obs_batch)
+        images, ids, mask, state = self._inputs(obs_batch)
         shape = (len(obs_batch), self.horizon, self.cfg.action_dim)
         gdev = generator.device if generator is not None else self.device
         noise = self.noise_scale * torch.randn(shape, generator=generator, device=gdev).to(self.device)
-        x = self.norm.unaction(self.model.sample(images, ids, mask, state, noise)).float()  # (B, H, A)
-        out = self._joint_targets(x, ref, obs_batch)                                    # (B, H, Dq)
+        out = self.norm.unaction(self.model.sample(images, ids, mask, state, noise)).float().cpu().numpy()  # (B, H, A)
         if self.binary_gripper:
             g = self.gripper_indices
             out[..., g] = (out[..., g] >= 0.5).astype(out.dtype)
         return out
-
-    def _joint_targets(self, x, ref, obs_batch) -> np.ndarray:
-        """Unnormalised actions (B, H, A) of the policy's space -> (B, H, Dq) joint targets (numpy): back from
-        --object-frame and --relative to the world, then IK from each robot's measured joints (ee.py)."""
-        if self.kinematics is None:
-            return x.cpu().numpy()
-        import ee
-        if ref is not None:  # --object-frame: back from the object's frame to the world
-            x = ee.object_actions(x, ref, +1.0)
-        if self.meta.get("relative"):  # --relative: from the measured tcp positions to the world
-            qpos = np.stack([np.asarray(o["qpos"], np.float32) for o in obs_batch])
-            x = ee.relative_actions(x, torch.from_numpy(self.kinematics.state(qpos)).to(x.device),
-                                    len(self.qpos_names), +1.0)
-        return np.stack([self.kinematics.to_joints(c, o["qpos"]) for c, o in zip(x.cpu().numpy(), obs_batch)])
 
     def select_action(self, obs: dict) -> np.ndarray:
         """Execute `n_action_steps` of each chunk open loop, then query again."""
@@ -685,14 +659,13 @@ class Policy:
         (only the heads this checkpoint has)."""
         if not (self.cfg.n_stage or self.cfg.keyframe_head):
             raise RuntimeError("this checkpoint has no StaKe heads (trained with --stage-weight 0 --keyframe-weight 0)")
-        images, ids, mask, state, ref = self._inputs([obs])
+        images, ids, mask, state = self._inputs([obs])
         cache, valid = self.model.encode_prefix(images, ids, mask, state)
         heads, out = self.model.stake(cache, valid), {}
         if "stage" in heads:
             out["stage_prob"] = torch.sigmoid(heads["stage"][0]).float().cpu().numpy()
         if "keyframe" in heads:
-            kf = self.norm.unaction(heads["keyframe"]).float()[:, None]                 # (1, 1, A)
-            out["keyframe"] = self._joint_targets(kf, ref, [obs])[0, 0]                 # joints that reach it
+            out["keyframe"] = self.norm.unaction(heads["keyframe"]).float()[0].cpu().numpy()  # (A,) absolute
         return out
 
 

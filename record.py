@@ -1,8 +1,8 @@
-"""Kinesthetic demonstrations in the episode format: `python eval_real.py record --robot franky|mujoco ...`.
+"""Kinesthetic demonstrations in the episode format: `python record.py --robot franky|mujoco ...`.
 
-  python eval_real.py record --robot franky --ip 172.16.0.2 --task pick_red --instruction "put the red block on the pad" \
+  python record.py --robot franky --ip 172.16.0.2 --task pick_red --instruction "put the red block on the pad" \
       --camera realsense:SERIAL1,realsense:SERIAL2 --out data/real_pick --episodes 10
-  python eval_real.py record --robot mujoco --task franka_pick_place --out data/twin_rec --episodes 5
+  python record.py --robot mujoco --task franka_pick_place --out data/twin_rec --episodes 5
 
 On the real arm (franky): guiding mode. The operator moves the arm by hand (holding the two guiding buttons by
 the flange) while this script reads the joints and the cameras at the control rate; SPACE toggles the gripper
@@ -13,10 +13,18 @@ joints, the gripper width, the cameras and the gripper command).
 Recorded: qpos[t] = [measured joints, measured width / 0.08] and action[t] = [measured joints at t+1, the
 gripper command at t (1 = open, 0 = closed)]: the absolute target a position-controlled policy sends at t to
 be where the hand had the arm at t+1. One observation more than steps is read; the last is dropped.
+
+The rate is held by deadlines, as in eval_real.py, with reads that never wait: the gripper's width comes from
+eval_real.GripperWorker's thread (a real Franka Hand takes about 100 ms per read) and its commands go through
+it, the cameras' frames from their capture threads. Each episode's rate is measured from the reads' times; an
+episode more than 5% off --fps is not saved, and meta.json's `measured_fps` is the lowest rate of the episodes
+in the folder (its `fps` the rate claimed).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import select
 import sys
@@ -31,13 +39,15 @@ import eval_real as er
 
 def record_episode(arm, cameras: dict, fps: float, max_steps: int, clock=time.monotonic, sleep=time.sleep,
                    image_size=None) -> dict:
-    """Read arm + cameras at `fps` until arm.finished() or max_steps; returns {'images', 'qpos', 'action', 'overruns'}.
+    """Read arm + cameras at `fps` until arm.finished() or max_steps; returns {'images', 'qpos', 'action',
+    'overruns', 'rate_hz'} (rate_hz: the rate held, from the reads' start times on `clock`).
 
     arm: read_state() -> (q (7,), width in [0, 1]); gripper_command() -> 1 open / 0 closed; finished() -> bool.
     """
-    dt, reads, overruns = 1.0 / fps, [], 0
+    dt, reads, overruns, starts = 1.0 / fps, [], 0, []
     next_t = clock()
     for t in range(max_steps + 1):
+        starts.append(clock())
         q, width = arm.read_state()
         images = {c: er.resize(cam.read(), image_size) if image_size else np.asarray(cam.read(), np.uint8)
                   for c, cam in cameras.items()}
@@ -57,7 +67,7 @@ def record_episode(arm, cameras: dict, fps: float, max_steps: int, clock=time.mo
     return {"images": {c: np.stack([r[2][c] for r in reads[:T]]) for c in cameras},
             "qpos": np.stack([np.r_[r[0], r[1]] for r in reads[:T]]).astype(np.float32),
             "action": np.stack([np.r_[reads[t + 1][0], reads[t][3]] for t in range(T)]).astype(np.float32),
-            "overruns": overruns}
+            "overruns": overruns, "rate_hz": er.measured_rate(starts)}
 
 
 # ----------------------------------------------------------------------------- the twin: the expert's hand
@@ -129,9 +139,10 @@ class TerminalKeys:
 
 
 class FrankyGuide:
-    """The real Franka in guiding mode (franky): joints and width read, gripper toggled by `keys()` (SPACE),
-    ENTER or q ends the episode. franky's Robot.set_guiding_mode unlocks all six Cartesian directions and
-    the elbow; the operator guides by holding the two buttons near the flange."""
+    """The real Franka in guiding mode (franky): joints read, the width the latest GripperWorker read, the gripper
+    toggled by `keys()` (SPACE) through the worker, ENTER or q ends the episode. franky's
+    Robot.set_guiding_mode unlocks all six Cartesian directions and the elbow; the operator guides by holding
+    the two buttons near the flange. Nothing here waits on the hand, so the recorder holds its rate."""
 
     def __init__(self, ip, realtime="enforce", gripper_speed=0.05, gripper_force=20.0, keys=lambda: "", log=print):
         f = self.f = er.require("franky", er.FRANKY_HINT)
@@ -139,32 +150,29 @@ class FrankyGuide:
         rt = f.RealtimeConfig.Ignore if realtime == "ignore" else f.RealtimeConfig.Enforce
         try:
             self.robot = f.Robot(ip, realtime_config=rt)
-            if self.robot.has_errors:
-                log("robot reports errors; recovering")
-                self.robot.recover_from_errors()
+            er.clear_errors(self.robot, f, log)          # a reflex from the last session; recovery checked
             self.robot.set_guiding_mode([True] * 6, True)
-            self.gripper = f.Gripper(ip)
+            gripper = f.Gripper(ip)
         except f.Exception as e:
             raise er.RobotError(f"cannot connect to the Franka at {ip} for guiding: {type(e).__name__}: {e}") from None
-        self.speed, self.force, self.keys, self.log = gripper_speed, gripper_force, keys, log
+        self.hand = er.GripperWorker(gripper, gripper_speed, gripper_force, log)
+        self.keys, self.log = keys, log
         self.closed = self.done = False
 
     def start(self):
-        self.gripper.open_async(self.speed)  # every demonstration starts with the gripper open
+        self.hand.request(False)  # every demonstration starts with the gripper open
         self.closed = self.done = False
 
     def read_state(self):
         q = np.asarray(self.robot.current_joint_state.position, float)
-        return q, float(np.clip(self.gripper.width / er.GRIPPER_MAX_WIDTH, 0.0, 1.0))
+        width, _ = self.hand.latest()                    # never waits on the hand
+        return q, float(np.clip(width / er.GRIPPER_MAX_WIDTH, 0.0, 1.0))
 
     def gripper_command(self):
         for k in self.keys():
             if k == " ":
                 self.closed = not self.closed
-                if self.closed:  # futures dropped at once, as in eval_real.FrankyBackend
-                    self.gripper.grasp_async(0.0, self.speed, self.force, epsilon_inner=1.0, epsilon_outer=1.0)
-                else:
-                    self.gripper.open_async(self.speed)
+                self.hand.request(self.closed)           # the worker sends it; recording goes on at once
                 self.log("gripper " + ("close" if self.closed else "open"))
             elif k in ("\n", "\r", "q"):
                 self.done = True
@@ -174,7 +182,8 @@ class FrankyGuide:
         return self.done
 
     def close(self):
-        self.robot = self.gripper = None
+        self.hand.close()
+        self.robot = self.hand = None
 
 
 # ----------------------------------------------------------------------------- saving and the CLI
@@ -193,8 +202,34 @@ def prepare_out(out: Path, task: str, cameras, image_size, fps) -> None:
     data.save_meta(out, meta)
 
 
+RATE_TOLERANCE = 0.05  # an episode held more than 5% off --fps is not saved: its steps are not the claimed ones
+
+
+def rate_held(ep: dict, fps: float, log=print) -> bool:
+    """Whether the episode was recorded at the rate claimed (within RATE_TOLERANCE); says why not."""
+    ok = abs(ep["rate_hz"] - fps) <= RATE_TOLERANCE * fps
+    if not ok:
+        log(f"held {ep['rate_hz']:.2f} Hz, not the {fps:g} Hz claimed ({ep['overruns']} late steps: a slow camera or "
+            "a loaded CPU?): not saved")
+    return ok
+
+
+def note_rate(out: Path, rate: float) -> None:
+    """meta.json's measured_fps: the lowest rate held by an episode saved in the folder."""
+    meta = data.load_meta(out)
+    meta["measured_fps"] = round(min(rate, meta.get("measured_fps", math.inf)), 3)
+    data.save_meta(out, meta)
+
+
+def save(out: Path, ep: dict, instruction: str, task: str, seed: int) -> Path:
+    path = out / f"episode_{len(data.episode_paths(out)):06d}.npz"
+    data.save_episode(path, {**ep, "instruction": instruction, "task": task, "seed": seed})
+    note_rate(out, ep["rate_hz"])
+    return path
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="eval_real.py record", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="record.py", description=__doc__.split("\n")[0])
     p.add_argument("--robot", choices=["franky", "mujoco"], required=True)
     p.add_argument("--task", required=True, help="task name stored in the episodes (mujoco: a twin task)")
     p.add_argument("--instruction", default="", help="instruction stored (mujoco: default the layout's)")
@@ -234,8 +269,7 @@ def record_twin(a, log=print) -> list:
         obs = hand.reset(seed)
         ep = record_episode(hand, cams, a.fps, a.max_steps, hand.clock, hand.sleep)
         if hand.env.success:
-            path = out / f"episode_{len(data.episode_paths(out)):06d}.npz"
-            data.save_episode(path, {**ep, "instruction": a.instruction or obs["instruction"], "task": a.task, "seed": seed})
+            path = save(out, ep, a.instruction or obs["instruction"], a.task, seed)
             saved.append(path)
             log(f"seed {seed}: {len(ep['action'])} steps -> {path}")
         else:
@@ -244,40 +278,45 @@ def record_twin(a, log=print) -> list:
     return saved
 
 
-def keep(keys, log=print, poll=0.05) -> bool:
+def keep(keys, log=print, sleep=time.sleep, poll=0.05) -> bool:
     """Ask y/n with single key presses (the terminal is in cbreak mode while recording)."""
     log("keep it? [y/n]")
     while True:
         for k in keys().lower():
             if k in "yn":
                 return k == "y"
-        time.sleep(poll)
+        sleep(poll)
 
 
-def record_franky(a, log=print) -> list:
+def record_franky(a, log=print, keys=None, guide=None, cameras=None, clock=time.monotonic, sleep=time.sleep) -> list:
+    """Episodes guided by hand on the real arm. keys (default: the terminal's), guide (default: FrankyGuide at
+    --ip), cameras (default: --camera), clock and sleep can be injected (tests)."""
     if not a.ip:
         raise er.RobotError("--ip is required (the robot's FCI address)")
     if not a.instruction:
         raise er.RobotError("--instruction is required on the real arm")
     names = [c for c in a.camera_names.split(",") if c]
     out, saved = Path(a.out), []
-    with TerminalKeys() as keys:
-        guide = FrankyGuide(a.ip, a.realtime, a.gripper_speed, a.gripper_force, keys, log)
-        cams = er.open_cameras(a.camera, names, a.camera_timeout) if a.camera != "none" else {}
+    with (contextlib.nullcontext(keys) if keys is not None else TerminalKeys()) as keys:
+        guide = guide or FrankyGuide(a.ip, a.realtime, a.gripper_speed, a.gripper_force, keys, log)
+        cams = {}
         try:
+            if cameras is not None:
+                cams = cameras
+            elif a.camera != "none":
+                cams = er.open_cameras(a.camera, names, a.camera_timeout)
             prepare_out(out, a.task, list(cams), a.image_size, a.fps)
             for i in range(a.episodes):
                 log(f"episode {i + 1}/{a.episodes}: press SPACE to start; then guide the arm (hold the buttons by "
                     "the flange), SPACE toggles the gripper, ENTER or q ends")
                 while " " not in keys():
-                    time.sleep(0.05)
+                    sleep(0.05)
                 guide.start()
-                ep = record_episode(guide, cams, a.fps, a.max_steps, image_size=tuple(a.image_size))
-                log(f"recorded {len(ep['action'])} steps ({ep['overruns']} late)")
-                if not a.yes and not keep(keys, log):
+                ep = record_episode(guide, cams, a.fps, a.max_steps, clock, sleep, image_size=tuple(a.image_size))
+                log(f"recorded {len(ep['action'])} steps at {ep['rate_hz']:.2f} Hz ({ep['overruns']} late)")
+                if not rate_held(ep, a.fps, log) or (not a.yes and not keep(keys, log, sleep)):
                     continue
-                path = out / f"episode_{len(data.episode_paths(out)):06d}.npz"
-                data.save_episode(path, {**ep, "instruction": a.instruction, "task": a.task, "seed": i})
+                path = save(out, ep, a.instruction, a.task, i)
                 saved.append(path)
                 log(f"saved {path}")
         finally:

@@ -22,16 +22,19 @@ is clean. The MEASURED opening in qpos lags the command by the finger travel tim
 objects and depends on object size and contact, so its event times move with the scene; use it
 (`signal="qpos"`) for datasets whose actions carry no usable gripper command. `--summary` checks both.
 
-Everything is vectorised over time (a Python loop runs only over grippers and events), numpy only.
+Everything is vectorised over time (a Python loop runs only over grippers and events), numpy only: the
+CLI reads episode_*.npz itself (no project module), and only --plot imports plots.py (PIL).
 CLI: python segment.py DIR [--episode K] [--signal action|qpos] [--plot FILE.png] | DIR --summary | --bench
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -286,48 +289,51 @@ def labels_for_episode(action, gripper_indices, *, signal: str = "action", qpos=
     return seg, keyframe_targets(action, seg)
 
 
-# ----------------------------------------------------------------------------- plot (numpy + imageio)
-
-def plot(path, gripper, seg: Segmentation, width: int = 1200, panel: int = 140) -> None:
-    """PNG, one panel per gripper: signal (blue), levels (grey dashes), state band under it (dark =
-    closed/skill, light = open/motion), event ticks (red = close, green = open), keyframes (black
-    triangles above). Long signals are drawn as per-column min-max spans, so 1M steps stay legible.
-    width (1200) is the plot width in pixels, panel (140) each gripper's signal panel height."""
-    import imageio.v3 as iio  # optional dependency, only for plotting
-
-    x = _as_signal(gripper)
-    T, G = x.shape
-    pad, strip, band = 12, 9, 12
-    h = strip + panel + band + pad
-    img = np.full((pad + G * h, width + 2 * pad, 3), 255, np.uint8)
-    starts = np.arange(width) * T // width  # first step of each pixel column
-    kf_cols = np.unique(np.unique(seg.keyframe_index) * width // T)
-    rows = np.arange(panel)[:, None]
-    for g in range(G):
-        top = pad + g * h
-        for c in kf_cols:  # keyframe triangles pointing down
-            for r in range(strip - 2):
-                img[top + r, pad + max(c - (strip - 3 - r), 0): pad + c + (strip - 2 - r)] = 0
-        area = img[top + strip: top + strip + panel, pad: pad + width]
-        v = x[:, g]
-        lo, hi = np.minimum.reduceat(v, starts), np.maximum.reduceat(v, starts)
-        lo, hi = np.minimum(lo, np.r_[hi[0], hi[:-1]]), np.maximum(hi, np.r_[lo[0], lo[:-1]])  # join columns
-        vmin, vmax = min(v.min(), seg.levels[g].min()), max(v.max(), seg.levels[g].max())
-        to_row = lambda val: 8 + np.round((panel - 17) * (vmax - val) / max(vmax - vmin, 1e-12)).astype(int)
-        for level in seg.levels[g]:
-            area[to_row(level), (np.arange(width) // 6) % 2 == 0] = 170
-        area[(rows >= to_row(hi)[None]) & (rows <= to_row(lo)[None])] = (30, 70, 200)
-        for t, arm, kind in seg.events:
-            if arm == g:
-                col = t * width // T
-                area[:, max(col - 1, 0): col + 1] = (220, 30, 30) if kind == "close" else (30, 160, 30)
-        closed = seg.stage[starts, g] == 1
-        img[top + strip + panel + 2: top + strip + panel + band, pad: pad + width] = \
-            np.where(closed[:, None], 80, 225).astype(np.uint8)
-    iio.imwrite(path, img)
-
-
 # ----------------------------------------------------------------------------- CLI
+
+def _load_meta(folder) -> dict:
+    """DIR/meta.json (the keys segment.py reads); ValueError naming the file and the key, as data.load_meta."""
+    path = Path(folder) / "meta.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: missing (is {folder} an episode folder made by `data.py generate`?)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    for k in ("gripper_indices", "gripper_convention", "tasks"):
+        if k not in meta:
+            raise ValueError(f"{path}: missing key '{k}'")
+    return meta
+
+
+def _episode_paths(folder) -> list:
+    return sorted(Path(folder).glob("episode_*.npz"))
+
+
+def _load_episode(path) -> dict:
+    """{'action', 'qpos', 'task'} of one episode_*.npz (data.py's format; the images are not read);
+    ValueError naming the file and the key, with data.load_episode's messages."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such episode file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ep, keys = {k: z[k] for k in ("qpos", "action", "task") if k in z.files}, sorted(z.files)
+    except Exception as e:  # zip errors, truncated files, pickled objects (not numpy's allow_pickle advice)
+        raise ValueError(f"{path}: not a valid episode file (cannot be read as an .npz of arrays: "
+                         f"{type(e).__name__})") from None
+    for k in ("qpos", "action", "task"):
+        if k not in ep:
+            raise ValueError(f"{path}: missing key '{k}' (has {keys})")
+    qpos, action, ep["task"] = ep["qpos"], ep["action"], str(ep["task"])
+    if qpos.ndim != 2 or action.ndim != 2:
+        raise ValueError(f"{path}: 'qpos' and 'action' must be (T, D); got {qpos.shape} and {action.shape}")
+    if len(action) == 0:
+        raise ValueError(f"{path}: key 'action' is empty (T = 0)")
+    if len(qpos) != len(action):
+        raise ValueError(f"{path}: 'qpos' has {len(qpos)} steps but 'action' has {len(action)}")
+    return ep
+
 
 def _open_is_high(convention) -> bool:
     """meta['gripper_convention'] such as "1 = open, 0 = closed" -> True."""
@@ -415,26 +421,27 @@ def main(argv=None) -> int:
         return 0
     if args.dir is None:
         ap.error("DIR is required (or --bench)")
-    import data  # lazy: `import segment` stays numpy-only
-
     try:
-        meta, paths = data.load_meta(args.dir), data.episode_paths(args.dir)
+        meta, paths = _load_meta(args.dir), _episode_paths(args.dir)
         kw = dict(open_is_high=_open_is_high(meta["gripper_convention"]), min_dwell=args.min_dwell)
         if args.summary:
-            return int(_summary(meta, paths, data.load_episode, kw) > 0)
+            return int(_summary(meta, paths, _load_episode, kw) > 0)
         if args.episode is not None:
             if not 0 <= args.episode < len(paths):
                 raise ValueError(f"--episode {args.episode}: {args.dir} has {len(paths)} episodes")
             paths = [paths[args.episode]]
         for i, p in enumerate(paths):
-            ep = data.load_episode(p)
+            ep = _load_episode(p)
             seg = _labels(p, ep, meta, args.signal, kw)
             print(_episode_line(p.name, ep, seg))
             if args.plot and i == 0:
-                plot(args.plot, ep[args.signal][:, meta["gripper_indices"]], seg)
-                print(f"wrote {args.plot} (blue signal, grey dashes levels, band dark = closed/skill, "
-                      f"red/green ticks close/open, black triangles keyframes)")
-    except ValueError as e:  # data.DataError is a ValueError
+                import plots  # lazy, and only here: PIL; `import segment` stays numpy-only
+                plots.segmentation(args.plot, f"{p.name} ({ep['task']}), {args.signal} gripper signal",
+                                   ep[args.signal][:, meta["gripper_indices"]], seg.levels, seg.stage,
+                                   seg.events, seg.keyframe_index)
+                print(f"wrote {args.plot} (blue signal, grey dashes levels, shaded closed/skill, "
+                      f"red/green lines close/open, black triangles keyframes)")
+    except ValueError as e:
         print(f"segment.py: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -331,10 +331,12 @@ class Env:
     def home_action(self) -> np.ndarray:
         return np.concatenate([np.r_[self.home[a], 1.0] for a in ARMS]).astype(np.float32)
 
-    def step(self, action) -> dict:
+    def step(self, action, render: bool = True) -> dict:
+        """One control step. render=False leaves obs["images"] empty: an evaluator skips the cameras at steps
+        where the policy reads none (rendering is most of a step's cost; the physics is the same)."""
         prev = self.qpos()
         self.apply(action)
-        return self.observe() | {"prev_qpos": prev}
+        return self.observe(render) | {"prev_qpos": prev}
 
     def apply(self, action) -> None:
         """Send one control step's action and advance the physics (no rendering)."""
@@ -362,8 +364,8 @@ class Env:
         self.renderer.update_scene(self.data, camera=camera)
         return self.renderer.render().copy()
 
-    def observe(self) -> dict:
-        images = {c: self.render(c) for c in self.cameras} if self.renderer else {}
+    def observe(self, render: bool = True) -> dict:
+        images = {c: self.render(c) for c in self.cameras} if self.renderer and render else {}
         return {"images": images, "qpos": self.qpos(), "instruction": self.layout.instruction}
 
     # -- state queries used by stages, success and the experts
@@ -577,7 +579,7 @@ def home_qpos(env) -> dict:
 # ============================================================================ suites
 # A suite is a module holding one robot's scene and tasks: ROBOT, TASKS, STAGES, Env, FPS, ACTION_NAMES,
 # GRIPPER_INDICES, ARMS, CAMERAS. This module is the bimanual one; twin.py is the single-arm Franka twin.
-# data.py and experts.py find a task's suite with suite_of().
+# world.py finds a task's suite (this module or twin.py).
 ROBOT = "bimanual_6dof"
 # Its symmetry (train.py --symmetry): the arm bases face each other across the table centre, so the scene turned
 # half a turn about it (objects at (-x, -y, yaw + pi)) is solved by a demonstration with the arms' joints and
@@ -585,30 +587,3 @@ ROBOT = "bimanual_6dof"
 # an object's world (x, y) is multiplied by xy_sign.
 SYMMETRY = dict(xy_sign=(-1.0, -1.0), joint_index=(*range(7, 14), *range(7)), joint_sign=(1.0,) * 14,
                 joint_offset=(0.0,) * 14)
-# And each arm's waist turns about a vertical axis through its base (train.py --waist-turn): where only that arm
-# acts, objects turned by an angle about its base (yaw + angle) are solved by the demonstration with that
-# waist joint + angle (tests/test_sim.py). Per gripper (GRIPPER_INDICES order): (base (x, y), waist joint index).
-WAISTS = (((-0.42, 0.0), 0), ((0.42, 0.0), 7))
-
-
-def suites() -> list:
-    import sys
-    import twin  # imported here: twin.py imports this module
-    return [sys.modules[__name__], twin]
-
-
-def suite_of(task: str):
-    """The suite module that defines `task`; ValueError naming every known task otherwise."""
-    for s in suites():
-        if task in s.TASKS:
-            return s
-    raise ValueError(f"unknown task '{task}'; known tasks: {', '.join(all_tasks())}")
-
-
-def all_tasks() -> list:
-    return [t for s in suites() for t in s.TASKS]
-
-
-def make_env(task: str, **kw) -> Env:
-    """The environment of any suite's task (same arguments as Env)."""
-    return suite_of(task).Env(task, **kw)

@@ -1,4 +1,4 @@
-"""A MuJoCo twin of a single-arm Franka (FR3): scene, tasks, and the `eval_real.py --robot mujoco` backend.
+"""A MuJoCo twin of a single-arm Franka (FR3): scene, tasks, and the backend `eval_real.py --robot mujoco` drives.
 
 The arm is built from primitives with the documented Craig DH kinematics (../shared/reference/franka.md; the
 FK test in tests/test_twin.py checks the compiled model against the DH product), FR3 joint limits, position
@@ -16,18 +16,14 @@ within about 0.01 rad; the gripper's width changes at most GRIPPER_SPEED m/s, li
 """
 from __future__ import annotations
 
-import json
 import math
-import sys
-import time
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import sim  # first: it sets MUJOCO_GL before mujoco is imported
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
-from eval_real import ARMS as FRANKA_ARMS, GRIPPER_MAX_WIDTH, READY
+from franka import ARMS as FRANKA_ARMS, GRIPPER_MAX_WIDTH, READY  # noqa: E402
 
 # ============================================================================ Franka facts (franka.md)
 DH_A = (0.0, 0.0, 0.0, 0.0825, -0.0825, 0.0, 0.088)  # m, Craig: a_{i-1}
@@ -58,7 +54,6 @@ REGION = (0.42, 0.68, -0.2, 0.2)  # x, y range of object centres (m)
 # (the hand sits at -45 deg on the flange; a block can be pinched across either pair of faces) (tests/test_twin.py).
 SYMMETRY = dict(xy_sign=(1.0, -1.0), joint_index=tuple(range(8)), joint_sign=(-1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0),
                 joint_offset=(0.0,) * 6 + (2 * float(READY[6]), 0.0))
-WAISTS = (((0.0, 0.0), 0),)  # joint 1 turns the arm about the vertical through its base (sim.WAISTS)
 PAD_HALF = (0.05, 0.05, 0.001)
 BIN_HALF = (0.07, 0.07, 0.025)  # outer half sizes of the open box ("bin"); walls 8 mm thick
 BIN_WALL = 0.008
@@ -349,6 +344,8 @@ class TwinBackend:
     commanded joints move at most --dynamics x the joint speed limits (franky's relative_dynamics_factor).
     """
 
+    gripper_stroke_s = GRIPPER_MAX_WIDTH / GRIPPER_SPEED  # s, a full open or close (the gate's cooldown floor)
+
     def __init__(self, task, cameras=CAMERAS, image_size=(96, 96), dynamics=0.2, arm="fr3"):
         self.env = FrankaEnv(task, cameras, image_size)
         self.v_max = dynamics * np.asarray(FRANKA_ARMS[arm].dq_max)  # rad/s
@@ -414,55 +411,3 @@ class TwinCamera:
 def eval_seeds(seed: int, n: int) -> list:
     """The same evaluation seeds as eval_sim.py: disjoint from demonstration seeds (below EVAL_SEED_OFFSET)."""
     return [EVAL_SEED_OFFSET + seed * 100_000 + i for i in range(n)]
-
-
-def evaluate(o, policy=None, log=print) -> dict:
-    """`eval_real.py --robot mujoco`: o.episodes randomised rollouts of twin task o.task through
-    eval_real.run_episode, scored by the task's success predicate; writes OUT/results.json."""
-    import dataclasses
-
-    import data
-    import eval_real as er
-    from eval_sim import classify
-    er.check_options(o)
-    if o.task not in TASKS:
-        raise er.RobotError(f"--robot mujoco needs a twin task (--task): {', '.join(TASKS)}; got '{o.task}'")
-    policy = policy or er.load_policy(o)  # before any renderer: torch imported after an EGL context segfaults
-    er.check_layout(policy)
-    bad = [c for c in policy.cameras if c not in CAMERAS]
-    if bad:
-        raise er.RobotError(f"the checkpoint's camera(s) {bad} are not the twin's ({', '.join(CAMERAS)})")
-    backend = TwinBackend(o.task, list(policy.cameras), tuple(policy.image_size), o.dynamics, o.arm)
-    cameras = {c: TwinCamera(backend.env, c) for c in policy.cameras}
-    task = TASKS[o.task]
-    run_o = dataclasses.replace(o, max_steps=min(o.max_steps, task.max_steps))  # never past the task's limit
-    out = Path(o.out if o.out != er.Options.out else f"results/twin/{o.task}")
-    out.mkdir(parents=True, exist_ok=True)
-    rows, t0 = [], time.time()
-    for i, seed in enumerate(eval_seeds(o.seed, o.episodes)):
-        obs = backend.reset(seed)
-        rec = {"images": {}, "qpos": [], "action": [], "instruction": o.instruction or obs["instruction"]}
-        ended = er.run_episode(policy, backend, cameras, run_o, rec, clock=backend.clock, sleep=backend.sleep,
-                               log=log, done=lambda: backend.env.success)
-        e = backend.env
-        rows.append({"seed": seed, "instruction": rec["instruction"], "success": bool(e.success), "ended": ended,
-                     "steps": len(rec["action"]), "stages_reached": e.stage,
-                     "furthest_stage": e.stages[e.stage - 1][0] if e.stage else "none",
-                     "failure_type": classify(e.success, e.stage, e.stages)})
-        if i < o.video:
-            er.save_rollout(out / "rollouts", policy, run_o, rec, 1.0 / DT, log)
-        k = sum(r["success"] for r in rows)
-        log(f"episode {i + 1}/{o.episodes} seed {seed}: {rows[-1]['failure_type']} after {rows[-1]['steps']} steps "
-            f"({k}/{i + 1} so far)")
-    k, n = sum(r["success"] for r in rows), len(rows)
-    lo, hi = data.wilson(k, n)
-    res = {"command": "python eval_real.py " + " ".join(sys.argv[1:]), "git_revision": data.git_revision(),
-           "ckpt": o.ckpt, "task": o.task, "robot": "mujoco", "episodes": n, "successes": k, "success_rate": k / n,
-           "wilson95": [lo, hi], "max_steps": run_o.max_steps,
-           "caps": {"max_joint_speed": o.max_joint_speed, "joint_margin": o.joint_margin, "dynamics": o.dynamics,
-                    "arm": o.arm, "query": o.query, "n_action_steps": o.n_action_steps or policy.n_action_steps},
-           "failure_types": {t: sum(r["failure_type"] == t for r in rows) for t in ("motion-fail", "skill-fail", "timeout")},
-           "minutes": (time.time() - t0) / 60, "per_episode": rows}
-    data.atomic_write_bytes(out / "results.json", lambda f: f.write(json.dumps(res, indent=1).encode()))
-    log(f"{o.task}: {k}/{n} = {k / n:.2f}, Wilson 95% [{lo:.2f}, {hi:.2f}] -> {out / 'results.json'}")
-    return res

@@ -1,5 +1,5 @@
 """Replaying a scripted expert's demonstration on a moved layout: how tests/test_sim.py and tests/test_twin.py
-check the scene symmetries that train.py --symmetry / --waist-turn rely on (sim.py, twin.py)."""
+check the scene symmetries that train.py --symmetry relies on (sim.py, twin.py)."""
 import dataclasses
 
 import numpy as np
@@ -34,10 +34,3 @@ def solves(env, layout, poses: dict, actions, seed: int) -> bool:
         return env.success
     finally:
         env.task = task0
-
-
-def turned_about(poses: dict, base, angle: float, moves=lambda x, y: True) -> dict:
-    """`poses` turned by `angle` about `base` (x, y), yaw too; objects for which moves(x, y) is False stay."""
-    (bx, by), c, s = base, np.cos(angle), np.sin(angle)
-    return {n: ((bx + c * (x - bx) - s * (y - by), by + s * (x - bx) + c * (y - by), yaw + angle)
-                if moves(x, y) else (x, y, yaw)) for n, (x, y, yaw) in poses.items()}

@@ -43,7 +43,7 @@ def test_end_to_end_then_everything_skipped(tmp_path):
     assert len(records) == 13
     for p in records:
         rec = json.loads(p.read_text())
-        assert rec["command"].startswith("python ") and rec["git_revision"] and rec["wall_s"] >= 0, p
+        assert rec["command"].startswith("python ") and rec["git_revision"] and "wall_s" in rec, p
     ev = json.loads((res / "eval" / "ss0.1_ks0.1__s0" / "results.json").read_text())
     assert ev["command"] == json.loads((res / "runs" / "eval__ss0.1_ks0.1__s0.json").read_text())["command"]
     summary = json.loads((res / "summary.json").read_text())
@@ -101,14 +101,15 @@ def _digest(*tensors) -> str:
 def test_four_variants_start_equal_and_see_the_same_batches(tmp_path, monkeypatch):
     import torch
     torch.set_num_threads(1)
-    monkeypatch.setattr(train, "load_folders", train.load_folders)  # restored after the test
+    import dataset
+    monkeypatch.setattr(dataset, "load_folders", dataset.load_folders)  # restored after the test
     make_dataset(tmp_path / "data" / "lift_block", n_episodes=3, T=30)  # the tiny preset's folder layout
     o = ablation.parse_options(["--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--data-dir",
                                 str(tmp_path / "data"), "--out", str(tmp_path / "res"), "--finetune-steps", "3"])
     jobs = {j.name: j for j in ablation.plan(o, tmp_path / "res", tmp_path / "runs", tmp_path / "data")}
     ablation.run_job(jobs["pretrain"], o, tmp_path / "res" / "runs")
     seen = {}
-    make_opt, make_batch, noise = train.make_optimizer, train.make_batch, train.sample_noise_time
+    make_opt, make_batch, noise = train.make_optimizer, dataset.make_batch, train.sample_noise_time
 
     def spy_opt(model, opts):  # called right after the weights are loaded from the base
         sd = {k: v for k, v in model.state_dict().items() if not k.startswith(("stage_", "keyframe_"))}
@@ -125,7 +126,7 @@ def test_four_variants_start_equal_and_see_the_same_batches(tmp_path, monkeypatc
         seen[current]["noise"].append(_digest(n, t))
         return n, t
     monkeypatch.setattr(train, "make_optimizer", spy_opt)
-    monkeypatch.setattr(train, "make_batch", spy_batch)
+    monkeypatch.setattr(dataset, "make_batch", spy_batch)
     monkeypatch.setattr(train, "sample_noise_time", spy_noise)
     fts = [jobs[f"finetune__{ablation.wname(*w)}__s0"] for w in o.variants().values()]
     for job in fts:

@@ -54,6 +54,11 @@ def test_bad_episode_files_name_file_and_key(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(data.DataError, match="bad.npz"):
         data.load_episode(tmp_path / "bad.npz")
+    # an object array needs pickle; numpy would advise allow_pickle=True, unsafe for a file of unknown origin
+    np.savez(tmp_path / "pickled.npz", qpos=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(data.DataError, match="pickled.npz: not a valid episode file") as err:
+        data.load_episode(tmp_path / "pickled.npz")
+    assert "allow_pickle" not in str(err.value)
     np.savez(tmp_path / "nokey.npz", qpos=np.zeros((3, 2), np.float32), instruction="x", task="t", seed=0)
     with pytest.raises(data.DataError, match="missing key 'action'"):
         data.load_episode(tmp_path / "nokey.npz")

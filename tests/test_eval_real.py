@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import eval_real as er  # noqa: E402
+import record  # noqa: E402
 
 
 class FakeClock:
@@ -234,12 +235,45 @@ def test_waypoint_velocities_flow_through_and_never_overshoot():
         JointWaypointMotion = lambda wps: wps
     sent = {}
     b = object.__new__(er.FrankyBackend)
-    b.f, b.v_max = F, np.full(7, 0.15)
-    b.robot = types.SimpleNamespace(move=lambda m, asynchronous: sent.update(m=m, asynchronous=asynchronous))
-    b.send_chunk(er.READY + np.outer([0.01, 0.03, 0.05, 0.05, 0.04], np.ones(7)), 0.1)
+    b.f, b.v_max, b.a_brake, b.goal = F, np.full(7, 0.15), np.full(7, 10.0), None
+    b.lo, b.hi = np.full(7, -3.0), np.full(7, 3.0)
+    b.robot = types.SimpleNamespace(move=lambda m, asynchronous: sent.update(m=m, asynchronous=asynchronous),
+                                    state=types.SimpleNamespace(q_d=er.READY, dq_d=np.zeros(7)),
+                                    poll_motion=lambda: sent.update(polled=True))
+    chunk = er.READY + np.outer([0.01, 0.03, 0.05, 0.05, 0.04], np.ones(7))
+    b.send_chunk(chunk, 0.1)
     v = np.array([state[1] for state, _ in sent["m"]])[:, 0]
     assert sent["asynchronous"] and all(ms == 100 for _, ms in sent["m"])
     assert np.allclose(v, [0.15, 0.15, 0.0, 0.0, 0.0])   # clipped; 0 at a hold, a reversal and the end
+    sent.clear()
+    b.send_chunk(np.tile(chunk[-1], (4, 1)), 0.1)        # holds where the running motion ends: not re-planned
+    assert sent == {"polled": True}
+    b.send_chunk(np.tile(chunk[-2], (4, 1)), 0.1)
+    assert "m" in sent
+
+
+def test_waypoints_never_lead_past_a_limit():
+    """franky's planner meets each waypoint's position and velocity exactly, so every velocity must be reachable
+    from the waypoint before and brakeable to the next one's: a waypoint at a clamped target carries none, the
+    arm's own motion counts for the first one, and the last is at rest."""
+    lo, hi, dt, a, v_max = np.full(7, -1.0), np.full(7, 1.0), 0.05, np.full(7, 1.5), np.full(7, 0.5)
+    zero = np.zeros(7)
+    up = np.r_[np.linspace(0.9, 1.0, 5), 1.0, 1.0][:, None] * np.ones(7)   # approaching hi, then held there
+    q0 = np.full(7, 0.875)
+    v = er.waypoint_velocities(up, q0, zero, dt, v_max, a, lo, hi)
+    assert (v[4:] == 0).all() and (v[:4] > 0).all()     # at the bound: nothing toward it
+    d = np.diff(np.vstack([q0, up]), axis=0)
+    speed = np.vstack([zero, np.abs(v)])
+    assert (speed[1:] ** 2 <= speed[:-1] ** 2 + 2 * a * np.abs(d) + 1e-12).all()          # reachable
+    assert (speed[1:-1] ** 2 <= speed[2:] ** 2 + 2 * a * np.abs(d[1:]) + 1e-12).all()     # brakeable
+    assert (v ** 2 <= 2 * a * (hi - up) + 1e-12).all()                                     # stops before hi
+    # the arm coming from above a target that turns back up would have to swing below it and back: 0
+    v = er.waypoint_velocities(np.array([[0.0] * 7, [0.1] * 7]), np.full(7, 0.2), zero, dt, v_max, a, lo, hi)
+    assert (v == 0).all()
+    # already moving along the path at 0.4 rad/s: the first waypoint keeps that speed (central difference capped)
+    path = np.linspace(0.02, 0.2, 10)[:, None] * np.ones(7)
+    v = er.waypoint_velocities(path, zero, np.full(7, 0.4), dt, v_max, a, lo, hi)
+    assert v[0, 0] == pytest.approx(0.4) and v[-1, 0] == 0 and (np.diff(v[-4:, 0]) < 0).all()
 
 
 def test_step_query_uses_select_action():
@@ -321,12 +355,11 @@ def test_layout_refused():
 # ----------------------------------------------------------------------------- options and fast failures
 
 def test_flags_from_the_dataclass():
-    o = er.Options(**vars(er.build_parser().parse_args(["--dry-run", "--dynamics", "0.5", "--no-home",
-                                                        "--camera", "none", "--arm", "panda"])))
+    o = er.parse_options(["--dry-run", "--dynamics", "0.5", "--no-home", "--camera", "none", "--arm", "panda"])
     assert o.dry_run and o.dynamics == 0.5 and not o.home and o.arm == "panda"
     with pytest.raises(er.RobotError, match="dynamics"):
         er.check_options(er.Options(dynamics=1.5))
-    assert er.Options(**vars(er.build_parser().parse_args(["--noise-scale", "0"]))).noise_scale == 0.0
+    assert er.parse_options(["--noise-scale", "0"]).noise_scale == 0.0
     with pytest.raises(er.RobotError, match="--noise-scale"):
         er.check_options(er.Options(noise_scale=1.5))
 
@@ -346,10 +379,12 @@ def test_done_predicate_ends_the_rollout_and_stops():
 def test_mujoco_robot_and_record_refuse_a_task_the_twin_lacks(capsys):
     assert er.main(["--robot", "mujoco", "--task", "lift_block", "--ckpt", "nope.pt"]) == 2
     assert "twin task" in capsys.readouterr().err
-    assert er.main(["record", "--robot", "mujoco", "--task", "real", "--out", "unused"]) == 2
+    assert record.main(["--robot", "mujoco", "--task", "real", "--out", "unused"]) == 2
     assert "franka_pick_place" in capsys.readouterr().err
-    assert er.main(["record", "--robot", "franky", "--task", "t", "--out", "unused"]) == 2
+    assert record.main(["--robot", "franky", "--task", "t", "--out", "unused"]) == 2
     assert "--ip is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):                     # no `eval_real.py record` subcommand: record.py is the tool
+        er.main(["record", "--robot", "mujoco"])
 
 
 def test_nothing_listening_fails_fast(capsys):
@@ -413,3 +448,271 @@ def test_stalled_camera_is_an_error_within_its_timeout():
     with pytest.raises(er.RobotError, match="no frame within"):
         er.Camera("dead", lambda: hang.wait(5), timeout=0.2)
     hang.set()
+
+
+# ----------------------------------------------------------------------------- a fake franky, as slow as a real hand
+
+class FrankyError(Exception):
+    pass
+
+
+class SlowHand:
+    """franky's Gripper as slow as a real Franka Hand: reading `width` takes 100 ms, a command blocks for 1.3 s,
+    and an *_async call first waits for the previous command (as franky's do). Time spent on the control
+    (main) thread is charged to the injected clock; on any other thread it passes for real, 100x shorter."""
+    READ_S, COMMAND_S = 0.1, 1.3
+
+    def __init__(self, clock, width=0.08):
+        self.clock, self._width, self.commands, self.main_thread_s = clock, width, [], 0.0
+        self.lock = threading.Lock()
+
+    def spend(self, s):
+        if threading.current_thread() is threading.main_thread():
+            self.main_thread_s += s
+            self.clock.t += s
+        else:
+            time.sleep(s / 100)
+
+    @property
+    def width(self):
+        self.spend(self.READ_S)
+        return self._width
+
+    def _command(self, name, width):
+        with self.lock:
+            self.spend(self.COMMAND_S)
+            self._width = width
+            self.commands.append(name)
+        return True
+
+    def grasp(self, width, speed, force, epsilon_inner=0.005, epsilon_outer=0.005):
+        return self._command("grasp", 0.0)
+
+    def open(self, speed):
+        return self._command("open", 0.08)
+
+    def grasp_async(self, *a, **kw):
+        return self.grasp(*a, **kw)                      # the caller waits as long as the command takes
+
+    def open_async(self, speed):
+        return self.open(speed)
+
+
+class Limit:
+    def __init__(self, value):
+        self.value = np.array(value, float)
+
+    def get(self):
+        return self.value.copy()
+
+    def set(self, value):
+        assert (np.asarray(value) <= self.value + 1e-9).all(), "franky refuses limits above its own"
+        self.value = np.array(value, float)
+
+
+class FakeRobot:
+    """franky's Robot: the arm reaches a motion's last waypoint at once. `stop()` leaves 'Move command preempted'
+    pending for the next move / join_motion, as franky 2.0.0 does (checked in franky-sim); `stuck_stop` makes
+    the JointStopMotion time out (so the backend falls back to the hard stop); `reflex` fails every motion."""
+
+    def __init__(self, ip, realtime_config=None):
+        self.q, self.has_errors, self.recover_ok, self.recovered = er.READY.copy(), False, True, 0
+        self.pending, self.moves, self.stuck_stop, self.reflex, self.running = None, [], False, None, False
+        panda = er.ARMS["panda"]                         # franky 2.0.0's defaults on any robot
+        self.joint_velocity_limit, self.joint_acceleration_limit = Limit(panda.dq_max), Limit(panda.ddq_max)
+        self.joint_jerk_limit, self.relative_dynamics_factor = Limit(panda.dddq_max), 1.0
+
+    @property
+    def current_joint_state(self):
+        return types.SimpleNamespace(position=self.q.copy())
+
+    @property
+    def state(self):
+        return types.SimpleNamespace(q_d=self.q.copy(), dq_d=np.zeros(7))
+
+    def _raise_pending(self):
+        if self.pending is not None:
+            e, self.pending = self.pending, None
+            raise e
+
+    def move(self, motion, asynchronous=False):
+        self._raise_pending()
+        self.moves.append(motion)
+        self.running = motion == "stop" and self.stuck_stop
+        if self.reflex:
+            self.pending, self.running = FrankyError(self.reflex), False
+        elif motion != "stop":
+            self.q = np.array(motion[-1][0][0], float)   # [(JointState(q, v), ms), ...]
+
+    def join_motion(self, timeout=None):
+        if self.running:
+            return False
+        self._raise_pending()
+        return True
+
+    def poll_motion(self):
+        return self.join_motion(0)
+
+    def stop(self):
+        self.running, self.pending = False, FrankyError("libfranka: Move command preempted!")
+
+    def recover_from_errors(self):
+        self.recovered += 1
+        self.has_errors = not self.recover_ok
+        return self.recover_ok
+
+    def set_guiding_mode(self, mode, elbow):
+        self.guiding = (list(mode), elbow)
+
+
+def fake_franky(monkeypatch, clock, **robot_kw):
+    """A franky module whose Robot / Gripper are the fakes above (the last made are f.robot / f.hand)."""
+    f = types.SimpleNamespace(Exception=FrankyError, RealtimeException=type("RT", (FrankyError,), {}),
+                              IncompatibleVersionException=type("IV", (FrankyError,), {}),
+                              RealtimeConfig=types.SimpleNamespace(Ignore=0, Enforce=1),
+                              Duration=lambda ms: ms, JointState=lambda q, v: (np.array(q), np.array(v)),
+                              JointWaypoint=lambda state, minimum_time: (state, minimum_time),
+                              JointWaypointMotion=lambda wps: wps, JointStopMotion=lambda: "stop")
+
+    def robot(ip, realtime_config=None):
+        f.robot = FakeRobot(ip, realtime_config)
+        for k, v in robot_kw.items():
+            setattr(f.robot, k, v)
+        return f.robot
+
+    def gripper(ip):
+        f.hand = SlowHand(clock)
+        return f.hand
+    f.Robot, f.Gripper = robot, gripper
+    monkeypatch.setattr(er, "require", lambda *a: f)
+    monkeypatch.setattr(er, "check_reachable", lambda ip: None)
+    return f
+
+
+def gripper_policy(period=0.5):
+    """20 Hz policy: holds the ready pose, its gripper command flips every `period` s (more often than a stroke)."""
+    p = FakePolicy(lambda k, obs: np.column_stack([np.tile(er.READY, (8, 1)),
+                                                  [float((k * 4 + i) / 20 // period % 2) for i in range(8)]]))
+    p.fps = 20.0
+    return p
+
+
+def test_slow_gripper_never_stalls_the_loop(monkeypatch):
+    """The hand of a real Franka (width read 100 ms, commands 1.3 s) costs the control loop nothing: 200 steps
+    at 20 Hz on the injected clock, and the commands still reach the hand, the newest last."""
+    clock = FakeClock()
+    f = fake_franky(monkeypatch, clock)
+    backend = er.FrankyBackend("fake", log=lambda *a: None)
+    f.hand.main_thread_s = 0.0                           # connecting read the width once; the loop must not
+    rec = {"images": {}, "qpos": [], "action": [], "instruction": "x"}
+    ended = er.run_episode(gripper_policy(), backend, {}, opts(max_steps=200, fps=20.0), rec, clock, clock.sleep,
+                           log=lambda *a: None)
+    assert ended == "max-steps" and len(rec["action"]) == 200
+    assert abs(rec["rate_hz"] - 20.0) <= 0.05 * 20.0 and rec["overruns"] == 0
+    assert f.hand.main_thread_s == 0.0
+    sent = np.array(rec["action"])[:, 7]
+    flips = np.flatnonzero(np.diff(sent))
+    assert len(flips) >= 3 and np.diff(flips).min() >= 1.6 * 20   # the gate waits for a full stroke (1.6 s)
+    assert backend.hand.wait_idle(5.0)
+    assert f.hand.commands[-1] == ("grasp" if sent[-1] == 0 else "open")
+    backend.close()
+
+
+def test_loop_measures_and_reports_the_rate_it_falls_to(tmp_path):
+    clock, lines = FakeClock(), []
+    policy = FakePolicy(clock=clock, infer_s=0.5)        # a chunk (4 steps at 10 Hz) takes 0.5 + 3 x 0.1 s: the
+    #                                                      late step re-anchors the schedule, the next starts at once
+    rec = {"images": {}, "qpos": [], "action": [], "instruction": "x"}
+    er.run_episode(policy, FakeBackend(clock=clock), {}, opts(max_steps=40), rec, clock, clock.sleep, log=lines.append)
+    assert rec["rate_hz"] == pytest.approx(39 / (9 * 0.8 + 0.7)) and rec["overruns"] == 10
+    assert sum("behind the 10 Hz schedule" in l for l in lines) == 1     # said once, at the first late step
+    clock, lines = FakeClock(), []
+    res = er.run(opts(max_steps=40, out=str(tmp_path)), policy=FakePolicy(clock=clock, infer_s=0.5),
+                 backend=FakeBackend(clock=clock), clock=clock, sleep=clock.sleep, ask=lambda p: "", log=lines.append)
+    assert res[0]["rate_hz"] < 9 and any("WARNING: the loop held" in l for l in lines)
+
+
+def test_record_guiding_holds_20hz_with_a_slow_hand(monkeypatch, tmp_path):
+    """record.py in guiding mode with an injected robot (franky-sim blocks in set_guiding_mode): 200 steps at
+    20 Hz on the injected clock although the hand is as slow as a real one; meta.json's fps and measured_fps
+    agree; SPACE toggles the gripper through the worker."""
+    clock = FakeClock()
+    f = fake_franky(monkeypatch, clock, has_errors=True)
+    presses = [(clock.t, " "), (clock.t + 2.0, " "), (clock.t + 5.0, " ")]   # start; close at 2 s; open at 5 s
+
+    def keys():
+        out = ""
+        while presses and presses[0][0] <= clock.t:
+            out += presses.pop(0)[1]
+        return out
+    a = record.build_parser().parse_args(["--robot", "franky", "--ip", "fake", "--task", "pick", "--instruction", "x",
+                                          "--out", str(tmp_path), "--max-steps", "200", "--yes", "--camera-names",
+                                          "front", "--image-size", "24", "32"])
+    saved = record.record_franky(a, log=lambda *a: None, keys=keys, cameras={"front": FakeCamera()}, clock=clock,
+                                 sleep=clock.sleep)
+    assert f.robot.guiding == ([True] * 6, True) and f.robot.recovered == 1
+    ep = data.load_episode(saved[0])
+    assert ep["action"].shape == (200, 8) and ep["images"]["front"].shape == (200, 24, 32, 3)
+    flips = np.flatnonzero(np.diff(ep["action"][:, 7]))
+    assert len(flips) == 2 and flips[1] - flips[0] == 60 and ep["action"][flips[0] + 1, 7] == 0   # closed 3 s
+    meta = data.load_meta(tmp_path)
+    assert meta["fps"] == 20.0 and abs(meta["measured_fps"] - 20.0) <= 0.05 * 20.0
+    assert f.hand.main_thread_s == pytest.approx(SlowHand.READ_S)   # the one read at connect, none while recording
+    assert f.hand.commands[-1] == "open"                 # guide.close() let the last command finish
+
+
+def test_recording_off_its_rate_is_not_saved(tmp_path):
+    lines = []
+    ep = {"rate_hz": 17.0, "overruns": 30}
+    assert not record.rate_held(ep, 20.0, lines.append) and "not saved" in lines[0]
+    assert record.rate_held({"rate_hz": 19.5, "overruns": 1}, 20.0, lines.append)
+
+
+def test_a_rollout_after_a_hard_stop_starts_cleanly(monkeypatch, tmp_path):
+    """The first rollout's JointStopMotion times out, so the backend hard-stops; franky then keeps 'Move command
+    preempted' for the next move. The backend clears it, and the second rollout homes and runs."""
+    clock, lines = FakeClock(), []
+    f = fake_franky(monkeypatch, clock, stuck_stop=True)
+    o = opts(out=str(tmp_path), episodes=2, home=True, max_steps=8, ip="fake")
+    res = er.run(o, policy=FakePolicy(), clock=clock, sleep=clock.sleep, ask=lambda p: "", log=lines.append)
+    assert [r["ended"] for r in res] == ["max-steps", "max-steps"] and [r["steps"] for r in res] == [8, 8]
+    assert any("hard stop" in l for l in lines) and any("preempted" in l and "cleared" in l for l in lines)
+    assert f.robot.pending is None
+
+
+def test_homing_that_fails_says_why_at_once(monkeypatch, tmp_path):
+    clock = FakeClock()
+    fake_franky(monkeypatch, clock, q=np.zeros(7), reflex="libfranka: Move command aborted: motion aborted by reflex!")
+    t0 = clock.t
+    with pytest.raises(er.RobotError, match="reflex"):
+        er.run(opts(out=str(tmp_path), home=True, ip="fake", label=""), policy=FakePolicy(), clock=clock,
+               sleep=clock.sleep, ask=lambda p: "", log=lambda *a: None)
+    assert clock.t - t0 < 1.0                            # not the 30 s timeout
+    backend = FakeBackend(q=np.zeros(7))                 # a motion that ends short of the ready pose
+    backend.send_chunk = lambda t, dt: None
+    backend.motion_finished = lambda: True
+    clock = FakeClock()
+    with pytest.raises(er.RobotError, match="ended with joint 4"):
+        er.go_home(backend, clock, clock.sleep)
+    assert clock.t - 100.0 < 2.0
+
+
+def test_failed_recovery_stops_with_what_to_do(monkeypatch):
+    fake_franky(monkeypatch, FakeClock(), has_errors=True, recover_ok=False)
+    with pytest.raises(er.RobotError, match="automatic recovery failed"):
+        er.FrankyBackend("fake", log=lambda *a: None)
+
+
+def test_fr3_plans_with_fr3_limits(monkeypatch):
+    """franky 2.0.0 plans with the Panda's accelerations and jerks: --arm fr3 lowers them to the FR3's at connect
+    (franky accepts only values below its own), and the waypoint speed cap follows franky's velocity limit."""
+    f = fake_franky(monkeypatch, FakeClock())
+    b = er.FrankyBackend("fake", arm="fr3", dynamics=0.5, log=lambda *a: None)
+    assert np.allclose(f.robot.joint_acceleration_limit.get(), [10, 7.5, 10, 10, 10, 10, 10])
+    assert np.allclose(f.robot.joint_jerk_limit.get(), [5000, 3750, 5000, 5000, 5000, 5000, 5000])
+    assert np.allclose(f.robot.joint_velocity_limit.get(), er.ARMS["panda"].dq_max)   # already below the FR3's
+    assert np.allclose(b.v_max, 0.8 * 0.5 * np.array(er.ARMS["panda"].dq_max))
+    assert np.allclose(b.a_brake, 0.5 * 0.5 * np.array([10, 7.5, 10, 10, 10, 10, 10]))
+    b.close()
+    er.FrankyBackend("fake", arm="panda", log=lambda *a: None)
+    assert np.allclose(f.robot.joint_acceleration_limit.get(), er.ARMS["panda"].ddq_max)

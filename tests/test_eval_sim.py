@@ -1,7 +1,5 @@
 """Evaluation: failure attribution on hand-made rollouts, Wilson intervals, compare and the paired test."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -9,7 +7,6 @@ import pytest
 import eval_sim
 import experts
 import sim
-from conftest import ROOT
 
 
 def _rollout(task, seed, edit):
@@ -141,7 +138,6 @@ def test_shuffled_instructions_ask_for_another_target():
     for lay, s in zip(layouts, ins):
         donors = [d for d in layouts if d.instruction == s]
         assert donors and all(d.roles != lay.roles for d in donors), (lay.instruction, s)
-    assert len({lay.roles["target"] for lay in layouts}) > 1
 
 
 def test_n_action_steps_override_sets_the_requery_interval():
@@ -162,29 +158,31 @@ def test_n_action_steps_override_sets_the_requery_interval():
         eval_sim.EvalConfig(ckpt="x", task=["lift_block"], noise_scale=1.5)
 
 
-def test_main_job_pipeline_tiny(tmp_path):
-    """The README's main job end to end on a tiny setting: data -> train -> evaluate -> table -> video."""
-    out = tmp_path / "main"
-    r = subprocess.run([sys.executable, "eval_sim.py", "main", "--out", str(out), "--demos", "2", "--steps", "4",
-                        "--preset", "tiny", "--episodes", "2", "--workers", "1"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    res = json.loads((out / "eval" / "results.json").read_text())
-    ep = res["tasks"]["lift_block"]["per_episode"]
-    assert len(ep) == 2 and all(e["failure_type"] in ("success", "motion-fail", "skill-fail", "timeout") for e in ep)
-    assert "| lift_block | 1 |" in r.stdout, "the table is printed"
-    assert list((out / "eval").glob("*.mp4")), "a video is written"
-    assert (out / "run" / "ckpt.pt").is_file() and len(list((out / "data").glob("episode_*.npz"))) == 2
-    # the diagnostics on the same run: open-loop error on the demonstrations, rollouts on demonstration seeds
-    r = subprocess.run([sys.executable, "eval_sim.py", "openloop", "--ckpt", str(out / "run" / "ckpt.pt"), "--data",
-                        str(out / "data"), "--episodes", "2", "--out", str(tmp_path / "ol.json")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    ol = json.loads((tmp_path / "ol.json").read_text())["steps"]
-    assert "0" in ol and all(np.isfinite(v["error_rad"]) and v["demo_motion_rad"] > 0 for v in ol.values())
-    r = subprocess.run([sys.executable, "eval_sim.py", "--ckpt", str(out / "run" / "ckpt.pt"), "--task", "lift_block",
-                        "--episodes", "2", "--demo-seeds", "--max-steps", "10", "--out", str(tmp_path / "demo")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    seeds = [e["seed"] for e in json.loads((tmp_path / "demo" / "results.json").read_text())["tasks"]["lift_block"]["per_episode"]]
-    assert seeds == [0, 1]
+class LookingPolicy(ReplayPolicy):
+    """The expert's plan, nudged by what the top camera shows: a rollout fed other frames goes elsewhere."""
+
+    def predict_chunk(self, obs_batch):
+        out = super().predict_chunk(obs_batch)
+        look = np.array([o["images"]["top"].astype(np.float32).mean() / 255.0 for o in obs_batch])  # (B,) in [0, 1]
+        out[:, :, 0] += 0.05 * look[:, None]  # the left waist turns with the image
+        return out
+
+
+def test_rendering_only_read_steps_keeps_the_outcomes(monkeypatch):
+    """The cameras render only at query steps (and every step of a recorded episode); every outcome is what it
+    is when they render at every step, for a policy whose actions depend on the pixels it reads."""
+    seeds = eval_sim.eval_seeds(0, 3)
+    cfg = eval_sim.EvalConfig(ckpt="x", task=["lift_block"], episodes=3)
+    calls = []
+    real = sim.Env.render
+    monkeypatch.setattr(sim.Env, "render", lambda self, cam: calls.append(cam) or real(self, cam))
+    run = lambda every, video=0: eval_sim.rollout_batch(LookingPolicy("lift_block", seeds), "lift_block", seeds, cfg,
+                                                        record_video=video, render_every_step=every)
+    keys = ("success", "length", "gripper_events", "stages_reached", "failure_step")
+    full = run(True)
+    n_full, calls[:] = len(calls), []
+    lazy = run(False)
+    assert [[e[k] for k in keys] for e in full] == [[e[k] for k in keys] for e in lazy]
+    assert len(calls) < 0.3 * n_full, (len(calls), n_full)  # 1 step in 5 renders (n_action_steps 5), plus resets
+    video = run(False, video=1)
+    assert len(video[0]["video_frames"]) == video[0]["length"]  # a recorded episode still has every frame

@@ -186,33 +186,6 @@ def test_conv_stem_keeps_the_token_grid_and_sees_the_image():
         tiny_cfg(vit_stem="resnet")
 
 
-def test_image_pos_marks_where_a_token_is():
-    """image_pos=True: two images that differ only by where a patch sits give different prefixes only through
-    the position the backbone is told; the buffer is rebuilt from the config (not in the state dict, so
-    checkpoints without the option still load)."""
-    from model import sincos_2d
-    pe = sincos_2d(2, 2, 8)
-    assert pe.shape == (4, 8) and len({tuple(r.tolist()) for r in pe}) == 4
-    outs = {}
-    for image_pos in (False, True):
-        cfg = tiny_cfg(image_pos=image_pos, vit_depth=1)
-        model = new_model(cfg, 0).eval()
-        assert "image_pos" not in model.state_dict()
-        model.vit.pos_embed.data.zero_()  # the ViT's own positions off: only image_pos can tell tokens apart
-        img = -torch.ones(1, 1, 3, 32, 32)
-        a, b = img.clone(), img.clone()
-        a[..., :16, :16] = 1.0  # a bright patch top-left ...
-        b[..., 16:, 16:] = 1.0  # ... or bottom-right
-        batch = fake_batch(cfg, B=1)
-        with torch.no_grad():
-            ka = model.encode_prefix(a, batch["lang_ids"], batch["lang_mask"], batch["state"])[0][0][0]
-            kb = model.encode_prefix(b, batch["lang_ids"], batch["lang_mask"], batch["state"])[0][0][0]
-        # the same set of tokens in another order: equal as sets of keys without positions
-        sa, sb = ka[0, 0, :4].sum(0), kb[0, 0, :4].sum(0)
-        outs[image_pos] = (sa - sb).abs().max().item()
-    assert outs[False] < 1e-5 and outs[True] > 1e-4
-
-
 def test_keypoints_are_the_expected_position_of_what_the_vit_marks():
     """keypoints=K: each camera enters the prefix as K tokens built from softmax-weighted (x, y) over the patch
     grid. A keypoint whose logit is a bright-patch detector lands on that patch, at the grid's corner

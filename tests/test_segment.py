@@ -90,11 +90,6 @@ def test_given_levels_and_their_checks():
         S.segment(x, levels=(0.0, np.nan))
 
 
-def test_one_dimensional_and_two_arm_shapes():
-    assert S.segment(steps((1, 9), (0, 9))).stage.shape == (18, 1)
-    assert S.segment(np.ones((18, 2))).stage.shape == (18, 2)
-
-
 # ----------------------------------------------------------------------------- messy signals
 
 @pytest.mark.parametrize("glitch_len", [1, 2])
@@ -269,7 +264,7 @@ def test_labels_for_episode_action_vs_qpos():
     seg_q, tgt_q = S.labels_for_episode(action, [1], signal="qpos", qpos=qpos)
     assert [k for _, _, k in seg_q.events] == ["close", "open"]
     assert all(0 <= tq - ta <= 6 for (tq, _, _), (ta, _, _) in zip(seg_q.events, seg.events))  # the lag
-    assert tgt_q.shape == action.shape                 # targets always come from the actions
+    assert np.array_equal(tgt_q, action[seg_q.keyframe_index])  # targets always come from the actions
     with pytest.raises(ValueError, match="qpos: required"):
         S.labels_for_episode(action, [1], signal="qpos")
     with pytest.raises(ValueError, match="gripper_indices"):
@@ -424,15 +419,38 @@ def test_cli_episode_and_plot(tmp_path):
     line = r.stdout.splitlines()[0]
     assert line.startswith("episode_000002.npz task=stack T=100 events=4: close@20 a0, open@40 a0")
     assert "skill share 0.40" in line
-    iio = pytest.importorskip("imageio.v3")
-    img = iio.imread(out)
-    assert img.ndim == 3 and img.shape[2] == 3
-    assert ((img[..., 0] > 200) & (img[..., 1] < 60)).any()   # red close ticks were drawn
+    from PIL import Image
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert img.shape[1] > 1200 and img.shape[2] == 3
+    assert ((img[..., 0] > 200) & (img[..., 1] < 60)).any()   # red close lines were drawn
+    assert ((img[..., 1] > 140) & (img[..., 0] < 60)).any()   # green open lines were drawn
     assert _cli(tmp_path, "--episode", 9).returncode == 2
 
 
-def test_segment_imports_only_numpy():
+def test_cli_names_the_bad_file(tmp_path):
+    _write_folder(tmp_path)
+    (tmp_path / "episode_000003.npz").write_bytes(b"not a zip")
+    r = _cli(tmp_path, "--summary")
+    assert r.returncode == 2 and "episode_000003.npz: not a valid episode file" in r.stderr, r.stderr
+    np.savez(tmp_path / "episode_000003.npz", action=np.zeros((5, 2)), task=np.array("pick"))
+    r = _cli(tmp_path, "--summary")
+    assert r.returncode == 2 and "episode_000003.npz: missing key 'qpos' (has ['action', 'task'])" in r.stderr, r.stderr
+    (tmp_path / "meta.json").unlink()
+    r = _cli(tmp_path, "--summary")
+    assert r.returncode == 2 and "meta.json: missing (is " in r.stderr, r.stderr
+
+
+def test_segment_imports_only_numpy(tmp_path):
+    """`import segment` pulls in nothing but numpy; the CLI reads episodes without data.py (and only
+    --plot imports plots.py, hence PIL)."""
     r = subprocess.run([sys.executable, "-c", "import sys, segment; "
+                        "assert not {'torch', 'mujoco', 'data', 'imageio', 'plots', 'PIL'} & set(sys.modules), sys.modules.keys()"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    _write_folder(tmp_path)
+    r = subprocess.run([sys.executable, "-c", "import sys, segment; "
+                        f"assert segment.main([{str(tmp_path)!r}, '--summary']) == 0; "
+                        f"assert segment.main([{str(tmp_path)!r}, '--plot', {str(tmp_path / 'p.png')!r}]) == 0; "
                         "assert not {'torch', 'mujoco', 'data', 'imageio'} & set(sys.modules), sys.modules.keys()"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from train import Options, train  # noqa: E402
 
 torch.set_num_threads(1)  # 2 shared cores: two threads on tiny ops mostly wait for each other
 FAST = dict(preset="tiny", batch_size=8, log_every=1, save_every=1000, warmup=2, shift=2)
+CFG = types.SimpleNamespace(horizon=5, image_size=(32, 32))  # what make_batch reads of a ModelConfig
 
 
 @pytest.fixture(scope="module")
@@ -92,27 +94,6 @@ def test_variants_share_data_order_and_init(ds, tmp_path):
     assert other["policy_loss"] != first[0, 0]
 
 
-def test_vision_warmup_holds_the_blocks_then_releases_them(ds, tmp_path):
-    """--vision-warmup 3: after 3 steps the backbone and expert blocks are still the seed's init while the
-    ViT (conv stem here) has moved; one step later the blocks move too."""
-    from model import ModelConfig
-    from train import new_model
-    kw = dict(vision_warmup=3, vit_stem="conv", seed=1)
-    run(ds, tmp_path / "w3", steps=4, stop_after=3, **kw)
-    ck = torch.load(tmp_path / "w3" / "ckpt.pt", weights_only=True)
-    run(ds, tmp_path / "w0", steps=4, stop_after=1, **{**kw, "vision_warmup": 0})  # 1 unfrozen step, same init
-    ck0 = torch.load(tmp_path / "w0" / "ckpt.pt", weights_only=True)
-    fresh = new_model(ModelConfig(**ck["model_config"]), 1).state_dict()
-    assert ck["model_config"]["vit_stem"] == "conv"
-    blocks = [k for k in fresh if k.startswith(("blocks.", "expert."))]
-    assert blocks and all(torch.equal(ck["model"][k], fresh[k]) for k in blocks)
-    assert any(not torch.equal(ck0["model"][k], fresh[k]) for k in blocks)  # without the warm-up they move
-    assert not torch.equal(ck["model"]["vit.patch_embed.proj.0.weight"], fresh["vit.patch_embed.proj.0.weight"])
-    run(ds, tmp_path / "w3", steps=4, resume=True, **kw)
-    ck = torch.load(tmp_path / "w3" / "ckpt.pt", weights_only=True)
-    assert any(not torch.equal(ck["model"][k], fresh[k]) for k in blocks)
-
-
 def test_checkpoint_round_trip_and_policy(ds, tmp_path):
     run(ds, tmp_path / "r", steps=3, stage_weight=1, keyframe_weight=1, stage_label="any", init_from="")
     ck = torch.load(tmp_path / "r" / "ckpt.pt", weights_only=True)
@@ -132,7 +113,7 @@ def test_checkpoint_round_trip_and_policy(ds, tmp_path):
     p1.binary_gripper = False
     raw = p1.predict_chunk(obs, generator=torch.Generator().manual_seed(0))
     p1.binary_gripper = True
-    assert 0 < np.abs(raw[..., [6, 13]] - c1[..., [6, 13]]).max() and np.isin(c1[..., [6, 13]], (0.0, 1.0)).all()
+    assert 0 < np.abs(raw[..., [6, 13]] - c1[..., [6, 13]]).max()
     assert np.array_equal(c1[..., [6, 13]], (raw[..., [6, 13]] >= 0.5).astype(np.float32))
     assert np.array_equal(np.delete(c1, [6, 13], -1), np.delete(raw, [6, 13], -1))
     # noise_scale 0: the flow from the noise's mean, one chunk whatever the generator; 1 (default): samples differ
@@ -204,74 +185,30 @@ def test_cli_smoke(ds, tmp_path):
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_keypoint_policy_trains_and_reloads(ds, tmp_path):
-    """--keypoints 4 --vit-pos sincos: the options reach the checkpoint's config, the fixed ViT positions are
-    still the sin-cos table after training (no gradient, no weight decay), and Policy.load rebuilds a policy
-    whose chunk is finite and the same for the same noise seed."""
-    from model import sincos_2d
-    run(ds, tmp_path / "kp", steps=3, keypoints=4, vit_pos="sincos", vit_stem="conv")
-    ck = torch.load(tmp_path / "kp" / "ckpt.pt", weights_only=True)
-    assert ck["model_config"]["keypoints"] == 4 and ck["model_config"]["vit_pos"] == "sincos"
-    grid = sincos_2d(*[s // ck["model_config"]["patch_size"] for s in ck["model_config"]["image_size"]],
-                     ck["model_config"]["vit_width"])[None]
-    assert torch.equal(ck["model"]["vit.pos_embed"], grid) and torch.equal(ck["ema"]["vit.pos_embed"], grid)
-    policy = Policy.load(tmp_path / "kp" / "ckpt.pt")
-    ep = data.load_episode(data.episode_paths(ds)[0])
-    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    a1, a2 = policy.predict_chunk([obs_at(ep, 3)], g1), policy.predict_chunk([obs_at(ep, 3)], g2)
-    assert a1.shape == (1, policy.horizon, len(policy.action_names)) and np.isfinite(a1).all()
-    np.testing.assert_array_equal(a1, a2)
-    with pytest.raises(ValueError, match="keypoints"):
-        run(ds, tmp_path / "bad", steps=1, keypoints=-1)
-
-
-def test_state_noise_perturbs_only_the_state(ds):
-    from model import Normalizer, Tokenizer, train_tokenizer
-    from train import compute_stats, load_folders, make_batch
-    D = load_folders([str(ds)])
-    norm = Normalizer(compute_stats(D, 1e-2), torch.device("cpu"))
-    tok = Tokenizer(train_tokenizer(sorted(set(D["texts"])), 64))
-    lang = tok(D["texts"], 8)
-    mk = lambda sn: make_batch(D, lang, norm, torch.Generator().manual_seed(0), 16, 5, (32, 32), 2,
-                               D["meta"]["gripper_indices"], torch.device("cpu"), sn)
-    clean, noisy = mk(0.0), mk(0.5)
-    for k in clean:
-        if k != "state":
-            assert torch.equal(clean[k], noisy[k]), f"{k} changed with --state-noise"
-    d = noisy["state"] - clean["state"]
-    assert 0.3 < d.std().item() < 0.7, d.std().item()  # the std asked for, in normalised units
-    with pytest.raises(ValueError, match="--state-noise"):
-        Options(data=["x"], state_noise=-1)
-
-
 @pytest.mark.parametrize("robot", ["bimanual_6dof", "franka"])
 def test_scene_augmentation_moves_joints_and_objects_alike(tmp_path, robot):
     """--symmetry: a random half of the batch gets state, action chunk and keyframe mapped by the suite's
     SYMMETRY (bimanual: arms exchanged; Franka: joints 1, 3, 5, 7 reflected) and stage columns with their
-    grippers; --waist-turn adds an angle to the acting arm's waist. ground_matrix / ground_offset move the
-    objects alike; everything else, and untouched samples, stay as they were."""
+    grippers. ground_matrix / ground_offset move the objects alike; everything else, and untouched samples,
+    stay as they were."""
     import sim
     import twin
     from model import Normalizer, Tokenizer, train_tokenizer
-    from train import load_folders, make_batch, scene_augmentation
+    from dataset import load_folders, make_batch, scene_augmentation
     suite = sim if robot == "bimanual_6dof" else twin
     names, gi = list(suite.ACTION_NAMES), tuple(suite.GRIPPER_INDICES)
     ds = make_dataset(tmp_path / robot, n_episodes=2, T=20, action_dim=len(names), gripper_indices=gi,
                       meta_overrides=dict(robot=robot, action_names=names, qpos_names=names))
     D = load_folders([str(ds)])
-    assert (D["acting_arm"] == (0 if robot == "franka" else -1)).all()  # every synthetic gripper moves
-    D["acting_arm"][:20], D["acting_arm"][20:] = -1, len(gi) - 1  # episode 0: no one acting arm; 1: the last
     scene = scene_augmentation(D["meta"])
     A = len(names)  # identity normalisation: the batch holds raw values
     norm = Normalizer(dict(qpos_mean=[0.0] * A, qpos_std=[1.0] * A, action_mean=[0.0] * A, action_std=[1.0] * A))
     lang = Tokenizer(train_tokenizer(sorted(set(D["texts"])), 64))(D["texts"], 8)
-    mk = lambda **kw: make_batch(D, lang, norm, torch.Generator().manual_seed(0), 64, 5, (32, 32), 0,
-                                 D["meta"]["gripper_indices"], torch.device("cpu"), 0.0, **kw)
-    plain, moved, turned = mk(), mk(scene=scene, symmetry=True), mk(scene=scene, waist_turn=0.3)
+    mk = lambda scene=None: make_batch(D, lang, norm, torch.Generator().manual_seed(0), 64, CFG, 0, "cpu", scene)
+    plain, moved = mk(), mk(scene)
     assert "ground_matrix" not in plain
-    for b in (moved, turned):
-        for k in ("images", "lang_ids", "lang_mask", "action_valid"):
-            assert torch.equal(plain[k], b[k]), k
+    for k in ("images", "lang_ids", "lang_mask", "action_valid"):
+        assert torch.equal(plain[k], moved[k]), k
     # --symmetry
     S, M, t = suite.SYMMETRY, moved["ground_matrix"], moved["ground_offset"]
     f = (M != torch.eye(2)).any(2).any(1)                                            # the mirrored samples
@@ -284,36 +221,19 @@ def test_scene_augmentation_moves_joints_and_objects_alike(tmp_path, robot):
         assert not torch.allclose(moved[k][f], plain[k][f]), k
     stage = plain["stage"][f]  # per gripper: the arms' columns exchange; the Franka's one gripper stays
     assert torch.equal(moved["stage"][f], stage.flip(1) if robot == "bimanual_6dof" else stage)
-    # --waist-turn: only episode 1's samples turn, about the last arm's base
-    ep = D["ep_id"][torch.randint(0, len(D["action"]), (64,), generator=torch.Generator().manual_seed(0))]
-    arm = D["acting_arm"][torch.randint(0, len(D["action"]), (64,), generator=torch.Generator().manual_seed(0))]
-    M, t = turned["ground_matrix"], turned["ground_offset"]
-    angle = torch.atan2(M[:, 1, 0], M[:, 0, 0])                                      # (B,)
-    assert ((angle != 0) == (arm >= 0)).all() and (angle.abs() <= 0.3).all() and ((arm >= 0) == (ep == 1)).all()
-    d = turned["actions"] - plain["actions"]                                         # (B, H, A)
-    for b in range(64):
-        if arm[b] >= 0:
-            base, w = suite.WAISTS[int(arm[b])]
-            base = torch.tensor(base)
-            assert torch.allclose(d[b, :, w], angle[b].expand(d.shape[1]), atol=1e-6)
-            assert torch.allclose(d[b][:, [i for i in range(A) if i != w]], torch.zeros(1), atol=1e-6)
-            assert torch.allclose(M[b] @ base + t[b], base, atol=1e-6)  # the turn is about that arm's base
-        else:
-            assert torch.equal(d[b], torch.zeros_like(d[b])) and torch.equal(t[b], torch.zeros(2))
     bad = make_dataset(tmp_path / "j", n_episodes=1, T=20)  # joints j0..: no simulated robot's layout
-    with pytest.raises(data.DataError, match="--symmetry and --waist-turn need the joint layout"):
+    with pytest.raises(data.DataError, match="--symmetry needs the joint layout"):
         scene_augmentation(load_folders([str(bad)])["meta"])
-    with pytest.raises(ValueError, match="--symmetry and --waist-turn need --grounded-only"):
-        Options(data=["x"], waist_turn=0.2)
+    with pytest.raises(ValueError, match="--symmetry needs --grounded-only"):
+        Options(data=["x"], symmetry=True)
 
 
 def test_velocity_state(tmp_path):
     """--velocity: the state is (qpos, qpos - previous qpos), the first row of an episode at rest; --symmetry moves
-    both rows alike (so the change is the recorded one, re-indexed and signed), --waist-turn leaves the change as
-    it is; the Policy reads obs['prev_qpos'] and names it when it is missing."""
+    both rows alike (so the change is the recorded one, re-indexed and signed); the Policy reads obs['prev_qpos'] and names it when it is missing."""
     import sim
     from model import Normalizer, Tokenizer, train_tokenizer
-    from train import load_folders, make_batch, previous_qpos, scene_augmentation
+    from dataset import load_folders, make_batch, previous_qpos, scene_augmentation
     names = list(sim.ACTION_NAMES)
     ds = make_dataset(tmp_path / "d", n_episodes=2, T=20, meta_overrides=dict(robot=sim.ROBOT, action_names=names,
                                                                               qpos_names=names))
@@ -333,28 +253,21 @@ def test_velocity_state(tmp_path):
     assert not np.allclose(policy.predict_chunk([obs], generator=g()), still)           # the change is read
     with pytest.raises(ValueError, match="--velocity must match"):
         run(ds, tmp_path / "ft", steps=1, init_from=str(tmp_path / "run" / "ckpt.pt"))
-    with pytest.raises(ValueError, match="--velocity works on joint actions only"):
-        Options(data=["x"], action_space="ee", velocity=True)
-    # the batches: unmoved, mirrored (--symmetry) and turned (--waist-turn)
+    # the batches: unmoved and mirrored (--symmetry)
     D = load_folders([str(ds)])
-    D["qpos_prev"], D["state_dim"] = previous_qpos(D), 28
+    D["qpos_prev"] = previous_qpos(D)
     assert torch.equal(D["qpos_prev"][[0, 20]], D["qpos"][[0, 20]])                  # each episode starts at rest
     assert torch.equal(D["qpos_prev"][[5, 25]], D["qpos"][[4, 24]])
     norm = Normalizer(dict(qpos_mean=[0.0] * 28, qpos_std=[1.0] * 28, action_mean=[0.0] * 14, action_std=[1.0] * 14))
     lang = Tokenizer(train_tokenizer(sorted(set(D["texts"])), 64))(D["texts"], 8)
     S = scene_augmentation(D["meta"])
-    mk = lambda **kw: make_batch(D, lang, norm, torch.Generator().manual_seed(0), 64, 5, (32, 32), 0,
-                                 D["meta"]["gripper_indices"], torch.device("cpu"), 0.0, **kw)
+    mk = lambda scene=None: make_batch(D, lang, norm, torch.Generator().manual_seed(0), 64, CFG, 0, "cpu", scene)
     idx = torch.randint(0, 40, (64,), generator=torch.Generator().manual_seed(0))     # make_batch's first draw
     delta = D["qpos"][idx] - D["qpos_prev"][idx]
     plain = mk()
     assert torch.equal(plain["state"][:, :14], D["qpos"][idx]) and torch.allclose(plain["state"][:, 14:], delta)
-    moved = mk(scene=S, symmetry=True)
+    moved = mk(S)
     f = (moved["ground_matrix"] != torch.eye(2)).any(2).any(1)                           # the moved samples
     assert 16 < int(f.sum()) < 48 and torch.equal(moved["state"][~f], plain["state"][~f])
     assert torch.allclose(moved["state"][f][:, 14:], delta[f][:, S["index"]] * S["sign"], atol=1e-6)
     assert not torch.allclose(moved["state"][f][:, 14:], delta[f], atol=1e-3)
-    D["acting_arm"] = torch.zeros_like(D["acting_arm"])  # synthetic: both grippers act; turn the left arm's waist
-    turned = mk(scene=S, waist_turn=0.5)
-    assert not torch.equal(turned["state"][:, :14], plain["state"][:, :14])
-    assert torch.allclose(turned["state"][:, 14:], plain["state"][:, 14:], atol=1e-6)

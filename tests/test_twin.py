@@ -1,5 +1,6 @@
 """The MuJoCo Franka twin (twin.py): kinematics against the DH table, the 8-D layout, tasks and experts,
-`eval_real.py --robot mujoco`, and `eval_real.py record` on the twin (segmented, then trained)."""
+`eval_real.py --robot mujoco` (its results.json paired by `eval_sim.py compare`), and `record.py` on the twin
+(segmented, then trained)."""
 import json
 import math
 import sys
@@ -15,13 +16,14 @@ sys.path.insert(0, str(ROOT))
 import train  # noqa: E402,F401  first: importing torch after a MuJoCo EGL renderer exists segfaults (tried)
 import data  # noqa: E402
 import eval_real as er  # noqa: E402
+import eval_sim  # noqa: E402
 import experts  # noqa: E402
 import record  # noqa: E402
 import segment  # noqa: E402
 import twin  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
-from replay import record_expert, solves, turned_about  # noqa: E402
+from replay import record_expert, solves  # noqa: E402
 
 # Craig DH of the Franka, copied from ../shared/reference/franka.md (not imported from twin.py on purpose)
 A = [0, 0, 0, 0.0825, -0.0825, 0, 0.088]
@@ -148,6 +150,10 @@ class ExpertPolicy:
         return self.select_action(batch[0])[None, None]
 
 
+EPISODE_KEYS = {"seed", "instruction", "true_instruction", "success", "furthest_stage", "stages_reached", "failure_type",
+                "failure_step", "failure_to_nearest_event", "uniform_step_to_nearest_event", "gripper_events", "length"}
+
+
 def test_eval_mujoco_scores_success_and_failure(tmp_path, monkeypatch):
     made = {}
     real = twin.TwinBackend
@@ -157,7 +163,7 @@ def test_eval_mujoco_scores_success_and_failure(tmp_path, monkeypatch):
         return made["b"]
     monkeypatch.setattr(twin, "TwinBackend", backend)
 
-    class Lazy(ExpertPolicy):  # the backend exists only inside evaluate(): bind on first use
+    class Lazy(ExpertPolicy):  # the backend exists only inside evaluate_twin(): bind on first use
         def __init__(self, idle=False):
             self.idle, self.seen = idle, []
 
@@ -165,16 +171,56 @@ def test_eval_mujoco_scores_success_and_failure(tmp_path, monkeypatch):
             self.backend = made["b"]
             super().reset()
     o = er.Options(robot="mujoco", task="franka_pick_place", episodes=2, query="step", out=str(tmp_path / "ok"), ckpt="x")
-    res = twin.evaluate(o, policy=Lazy(), log=lambda *a: None)
-    assert res["successes"] == 2 and res["wilson95"] == list(data.wilson(2, 2))
-    assert all(r["ended"] == "done" and r["failure_type"] == "success" for r in res["per_episode"])
-    assert [r["seed"] for r in res["per_episode"]] == twin.eval_seeds(0, 2)
-    on_disk = json.loads((tmp_path / "ok" / "results.json").read_text())
-    assert on_disk["successes"] == 2 and on_disk["caps"]["max_joint_speed"] == 0.5
+    res = er.evaluate_twin(o, policy=Lazy(), log=lambda *a: None)
+    r = res["tasks"]["franka_pick_place"]
+    assert r["successes"] == 2 and r["wilson95"] == data.wilson(2, 2) and r["gripper_events"] == 2
+    assert all(e["ended"] == "done" and e["failure_type"] == "success" and e["failure_step"] is None
+               for e in r["per_episode"])
+    assert [e["seed"] for e in r["per_episode"]] == twin.eval_seeds(0, 2)
+    assert all(len(e["gripper_events"]) == 2 for e in r["per_episode"])   # the expert's grasp and release, commanded
+    on_disk = json.loads((tmp_path / "ok" / "results.json").read_text())  # eval_sim.py's schema
+    assert set(on_disk) == {"command", "git_revision", "config", "tasks", "wall_s"}
+    assert EPISODE_KEYS <= set(on_disk["tasks"]["franka_pick_place"]["per_episode"][0])
+    cfg = on_disk["config"]
+    assert cfg["max_joint_speed"] == 0.5 and cfg["dynamics"] == 0.2 and cfg["arm"] == "fr3" and cfg["max_steps"] == 400
     o = er.Options(robot="mujoco", task="franka_pick_place", episodes=1, max_steps=30, out=str(tmp_path / "idle"), ckpt="x")
-    res = twin.evaluate(o, policy=Lazy(idle=True), log=lambda *a: None)
-    assert res["successes"] == 0 and res["per_episode"][0]["failure_type"] == "motion-fail"
-    assert res["per_episode"][0]["steps"] == 30 and res["wilson95"][0] == 0.0
+    res = er.evaluate_twin(o, policy=Lazy(idle=True), log=lambda *a: None)
+    e = res["tasks"]["franka_pick_place"]["per_episode"][0]
+    assert res["tasks"]["franka_pick_place"]["successes"] == 0 and e["failure_type"] == "motion-fail"
+    assert e["length"] == 30 and e["failure_step"] == 0 and e["gripper_events"] == [] and res["config"]["max_steps"] == 30
+    # eval_sim.py compare pairs the two twin runs by seed (the first seed is in both)
+    md = eval_sim.compare([str(tmp_path / "ok"), str(tmp_path / "idle")], str(tmp_path / "cmp"), ["expert", "idle"])
+    paired = json.loads((tmp_path / "cmp" / "compare.json").read_text())["paired"]["idle"]["franka_pick_place"]
+    assert (paired["pairs"], paired["b"], paired["c"]) == (1, 1, 0) and "franka_pick_place" in md
+
+
+def test_compare_pairs_twin_results_folders(tmp_path):
+    """Two twin results folders (per-episode rows written as eval_real.twin_episode writes them) are read and
+    paired by seed by eval_sim.compare."""
+    env = twin.FrankaEnv("franka_stack", render=False)
+
+    def folder(name, outcomes):
+        eps = []
+        for seed, ok in outcomes.items():
+            env.reset(seed)
+            env.success = ok
+            acts = np.tile(np.r_[twin.READY, 1.0], (20, 1))
+            acts[5:12, 7] = 0.0                            # one grasp and one release
+            eps.append(er.twin_episode(env, seed, {"action": list(acts), "instruction": "x"}, "max-steps"))
+        res = {"command": "synthetic", "git_revision": "x", "config": {}, "wall_s": 1.0,
+               "tasks": {"franka_stack": eval_sim.summarise("franka_stack", eps, 1.0)}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+        return str(tmp_path / name)
+    a = folder("a", {11: True, 12: True, 13: False, 14: False})
+    b = folder("b", {11: True, 12: False, 13: True, 14: True, 15: True})   # seed 15: no partner
+    eval_sim.compare([a, b], str(tmp_path / "cmp"))
+    summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    p = summary["paired"]["b"]["franka_stack"]
+    assert (p["pairs"], p["b"], p["c"]) == (4, 1, 2)
+    assert summary["tasks"]["franka_stack"]["variants"]["a"]["successes"] == 2
+    e = json.loads((tmp_path / "a" / "results.json").read_text())["tasks"]["franka_stack"]["per_episode"][2]
+    assert e["gripper_events"] == [5, 12] and e["failure_to_nearest_event"] is not None
 
 
 class Replay:
@@ -237,9 +283,10 @@ def test_twin_backend_follows_chunks_and_caps():
 
 def test_record_on_twin_segments_and_trains(tmp_path):
     out = tmp_path / "rec"
-    assert er.main(["record", "--robot", "mujoco", "--task", "franka_pick_place", "--out", str(out), "--episodes", "2"]) == 0
+    assert record.main(["--robot", "mujoco", "--task", "franka_pick_place", "--out", str(out), "--episodes", "2"]) == 0
     meta = data.load_meta(out)
     assert meta["action_names"] == twin.ACTION_NAMES and meta["gripper_indices"] == [7] and meta["fps"] == 20
+    assert meta["measured_fps"] == 20.0                                # the simulated clock holds it exactly
     for p in data.episode_paths(out):
         ep = data.load_episode(p)
         assert np.allclose(ep["action"][:-1, :7], ep["qpos"][1:, :7])  # action[t] = measured joints at t+1
@@ -254,8 +301,8 @@ def test_record_on_twin_segments_and_trains(tmp_path):
     # the trained checkpoint runs through eval_real.py --robot mujoco end to end (a few steps)
     assert er.main(["--robot", "mujoco", "--ckpt", str(run / "ckpt.pt"), "--task", "franka_pick_place",
                     "--episodes", "1", "--max-steps", "12", "--out", str(tmp_path / "ev")]) == 0
-    res = json.loads((tmp_path / "ev" / "results.json").read_text())
-    assert res["episodes"] == 1 and res["per_episode"][0]["steps"] == 12
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())["tasks"]["franka_pick_place"]
+    assert res["episodes"] == 1 and res["per_episode"][0]["length"] == 12
 
 
 def test_record_episode_reads_one_more_than_it_records():
@@ -293,20 +340,25 @@ def test_franky_guide_toggles_the_gripper_from_keys(monkeypatch):
         def __init__(self, ip, realtime_config=None):
             pass
 
+        def join_motion(self, timeout=None):
+            return True
+
         def set_guiding_mode(self, mode, elbow):
             calls.append(("guiding", list(mode), elbow))
 
-    class Gripper:
+    class Gripper:  # franky's blocking calls, run by the guide's GripperWorker thread
         width = 0.08
 
         def __init__(self, ip):
             pass
 
-        def grasp_async(self, *a, **kw):
+        def grasp(self, *a, **kw):
             calls.append("grasp")
+            return True
 
-        def open_async(self, speed):
+        def open(self, speed):
             calls.append("open")
+            return True
     fake = types.SimpleNamespace(Robot=Robot, Gripper=Gripper, Exception=RuntimeError,
                                  RealtimeConfig=types.SimpleNamespace(Ignore=0, Enforce=1))
     monkeypatch.setattr(er, "require", lambda *a: fake)
@@ -314,12 +366,15 @@ def test_franky_guide_toggles_the_gripper_from_keys(monkeypatch):
     keys = iter(["", " ", "", " ", "q"])
     g = record.FrankyGuide("1.2.3.4", keys=lambda: next(keys), log=lambda *a: None)
     g.start()
-    cmds = [g.gripper_command() for _ in range(5)]
-    assert cmds == [1.0, 0.0, 0.0, 1.0, 1.0] and g.finished()
+    cmds = []
+    for _ in range(5):
+        assert g.hand.wait_idle(5.0)                   # one command at a time, so the order below is fixed
+        cmds.append(g.gripper_command())
+    assert cmds == [1.0, 0.0, 0.0, 1.0, 1.0] and g.finished() and g.hand.wait_idle(5.0)
     assert calls == [("guiding", [True] * 6, True), "open", "grasp", "open"]
     q, w = g.read_state()
     assert np.allclose(q, er.READY) and w == 1.0
-
+    g.close()
 
 
 @pytest.mark.parametrize("task", ["franka_pick_place", "franka_stack"])
@@ -338,18 +393,3 @@ def test_mirror_maps_a_demonstration_onto_the_mirrored_layout(task):
         for name, traj in (("mirrored", mirrored), ("unmirrored", acts)):
             ok = solves(env, lay, poses, traj, seed)
             assert ok == (name == "mirrored"), f"seed {seed}, {name}: success {ok}"
-
-
-def test_waist_turn_maps_a_demonstration_onto_the_turned_layout():
-    """twin.WAISTS (train.py --waist-turn): the layout turned about the base by an angle is solved by the
-    expert's trajectory with joint 1 plus the angle; the trajectory as recorded fails there."""
-    env = twin.FrankaEnv("franka_pick_place", render=False)
-    base, waist = twin.WAISTS[0]
-    for seed, angle in ((0, 0.3), (1, -0.3)):
-        lay, acts = record_expert(env, seed)
-        poses = turned_about(lay.poses, base, angle)
-        turned = acts.copy()
-        turned[:, waist] += angle
-        for name, traj in (("turned", turned), ("as recorded", acts)):
-            ok = solves(env, lay, poses, traj, seed)
-            assert ok == (name == "turned"), f"seed {seed}, {name}: success {ok}"

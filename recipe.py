@@ -1,0 +1,168 @@
+"""Named recipes: a task's whole pipeline under one name (openpi's named training configs).
+
+    python recipe.py lift_block                     # demonstrations -> shipped front end -> policy -> evaluation
+    python recipe.py franka_pick_place              # the Franka twin, evaluated through eval_real.py --robot mujoco
+    python recipe.py lift_block --train-front-end   # the front end from scratch too (ground.py, about an hour)
+    python recipe.py --list
+
+A recipe is a name for the settings of the scripts, not a second implementation: each stage calls one script's
+`main()` with the flags below and prints that command, so every stage can be rerun by hand. A stage whose output
+exists is skipped, and training continues its checkpoint (train.py --resume): rerunning the command after an
+interruption continues where it stopped. Outputs go to --out (default runs/recipes/NAME): data/, front_end/
+(only with --train-front-end), policy/, eval/ (results.json, videos), report/ (the table).
+
+The front end (ground.py) is shipped in frontends/ with the commands that made it (frontends/TASK.json). Every
+policy trains with StaKe's stage and keyframe heads at weight 0.1 each (train.py's defaults; the heads are
+dropped at inference).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import data
+from data import opt
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Recipe:
+    task: str
+    demos: tuple       # data.py generate: the demonstrations (50, seeds 0, 1, ...)
+    front_end: str     # the shipped front end (ground.py export), relative to the repository
+    ground: tuple      # ground.py stages that made it, in order; "{prev}" is the previous stage's checkpoint
+    train: tuple       # train.py: the policy on the frozen front end's object positions
+    evaluate: tuple    # the evaluator's flags
+    evaluator: str     # "eval_sim" (bimanual scenes) or "eval_real" (the Franka twin, --robot mujoco)
+
+
+# why each piece is there, with the measurements: docs/experiments_recipe.md
+POLICY = ("--preset", "small", "--stage-weight", "0.1", "--keyframe-weight", "0.1",
+          "--freeze-vision", "--grounded", "--grounded-only", "--shift", "0", "--symmetry", "--save-every", "500")
+RECIPES = {
+    "lift_block": Recipe(
+        task="lift_block",
+        demos=("--episodes", "50", "--seed", "0", "--grasp-natural"),
+        front_end="frontends/lift_block.pt",
+        ground=(("--layouts", "6000", "--steps", "1000"),
+                ("--layouts", "6000", "--steps", "2000", "--expert-frac", "0.5", "--init-from", "{prev}")),
+        train=POLICY + ("--steps", "3000", "--velocity"),
+        evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4", "--batch", "25"),
+        evaluator="eval_sim"),
+    "franka_pick_place": Recipe(
+        task="franka_pick_place",
+        demos=("--episodes", "50", "--seed", "0", "--grasp-natural"),
+        front_end="frontends/franka_pick_place.pt",
+        ground=(("--layouts", "6000", "--steps", "2000"),
+                ("--layouts", "6000", "--steps", "1200", "--expert-frac", "0.5", "--init-from", "{prev}")),
+        # no --velocity: the client slows the arm, so the measured joint change is unlike the demonstrations'
+        train=POLICY + ("--steps", "6000"),
+        evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4"),
+        evaluator="eval_real"),
+}
+
+
+@dataclass
+class Options:
+    name: str = opt("lift_block", f"the recipe: {', '.join(RECIPES)}")
+    out: str = opt("", "output folder (default runs/recipes/NAME)")
+    train_front_end: bool = opt(False, "train the front end with ground.py instead of loading the shipped one")
+    seed: int = opt(0, "training seed of the policy")
+    eval_seed: int = opt(0, "evaluation seed block")
+    demos: int = opt(0, "demonstrations (0: the recipe's; fewer only for a quick check)")
+    steps: int = opt(0, "training steps (0: the recipe's)")
+    episodes: int = opt(0, "evaluation episodes (0: the recipe's)")
+    workers: int = opt(2, "processes for recording demonstrations, rendering layouts and evaluating")
+    list: bool = opt(False, "print the recipes and their commands, run nothing")
+
+    def __post_init__(self):
+        if self.name not in RECIPES:
+            raise ValueError(f"unknown recipe '{self.name}'; recipes: {', '.join(RECIPES)}")
+        if min(self.demos, self.episodes, self.steps, self.workers - 1) < 0:
+            raise ValueError("--demos, --episodes and --steps must be >= 0, --workers >= 1")
+
+
+def commands(o: Options) -> list:
+    """(stage, script, argv, output that marks it done) for every stage of the recipe, in order."""
+    r, out = RECIPES[o.name], Path(o.out or f"runs/recipes/{o.name}")
+    demos, policy, ev = out / "data", out / "policy", out / f"eval_seed{o.eval_seed}"
+    cmds = [("demonstrations", "data.py", ["generate", "--task", r.task, "--out", demos, "--workers", o.workers, *r.demos,
+                                           *(["--episodes", o.demos] if o.demos else [])], demos / "done.json")]
+    front = r.front_end if Path.cwd() == HERE else HERE / r.front_end
+    if o.train_front_end:
+        prev = None
+        for i, flags in enumerate(r.ground):
+            run = out / "front_end" / f"stage{i}"
+            argv = ["--task", r.task, "--out", run, "--workers", o.workers, "--resume",
+                    *[str(prev) if f == "{prev}" else f for f in flags]]
+            cmds.append((f"front end, stage {i}", "ground.py", argv, run / "ground.json"))
+            prev = run / "ckpt.pt"
+        front = prev
+    train = ["--data", demos, "--out", policy, "--vision-from", front, "--resume", *r.train]
+    train += ["--seed", o.seed] + (["--steps", o.steps] if o.steps else [])
+    cmds.append(("policy", "train.py", train, policy / "done.json"))
+    evaluate = ["--ckpt", policy / "ckpt.pt", "--task", r.task, "--out", ev, *r.evaluate, "--seed", o.eval_seed]
+    evaluate += ["--workers", o.workers] if r.evaluator == "eval_sim" else ["--robot", "mujoco"]
+    evaluate += ["--episodes", o.episodes] if o.episodes else []
+    cmds.append(("evaluation", f"{r.evaluator}.py", evaluate, ev / "results.json"))
+    return [(stage, script, [str(a) for a in argv], done) for stage, script, argv, done in cmds]
+
+
+def run(o: Options) -> dict:
+    import importlib
+    t_start, walls = time.time(), {}
+    cmds = commands(o)
+    front = HERE / RECIPES[o.name].front_end
+    if not o.train_front_end and not front.is_file():
+        raise FileNotFoundError(f"{front}: the shipped front end is missing (--train-front-end trains one)")
+    for stage, script, argv, done in cmds:
+        print(f"\n== {stage}\n$ python {script} {' '.join(argv)}", flush=True)
+        if done.is_file():
+            print(f"done already ({done})")
+            continue
+        t0 = time.time()
+        code = importlib.import_module(script[:-3]).main(argv)
+        if code:
+            raise RuntimeError(f"{stage} failed (exit {code}): python {script} {' '.join(argv)}")
+        if script in ("data.py", "train.py"):  # finished; a killed one resumes (generate and train.py --resume)
+            data.atomic_write_bytes(done, lambda f: f.write(json.dumps({"command": f"python {script} {' '.join(argv)}"}).encode()))
+        walls[stage] = round(time.time() - t0, 1)
+    import eval_sim
+    ev = cmds[-1][3].parent
+    print(eval_sim.compare([str(ev)], str(ev.parent / f"report_seed{o.eval_seed}")))
+    videos = sorted(ev.rglob("*.mp4"), key=lambda p: ("ok" not in p.name, p.name))  # a success first
+    res = json.loads((ev / "results.json").read_text())["tasks"][RECIPES[o.name].task]
+    summary = {"recipe": o.name, "success_rate": res["success_rate"], "wilson95": res["wilson95"],
+               "episodes": res["episodes"], "wall_s": walls, "total_wall_s": round(time.time() - t_start, 1),
+               "video": str(videos[0]) if videos else None}
+    print(f"{o.name}: success {res['successes']}/{res['episodes']} = {res['success_rate']:.2f} "
+          f"[{res['wilson95'][0]:.2f}, {res['wilson95'][1]:.2f}]; wall time {summary['total_wall_s'] / 60:.1f} min "
+          f"({', '.join(f'{k} {v / 60:.1f}' for k, v in walls.items())}); video: {summary['video']}")
+    return summary
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] and not argv[0].startswith("-"):  # the recipe's name first: python recipe.py lift_block ...
+        argv = ["--name", argv[0], *argv[1:]]
+    try:
+        o = data.parse_options(Options, argv, "recipe.py", __doc__.split("\n")[0])
+        if o.list:
+            for name in RECIPES:
+                print(f"{name}:")
+                for stage, script, a, _ in commands(Options(name=name)):
+                    print(f"  {stage}: python {script} {' '.join(a)}")
+            return 0
+        run(o)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"recipe.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
