@@ -607,7 +607,7 @@ def check_layout(policy) -> None:
 
 
 def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.monotonic, sleep=time.sleep, log=print,
-                done=None):
+                done=None, record_images=True):
     """One rollout, appended step by step to rec['images'|'qpos'|'action'] (so a failure keeps what was
     recorded); returns why it ended. The arm is stopped on every way out. `done()` (the twin's success
     predicate) ends the rollout early with 'done'. rec['rate_hz'] is the control rate actually held (from the
@@ -644,9 +644,12 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                     return "done"
                 starts.append(clock())
                 q, width = backend.read_state()
-                images = {c: resize(cam.read(), hw) for c, cam in cameras.items()}
+                query = chunk is None or step - start >= len(chunk)
+                # the cameras where they are read: every step of a recorded rollout, else only at a query (the
+                # twin renders them; record_images=False is for its evaluation rollouts that save no video)
+                images = {c: resize(cam.read(), hw) for c, cam in cameras.items()} if query or record_images else {}
                 qpos = np.append(q, width).astype(np.float32)
-                if chunk is None or step - start >= len(chunk):  # prev_qpos: one control step earlier (--velocity)
+                if query:  # prev_qpos: one control step earlier (--velocity)
                     obs = {"images": {**black, **images}, "qpos": qpos,
                            "prev_qpos": qpos if prev_qpos is None else prev_qpos, "instruction": rec["instruction"]}
                     if o.query == "step":
@@ -664,7 +667,7 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                 change = gate.update(chunk[i, 7], clock())
                 if change is not None:
                     backend.set_gripper(change)          # never waits on the hand (GripperWorker)
-                for c, img in images.items():
+                for c, img in (images if record_images else {}).items():
                     rec["images"].setdefault(c, []).append(img)
                 rec["qpos"].append(qpos)
                 prev_qpos = qpos
@@ -897,7 +900,7 @@ def evaluate_twin(o: Options, policy=None, log=print, command: str | None = None
         obs = backend.reset(seed)
         rec = {"images": {}, "qpos": [], "action": [], "instruction": o.instruction or obs["instruction"]}
         ended = run_episode(policy, backend, cameras, run_o, rec, clock=backend.clock, sleep=backend.sleep,
-                            log=log, done=lambda: backend.env.success)
+                            log=log, done=lambda: backend.env.success, record_images=i < o.video)
         eps.append(twin_episode(backend.env, seed, rec, ended))
         if i < o.video:
             save_rollout(out / "rollouts", policy, run_o, rec, 1.0 / twin.DT, log)

@@ -152,6 +152,25 @@ def lr_at(step: int, opts: Options) -> float:
     return opts.lr * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+def language(tok: Tokenizer, texts, length: int):
+    """(ids, mask) (E, L) of the episodes' instructions, trailing padding dropped (masked anyway; the Policy
+    drops it too): fewer prefix tokens."""
+    ids, mask = tok(texts, length)
+    n = max(1, int(mask.sum(1).max()))
+    return ids[:, :n], mask[:, :n]
+
+
+def ema_pairs_of(ema, model) -> tuple:
+    """The (EMA, model) tensors that train: a frozen weight's EMA is the weight itself."""
+    pairs = [(e, p) for e, p in zip(ema.parameters(), model.parameters()) if p.requires_grad]
+    return [e for e, _ in pairs], [p for _, p in pairs]
+
+
+@torch.no_grad()
+def ema_update(pairs, decay: float) -> None:
+    torch._foreach_lerp_(pairs[0], pairs[1], 1 - decay)
+
+
 def save_checkpoint(path: Path, obj: dict) -> None:
     data.atomic_write_bytes(Path(path), lambda f: torch.save(obj, f))
 
@@ -253,7 +272,7 @@ def train(opts: Options) -> dict:
         cfg = model_config(opts, D, dataclasses.asdict(ModelConfig.from_preset(
             opts.preset, action_dim=A, state_dim=Dq, n_cameras=len(D["cameras"]),
             image_size=tuple(meta["image_size"]), vocab_size=tok.vocab_size)))
-    lang = tok(D["texts"], cfg.lang_len)                                               # (E, L) ids, mask
+    lang = language(tok, D["texts"], cfg.lang_len)                                     # (E, L) ids, mask
     if (long := [t for t in set(D["texts"]) if len(tok.ids(t)) > cfg.lang_len]):
         print(f"warning: {len(long)} instruction(s) longer than {cfg.lang_len} tokens are truncated", file=sys.stderr)
     norm = Normalizer(stats, device)
@@ -288,6 +307,7 @@ def train(opts: Options) -> dict:
     if cached:
         D["ground"] = dataset.grounded_positions(model, D, opts.data, lang, device)
     ema = copy.deepcopy(model).requires_grad_(False)
+    ema_pairs = ema_pairs_of(ema, model)
     optimizer = make_optimizer(model, opts)
     step = 0
     if resume is not None:
@@ -323,10 +343,7 @@ def train(opts: Options) -> dict:
         batch = dataset.make_batch(D, lang, norm, g_data, opts.batch_size, cfg, opts.shift, device, scene)
         noise, t = sample_noise_time(g_flow, opts.batch_size, cfg.horizon, A, device)
         out, loss, gn = train_step(model, optimizer, batch, noise, t, opts, amp)
-        decay = min(opts.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), model.parameters()):
-                e.lerp_(p, 1 - decay)
+        ema_update(ema_pairs, min(opts.ema_decay, (1 + step) / (10 + step)))
         # metrics (summed as tensors; read back only when logging)
         grip = batch["gripper_qpos"]
         closed = (grip < STAGE_THRESHOLD) if high else (grip > 1 - STAGE_THRESHOLD)
@@ -426,12 +443,16 @@ def bench(argv=None) -> dict:
         if cfg.keypoints:  # the recipe: the front end frozen
             for n, p in model.named_parameters():
                 p.requires_grad_(not n.startswith(VISION_PREFIXES))
-        optimizer, norm, lang = make_optimizer(model, opts), Normalizer(stats, device), tok(D["texts"], cfg.lang_len)
+        optimizer, norm, lang = make_optimizer(model, opts), Normalizer(stats, device), language(tok, D["texts"], cfg.lang_len)
+        ema = copy.deepcopy(model).requires_grad_(False)
+        pairs = ema_pairs_of(ema, model)
         Dr = {**D, "ground": dataset.grounded_positions(model, D, folders, lang, device)} if cached else D
         g = torch.Generator().manual_seed(0)
-        step = lambda: train_step(model, optimizer, dataset.make_batch(Dr, lang, norm, g, opts.batch_size, cfg, 0, device),
-                                  *sample_noise_time(g, opts.batch_size, cfg.horizon, cfg.action_dim, device), opts,
-                                  device.type == "cuda")
+        def step():  # as the training loop: batch, noise, loss, update, EMA
+            batch = dataset.make_batch(Dr, lang, norm, g, opts.batch_size, cfg, 0, device)
+            train_step(model, optimizer, batch, *sample_noise_time(g, opts.batch_size, cfg.horizon, cfg.action_dim,
+                                                                   device), opts, device.type == "cuda")
+            ema_update(pairs, opts.ema_decay)
         obs = {"images": {c: D["images"][0, i].numpy() for i, c in enumerate(D["cameras"])},
                "qpos": D["qpos"][0].numpy(), "instruction": D["texts"][0]}
         policy = Policy(model, tok, stats, D["meta"], device)

@@ -194,6 +194,42 @@ def test_eval_mujoco_scores_success_and_failure(tmp_path, monkeypatch):
     assert (paired["pairs"], paired["b"], paired["c"]) == (1, 1, 0) and "franka_pick_place" in md
 
 
+def test_eval_mujoco_renders_only_what_it_reads(tmp_path, monkeypatch):
+    """--robot mujoco renders the cameras at query steps only, except in the rollouts saved as video; the
+    outcomes are those of rendering every step, for a policy whose chunks depend on the pixels it reads."""
+    made, reads = {}, []
+    real, read = twin.TwinBackend, twin.TwinCamera.read
+    monkeypatch.setattr(twin, "TwinBackend", lambda *a, **kw: made.__setitem__("b", real(*a, **kw)) or made["b"])
+    monkeypatch.setattr(twin.TwinCamera, "read", lambda self: reads.append(self.name) or read(self))
+
+    class Looking(ExpertPolicy):  # 5-step chunks of the expert's plan, the first joint nudged by the image
+        horizon = n_action_steps = 5
+
+        def __init__(self):
+            self.seen = []
+
+        def reset(self):
+            self.plan = None  # per episode: the expert of the layout just reset
+
+        def predict_chunk(self, batch, generator=None):
+            if self.plan is None:
+                self.plan = experts.make_expert(made["b"].env).actions()
+            a = np.stack([next(self.plan, np.r_[er.READY, 1.0]) for _ in range(5)])
+            a[:, 0] += 0.02 * batch[0]["images"]["front"].mean() / 255
+            return a[None]
+
+    runs = {}
+    for video in (2, 0):
+        reads.clear()
+        o = er.Options(robot="mujoco", task="franka_pick_place", episodes=2, max_steps=40, video=video,
+                       out=str(tmp_path / f"v{video}"), ckpt="x")
+        res = er.evaluate_twin(o, policy=Looking(), log=lambda *a: None)
+        keys = ("success", "length", "gripper_events", "stages_reached")
+        runs[video] = ([[e[k] for k in keys] for e in res["tasks"]["franka_pick_place"]["per_episode"]], len(reads))
+    assert runs[2][0] == runs[0][0]
+    assert runs[0][1] <= 0.25 * runs[2][1], runs  # 1 step in 5 (two cameras), against every step
+
+
 def test_compare_pairs_twin_results_folders(tmp_path):
     """Two twin results folders (per-episode rows written as eval_real.twin_episode writes them) are read and
     paired by seed by eval_sim.compare."""
