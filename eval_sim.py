@@ -98,12 +98,24 @@ def nearest_distance(step: int, events: list) -> float | None:
 
 # ============================================================================ rollouts
 
+_envs = {}  # (task, cameras, image size) -> environments of this process, reused across batches
+
+
+def environments(task: str, cameras: tuple, image_size: tuple, n: int) -> list:
+    """n environments of `task`, built once per process (building one compiles its scene and opens a
+    renderer: about half as long as an episode's physics); reset(seed) restores everything a rollout reads."""
+    pool = _envs.setdefault((task, cameras, image_size), [])
+    while len(pool) < n:
+        pool.append(sim.Env(task, cameras=cameras, image_size=image_size))
+    return pool[:n]
+
+
 def rollout_batch(policy, task: str, seeds: list, cfg: EvalConfig, instructions=None, record_video=0,
                   render_every_step=False):
     """Roll out len(seeds) environments in lock-step; one batched policy call per chunk. Returns per-episode dicts.
     Cameras render only at the steps whose images are read (render_every_step: at all, for `bench`)."""
     cams = cfg.cameras or policy.cameras
-    envs = [sim.Env(task, cameras=cams, image_size=tuple(policy.image_size)) for _ in seeds]
+    envs = environments(task, tuple(cams), tuple(policy.image_size), len(seeds))
     obs = [e.reset(s) for e, s in zip(envs, seeds)]
     if instructions is not None:
         for o, ins in zip(obs, instructions):
