@@ -141,7 +141,8 @@ def make_optimizer(model, opts: Options):
     decay = [p for n, p in model.named_parameters() if not no_decay(n, p)]
     rest = [p for n, p in model.named_parameters() if no_decay(n, p)]
     return torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=opts.lr, betas=(0.9, 0.95), eps=1e-8)
+                              {"params": rest, "weight_decay": 0.0}], lr=opts.lr, betas=(0.9, 0.95), eps=1e-8,
+                             foreach=True)  # one kernel per step for all tensors (the CPU default loops over them)
 
 
 def lr_at(step: int, opts: Options) -> float:
