@@ -74,3 +74,17 @@ def test_recipe_list_and_errors(capsys):
     assert all(f"{name}:" in text for name in recipe.RECIPES) and "python train.py" in text
     assert recipe.main(["nope"]) == 2
     assert "unknown recipe 'nope'" in capsys.readouterr().err
+
+
+def test_train_front_end_chains_the_ground_stages():
+    """--train-front-end: the recipe's ground.py stages run in order, each from the previous one's checkpoint,
+    and the policy starts from the last; without it, from the shipped file."""
+    cmds = recipe.commands(recipe.Options(name="lift_block", out="o", train_front_end=True))
+    ground_runs = [argv for _, script, argv, _ in cmds if script == "ground.py"]
+    assert len(ground_runs) == 2 and "--init-from" not in ground_runs[0]
+    first_ckpt = ground_runs[0][ground_runs[0].index("--out") + 1] + "/ckpt.pt"
+    assert ground_runs[1][ground_runs[1].index("--init-from") + 1] == first_ckpt
+    train = next(argv for _, script, argv, _ in cmds if script == "train.py")
+    assert train[train.index("--vision-from") + 1] == ground_runs[1][ground_runs[1].index("--out") + 1] + "/ckpt.pt"
+    shipped = next(argv for _, script, argv, _ in recipe.commands(recipe.Options(name="lift_block")) if script == "train.py")
+    assert shipped[shipped.index("--vision-from") + 1].endswith("frontends/lift_block.pt")
