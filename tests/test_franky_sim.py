@@ -35,7 +35,10 @@ if importlib.util.find_spec("franky_sim") is None:   # not imported: its pinocch
 START_TIMEOUT = 60.0
 
 
-@pytest.fixture(scope="module")
+HANG_TIMEOUT = 120.0  # a test still connected after this long: the server is killed, so the test fails, not hangs
+
+
+@pytest.fixture  # a fresh server per test: a connection left behind by one test can block the next one's
 def sim_ip():
     exe = shutil.which("franky-sim")
     if exe is None:
@@ -62,7 +65,11 @@ def sim_ip():
             seen.append(line)
             m = re.search(r"using '([\d.]+)'", line)
             ip = m.group(1) if m else None
+        watchdog = threading.Timer(HANG_TIMEOUT, proc.kill)
+        watchdog.daemon = True
+        watchdog.start()
         yield ip
+        watchdog.cancel()
     finally:
         proc.terminate()
         try:
