@@ -21,11 +21,6 @@ from model import VISION_PREFIXES, VLA, ModelConfig, Normalizer, images_to_input
 STD_FLOOR = 1e-2  # normalisation: floor on a dimension's std (signal units; see compute_stats)
 
 
-def open_is_high(convention) -> bool:
-    s = str(convention).lower().replace(" ", "")
-    return not ("0=open" in s or "1=closed" in s)
-
-
 def load_folders(folders, cameras=None, stage_label="per-arm", images=True):
     """All episodes of all folders in memory, flattened over steps, with StaKe labels per step (images=False:
     without the images, for a run whose front end's output is cached). Raises data.DataError before any
@@ -48,7 +43,7 @@ def load_folders(folders, cameras=None, stage_label="per-arm", images=True):
     for f, m in zip(folders, metas):
         if missing := [c for c in cams if c not in m["cameras"]]:
             raise data.DataError(f"{f}/meta.json: no camera(s) {missing} (has {m['cameras']})")
-    high = open_is_high(ref["gripper_convention"])
+    high = segment.open_is_high(ref["gripper_convention"])
     H, W = ref["image_size"]
     imgs, qpos, act, stage, key, ep_id, ends, texts, ep_tasks = ([] for _ in range(9))
     tasks = {}

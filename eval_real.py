@@ -861,17 +861,7 @@ def twin_episode(env, seed: int, rec: dict, ended: str) -> dict:
     events come from the commanded gripper channel; steps count control steps since reset, as env.stage_steps."""
     import eval_sim
     acts = np.asarray(rec["action"], np.float32).reshape(-1, 8)
-    events = eval_sim.gripper_events(acts, [7])
-    ok = bool(env.success)
-    fstep = env.stage_steps[-1] if env.stage_steps else 0
-    uniform_step = int(np.random.default_rng(seed).integers(0, max(len(acts), 1)))   # as eval_sim: the seed's draw
-    return {"seed": seed, "instruction": rec["instruction"], "true_instruction": env.layout.instruction,
-            "success": ok, "furthest_stage": env.stages[env.stage - 1][0] if env.stage else "none",
-            "stages_reached": env.stage, "failure_type": eval_sim.classify(ok, env.stage, env.stages),
-            "failure_step": None if ok else fstep,
-            "failure_to_nearest_event": None if ok else eval_sim.nearest_distance(fstep, events),
-            "uniform_step_to_nearest_event": None if ok else eval_sim.nearest_distance(uniform_step, events),
-            "gripper_events": events, "length": len(acts), "ended": ended}
+    return {**eval_sim.episode_record(env, seed, rec["instruction"], acts, [7]), "ended": ended}
 
 
 def evaluate_twin(o: Options, policy=None, log=print, command: str | None = None) -> dict:

@@ -159,26 +159,23 @@ def rollout_batch(policy, task: str, seeds: list, cfg: EvalConfig, instructions=
             actions[i].append(np.asarray(a, np.float32))
             if envs[i].success:
                 done[i] = True
-    out = []
-    for i, (e, s) in enumerate(zip(envs, seeds)):
-        acts = np.stack(actions[i])
-        ev = gripper_events(acts, sim.GRIPPER_INDICES)
-        fstep = e.stage_steps[-1] if e.stage_steps else 0
-        rng = np.random.default_rng(s)
-        uniform_step = int(rng.integers(0, len(acts)))
-        out.append({
-            "seed": s, "instruction": obs[i]["instruction"], "true_instruction": e.layout.instruction,
-            "success": bool(e.success),
-            "furthest_stage": e.stages[e.stage - 1][0] if e.stage else "none", "stages_reached": e.stage,
-            "failure_type": classify(e.success, e.stage, e.stages),
-            "failure_step": None if e.success else fstep,
-            "failure_to_nearest_event": None if e.success else nearest_distance(fstep, ev),
-            "uniform_step_to_nearest_event": None if e.success else nearest_distance(uniform_step, ev),
-            "gripper_events": ev, "length": len(acts),
-            "latency_ms_per_batched_call": 1000 * latency / max(calls, 1), "batch": len(seeds),
-            "video_frames": frames[i] if i < len(frames) else None,
-        })
-    return out
+    return [{**episode_record(e, s, obs[i]["instruction"], np.stack(actions[i]), sim.GRIPPER_INDICES),
+             "latency_ms_per_batched_call": 1000 * latency / max(calls, 1), "batch": len(seeds),
+             "video_frames": frames[i] if i < len(frames) else None} for i, (e, s) in enumerate(zip(envs, seeds))]
+
+
+def episode_record(env, seed: int, instruction: str, actions: np.ndarray, gripper_indices) -> dict:
+    """One finished rollout as results.json reports it (eval_sim.py and eval_real.py --robot mujoco): outcome,
+    furthest stage, failure type and step, and the policy's own gripper events from its commanded actions."""
+    ev = gripper_events(actions, gripper_indices)
+    ok, fstep = bool(env.success), env.stage_steps[-1] if env.stage_steps else 0
+    uniform_step = int(np.random.default_rng(seed).integers(0, max(len(actions), 1)))  # the seed's own draw
+    return {"seed": seed, "instruction": instruction, "true_instruction": env.layout.instruction, "success": ok,
+            "furthest_stage": env.stages[env.stage - 1][0] if env.stage else "none", "stages_reached": env.stage,
+            "failure_type": classify(ok, env.stage, env.stages), "failure_step": None if ok else fstep,
+            "failure_to_nearest_event": None if ok else nearest_distance(fstep, ev),
+            "uniform_step_to_nearest_event": None if ok else nearest_distance(uniform_step, ev),
+            "gripper_events": ev, "length": len(actions)}
 
 
 def _worker(args):

@@ -43,10 +43,11 @@ class Recipe:
 # why each piece is there, with the measurements: docs/experiments_recipe.md
 POLICY = ("--preset", "small", "--stage-weight", "0.1", "--keyframe-weight", "0.1",
           "--freeze-vision", "--grounded", "--grounded-only", "--shift", "0", "--symmetry", "--save-every", "500")
+DEMOS = ("--episodes", "50", "--seed", "0", "--grasp-natural")
 RECIPES = {
     "lift_block": Recipe(
         task="lift_block",
-        demos=("--episodes", "50", "--seed", "0", "--grasp-natural"),
+        demos=DEMOS,
         front_end="frontends/lift_block.pt",
         ground=(("--layouts", "6000", "--steps", "1000"),
                 ("--layouts", "6000", "--steps", "2000", "--expert-frac", "0.5", "--init-from", "{prev}")),
@@ -55,7 +56,7 @@ RECIPES = {
         evaluator="eval_sim"),
     "franka_pick_place": Recipe(
         task="franka_pick_place",
-        demos=("--episodes", "50", "--seed", "0", "--grasp-natural"),
+        demos=DEMOS,
         front_end="frontends/franka_pick_place.pt",
         ground=(("--layouts", "6000", "--steps", "2000"),
                 ("--layouts", "6000", "--steps", "1200", "--expert-frac", "0.5", "--init-from", "{prev}")),

@@ -335,7 +335,7 @@ def _load_episode(path) -> dict:
     return ep
 
 
-def _open_is_high(convention) -> bool:
+def open_is_high(convention) -> bool:
     """meta['gripper_convention'] such as "1 = open, 0 = closed" -> True."""
     s = str(convention).lower().replace(" ", "")
     return not ("0=open" in s or "1=closed" in s)
@@ -423,7 +423,7 @@ def main(argv=None) -> int:
         ap.error("DIR is required (or --bench)")
     try:
         meta, paths = _load_meta(args.dir), _episode_paths(args.dir)
-        kw = dict(open_is_high=_open_is_high(meta["gripper_convention"]), min_dwell=args.min_dwell)
+        kw = dict(open_is_high=open_is_high(meta["gripper_convention"]), min_dwell=args.min_dwell)
         if args.summary:
             return int(_summary(meta, paths, _load_episode, kw) > 0)
         if args.episode is not None:

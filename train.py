@@ -37,6 +37,7 @@ import torch
 
 import data
 import dataset
+import segment
 from data import opt
 from model import (PRESETS, VISION_PREFIXES, VLA, ModelConfig, Normalizer, Policy, Tokenizer, format_counts,
                    param_counts, train_tokenizer)
@@ -335,7 +336,7 @@ def train(opts: Options) -> dict:
         resume is not None and metrics_path.exists()) else []
     metrics_path.write_text("".join(l + "\n" for l in kept))
     acc, t_log, t_bar, t_save, first, last = {}, time.perf_counter(), 0.0, time.perf_counter(), step, {}
-    high = dataset.open_is_high(meta["gripper_convention"])
+    high = segment.open_is_high(meta["gripper_convention"])
     while step < opts.steps:
         step += 1
         lr = lr_at(step, opts)
