@@ -73,8 +73,10 @@ class Options:
     expert_frac: float = opt(0.0, "fraction of layouts rendered at a random step of the scripted expert's rollout "
                              "(arms in view, objects moved) instead of at reset with the arms at home")
     workers: int = opt(1, "processes that render (each renders every workers-th layout)")
-    init_from: str = opt("", "start from this ground.py checkpoint's weights, head and tokenizer (a curriculum: "
-                         "ground at reset first, then with --expert-frac > 0); same --task, --preset, --keypoints")
+    init_from: str = opt("", "start from this ground.py checkpoint or shipped front end: of the same task, its "
+                         "weights, head and tokenizer (a curriculum: ground at reset first, then with --expert-frac "
+                         "> 0); of another task of the same scene, its weights only (a new head and tokenizer; "
+                         "words both tokenizers know keep their embeddings). Same --preset, --keypoints")
     seed: int = opt(0, "seeds weights, batch order and augmentation (layout seeds are fixed by the offset)")
     eval_every: int = opt(100, "steps between held-out evaluations (and checkpoints)")
     threads: int = opt(0, "CPU threads for torch (0: half the cores, train.cpu_threads)")
@@ -164,9 +166,11 @@ def ground(o: Options, command: str = "") -> dict:
           f"targets: (x, y) of {roles}")
 
     init = load_checkpoint(o.init_from) if o.init_from and resume is None else None
-    if init is not None and (init.get("kind") != "grounding" or [init["meta"][k] for k in ("task", "roles", "cameras")] != [o.task, roles, cams]):
-        raise ValueError(f"--init-from {o.init_from}: not a ground.py checkpoint of {o.task}, roles {roles}, cameras {cams}")
-    src = resume or init
+    if init is not None and (init.get("kind") != "grounding" or init["meta"]["cameras"] != cams
+                             or world.suite_of(init["meta"]["task"]) is not world.suite_of(o.task)):
+        raise ValueError(f"--init-from {o.init_from}: not a ground.py checkpoint of {o.task}'s scene with cameras {cams}")
+    # another task of the scene transfers its weights only: its head and tokenizer name other objects and words
+    src = resume or (init if init is not None and init["meta"]["task"] == o.task else None)
     tok = Tokenizer(src["tokenizer"] if src else train_tokenizer(sorted(set(texts)), PRESETS[o.preset]["vocab_size"]))
     cfg = ModelConfig.from_preset(o.preset, vit_stem="conv", vit_pos="sincos", keypoints=o.keypoints, use_state=False,
                                   action_dim=1, state_dim=1, n_cameras=len(cams), image_size=tuple(o.image_size),
@@ -192,9 +196,19 @@ def ground(o: Options, command: str = "") -> dict:
 
     chance = ((mu - Yh).view(len(Yh), -1, 2).norm(dim=-1).mean(0) * 100).tolist()
     step, curve = 0, []
-    if init is not None:  # the weights and head only: a fresh optimiser, schedule and curve
+    if init is not None:  # the weights (and head) only: a fresh optimiser, schedule and curve
         try:
-            model.load_state_dict(init["model"]), head.load_state_dict(init["head"])
+            weights = {k: v.float() for k, v in init["vision"].items()}  # a run's or a shipped front end's
+            if src is init:
+                head.load_state_dict({k: v.float() for k, v in init["head"].items()})
+            else:  # another task: a word piece keeps its embedding where the old tokenizer has the same piece
+                old_tok, emb = Tokenizer(init["tokenizer"]), model.lang_emb.weight.detach().clone()
+                for i in range(tok.vocab_size):
+                    piece = tok.sp.id_to_piece(i)
+                    if old_tok.sp.id_to_piece(j := old_tok.sp.piece_to_id(piece)) == piece:
+                        emb[i] = weights["lang_emb.weight"][j]
+                weights["lang_emb.weight"] = emb
+            model.load_state_dict(weights, strict=False)
         except RuntimeError as e:
             raise ValueError(f"--init-from {o.init_from}: does not fit --preset {o.preset} --keypoints {o.keypoints}: {e}") from None
     if resume is not None:
@@ -271,6 +285,9 @@ def export(ckpt: str, out: str, layouts: int = 100) -> dict:
     `layouts` freshly rendered layouts (held_out)."""
     ck, stages, path = load_checkpoint(ckpt), [], Path(ckpt)
     while True:  # the curriculum: each stage's ground.json, back along --init-from
+        if path.with_suffix(".json").is_file():  # started from a shipped front end: its stages come first
+            stages[:0] = json.loads(path.with_suffix(".json").read_text())["stages"]
+            break
         run = json.loads((path.parent / "ground.json").read_text())
         stages.insert(0, {k: run[k] for k in ("command", "git")} | {"held_out_cm": run["curve"][-1]["held_out_cm"]})
         prev = load_checkpoint(path)["options"]["init_from"]
