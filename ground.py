@@ -15,7 +15,7 @@ GROUND_SEED_OFFSET on, disjoint from demonstration and evaluation seeds) and the
 positions as labels. It trains exactly the modules the policy uses to see (the ViT, the spatial-softmax
 keypoint detectors with their language shift, the word embeddings; `VLA.encode_keypoints`) plus a linear head
 from all cameras' keypoint coordinates to the (x, y) on the table of every object the instruction names
-(`layout.roles`, e.g. the block to lift). train.py --vision-from loads the rest and the tokenizer (with
+(`layout.roles`, e.g. the block to lift; a rod or the bar by two points, `located`). train.py --vision-from loads the rest and the tokenizer (with
 --grounded the head too, as model.ground_head), and --freeze-vision keeps them fixed while the policy learns to
 act on them.
 
@@ -96,6 +96,23 @@ class Options:
         world.suite_of(self.task)  # a clear error naming the known tasks
 
 
+LONG_KINDS = ("rod", "bar")
+
+
+def located(env) -> tuple:
+    """(names, (2R,) metres): the (x, y) of every object the instruction names, by role. A long object (a rod,
+    the bar) is located twice, as role "r" at its centre and "r_end" at its end on the +x side: how to grasp
+    it turns with its yaw, which a single point does not tell."""
+    names, xy = [], []
+    for r in sorted(env.layout.roles):
+        n = env.layout.roles[r]
+        names.append(r), xy.append(env.obj_pos(n)[:2])
+        if next(o.kind for o in env.objects if o.name == n) in LONG_KINDS:
+            axis = env.obj_axis(n)[:2] * (1 if env.obj_axis(n)[0] >= 0 else -1)
+            names.append(f"{r}_end"), xy.append(xy[-1] + env.objects_half(n)[0] * axis)
+    return names, np.concatenate(xy)
+
+
 def render(task: str, seeds, cameras, image_size, expert_frac: float = 0.0) -> tuple:
     """(images (N, C, H, W, 3) uint8, targets (N, 2R) metres, instructions, role names) of the seeds' layouts.
 
@@ -115,9 +132,9 @@ def render(task: str, seeds, cameras, image_size, expert_frac: float = 0.0) -> t
                     break
                 env.apply(action)  # physics only; one render below
             obs = env.observe()
-        roles = roles or sorted(env.layout.roles)
+        roles, xy = located(env)
         images.append(np.stack([obs["images"][c] for c in cameras]))
-        targets.append(np.concatenate([env.obj_pos(env.layout.roles[r])[:2] for r in roles]))
+        targets.append(xy)
         texts.append(obs["instruction"])
     return torch.from_numpy(np.stack(images)), torch.tensor(np.array(targets), dtype=torch.float32), texts, roles
 
@@ -314,15 +331,15 @@ def check(ckpt: str, folder: str, steps=(0, 10, 20, 30), out: str = "", command:
     transfers to the frames a policy sees, arms included."""
     model, head, tok, meta = load_front_end(ckpt)
     cfg, mu, sd = model.cfg, torch.tensor(meta["target_mean"]), torch.tensor(meta["target_std"])
-    task = world.suite_of(meta["task"]).TASKS[meta["task"]]
+    env = world.make_env(meta["task"], render=False)  # the labels: the objects at reset, as located() reads them
     errors = {t: [] for t in steps}
     for path in data.episode_paths(folder):
         ep = data.load_episode(path)
         if ep["task"] != meta["task"] or any(c not in ep["images"] for c in meta["cameras"]):
             raise data.DataError(f"{path}: task {ep['task']} / cameras {list(ep['images'])}; the grounding run "
                                  f"has {meta['task']} / {meta['cameras']}")
-        lay = task.layout(int(ep["seed"]))
-        y = torch.tensor(np.concatenate([lay.poses[lay.roles[r]][:2] for r in meta["roles"]]), dtype=torch.float32)
+        env.reset(int(ep["seed"]))
+        y = torch.tensor(located(env)[1], dtype=torch.float32)
         ts = [t for t in steps if t < len(ep["qpos"])]
         ids, mask = tok([ep["instruction"]] * len(ts), cfg.lang_len)
         x = images_to_input(torch.from_numpy(np.stack([ep["images"][c][ts] for c in meta["cameras"]], 1)), cfg.image_size)

@@ -142,9 +142,44 @@ def test_ground_init_from(grounded, tmp_path):
     assert b["tokenizer"] == a["tokenizer"] and b["meta"]["target_mean"] == a["meta"]["target_mean"]
     for k, v in a["vision"].items():
         assert torch.equal(b["vision"][k], v), k
-    with pytest.raises(ValueError, match="not a ground.py checkpoint of place_block"):
+    with pytest.raises(ValueError, match="not a ground.py checkpoint of franka_stack's scene"):
         ground(GroundOptions(out=str(tmp_path / "other"), steps=1, init_from=str(grounded / "ckpt.pt"),
-                             **{**TINY, "task": "place_block"}))
+                             **{**TINY, "task": "franka_stack", "cameras": ["front"]}))
+
+
+def test_ground_init_from_another_task_of_the_scene(grounded, tmp_path):
+    """From another task of the scene: the front end's weights, a new head for the new roles, a new tokenizer
+    whose pieces the old one shares keep their embeddings (lr 0: unchanged), and export lists both chains."""
+    from ground import export
+    from model import Tokenizer
+    ground(GroundOptions(out=str(tmp_path / "place"), steps=1, init_from=str(grounded / "ckpt.pt"),
+                         **{**TINY, "lr": 0.0, "task": "place_block"}))
+    a, b = (torch.load(p, weights_only=True) for p in (grounded / "ckpt.pt", tmp_path / "place" / "ckpt.pt"))
+    assert b["meta"]["roles"] == ["pad", "target"] and b["head"]["weight"].shape[0] == 4
+    assert all(v.equal(b["vision"][k]) for k, v in a["vision"].items() if k != "lang_emb.weight")
+    ta, tb = Tokenizer(a["tokenizer"]), Tokenizer(b["tokenizer"])
+    shared = [(i, ta.sp.piece_to_id(tb.sp.id_to_piece(i))) for i in range(tb.vocab_size)
+              if tb.sp.id_to_piece(i) in {ta.sp.id_to_piece(j) for j in range(ta.vocab_size)}]
+    assert any(tb.sp.id_to_piece(i) == "▁block" for i, _ in shared)  # a word both tasks' instructions use
+    for i, j in shared:
+        assert b["vision"]["lang_emb.weight"][i].equal(a["vision"]["lang_emb.weight"][j])
+    assert tb.sp.piece_to_id("▁pad") not in dict(shared)  # a word lift_block's instructions never use
+    info = export(str(tmp_path / "place" / "ckpt.pt"), str(tmp_path / "fe.pt"), layouts=2)
+    assert len(info["stages"]) == 2 and "--task lift_block" in info["stages"][0]["command"]
+
+
+def test_long_objects_are_located_by_two_points():
+    """A rod or the bar: its centre and its end on the +x side, half its length along its axis."""
+    from ground import located
+    import world
+    env = world.make_env("handover", render=False)
+    env.reset(3)
+    names, xy = located(env)
+    assert names == ["pad", "target", "target_end"]
+    rod = env.layout.roles["target"]
+    centre, end = xy[2:4], xy[4:6]
+    assert np.allclose(centre, env.obj_pos(rod)[:2]) and end[0] > centre[0]
+    assert np.isclose(np.linalg.norm(end - centre), sim.ROD_HALF[0], atol=1e-3)  # lying flat: the full half-length
 
 
 def test_check_on_demonstration_frames(grounded, tmp_path):
