@@ -316,20 +316,6 @@ def show(folder, episode, out) -> Path:
     return Path(out)
 
 
-# ----------------------------------------------------------------------------- success-rate interval
-
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score 95% interval for k successes out of n; (0, 1) when n = 0. Shared by both evaluators."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    den = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / den
-    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    # the bounds are exactly 0 at k = 0 and exactly 1 at k = n; say so rather than leave it to rounding
-    return (0.0 if k == 0 else max(0.0, float(c - h)), 1.0 if k == n else min(1.0, float(c + h)))
-
-
 # ----------------------------------------------------------------------------- command-line options (every entry point)
 
 def opt(default, help: str, required: bool = False, choices=None):

@@ -85,6 +85,7 @@ import numpy as np
 import data
 from data import opt
 from franka import ARMS, GRIPPER_MAX_WIDTH, READY, Arm  # noqa: F401  (re-exported: record.py and tests use them)
+from stats import wilson  # noqa: F401  (Wilson score 95% interval, shared with eval_sim.py)
 
 FCI_PORT = 1337           # libfranka's TCP command port (the gripper uses 1338)
 FRANKY_HINT = ("pip install -r requirements-robot.txt (or: pip install franky-control; for a robot server other "
@@ -720,7 +721,6 @@ def go_home(backend, clock=time.monotonic, sleep=time.sleep, interrupted=None, t
 
 # ----------------------------------------------------------------------------- recording and trials
 
-wilson = data.wilson  # Wilson score 95% interval, shared with eval_sim.py
 
 
 def save_rollout(out: Path, policy, o: Options, rec: dict, fps: float, log=print) -> Path:

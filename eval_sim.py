@@ -34,6 +34,7 @@ import segment
 import sim
 import world
 from data import opt
+from stats import mcnemar_exact, wilson  # Wilson 95% interval, exact McNemar (shared with eval_real.py)
 
 
 @dataclass
@@ -71,7 +72,6 @@ def eval_seeds(seed, n):
     return [sim.EVAL_SEED_OFFSET + seed * 100_000 + i for i in range(n)]
 
 
-wilson = data.wilson  # Wilson score 95% interval (data.py, shared with eval_real.py)
 
 
 # ============================================================================ attribution
@@ -287,16 +287,6 @@ def summarise(task, eps, wall):
 
 
 # ============================================================================ compare
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant counts b (A ok, B fail) and c (A fail, B ok)."""
-    from math import comb
-    n = b + c
-    if n == 0:
-        return 1.0
-    k = min(b, c)
-    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)
-
 
 def paired(base_eps: list, other_eps: list):
     """Match episodes by seed; returns (n pairs, b, c, p-value)."""

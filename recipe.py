@@ -42,7 +42,7 @@ class Recipe:
 
 # why each piece is there, with the measurements: docs/experiments_recipe.md
 POLICY = ("--preset", "small", "--stage-weight", "0.1", "--keyframe-weight", "0.1",
-          "--freeze-vision", "--grounded", "--grounded-only", "--shift", "0", "--symmetry", "--save-every", "500")
+          "--freeze-vision", "--grounded", "--grounded-only", "--shift", "0", "--save-every", "500")
 DEMOS = ("--episodes", "50", "--seed", "0", "--grasp-natural")
 RECIPES = {
     "lift_block": Recipe(
@@ -51,7 +51,7 @@ RECIPES = {
         front_end="frontends/lift_block.pt",
         ground=(("--layouts", "6000", "--steps", "1000"),
                 ("--layouts", "6000", "--steps", "2000", "--expert-frac", "0.5", "--init-from", "{prev}")),
-        train=POLICY + ("--steps", "3000", "--velocity"),
+        train=POLICY + ("--steps", "3000", "--symmetry", "--velocity"),
         evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4", "--batch", "25"),
         evaluator="eval_sim"),
     "franka_pick_place": Recipe(
@@ -61,7 +61,18 @@ RECIPES = {
         ground=(("--layouts", "6000", "--steps", "2000"),
                 ("--layouts", "6000", "--steps", "1200", "--expert-frac", "0.5", "--init-from", "{prev}")),
         # no --velocity: the client slows the arm, so the measured joint change is unlike the demonstrations'
-        train=POLICY + ("--steps", "6000"),
+        train=POLICY + ("--steps", "6000", "--symmetry"),
+        evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4"),
+        evaluator="eval_real"),
+    # The other tasks' front ends start from a shipped one of the same scene (ground.py --init-from another task:
+    # its weights, a new head and tokenizer), grounded with the arms in view from the start.
+    "franka_put_in_bin": Recipe(
+        task="franka_put_in_bin",
+        demos=DEMOS,
+        front_end="frontends/franka_put_in_bin.pt",
+        ground=(("--init-from", "frontends/franka_pick_place.pt", "--layouts", "3000", "--steps", "600",
+                 "--expert-frac", "0.5"),),
+        train=POLICY + ("--steps", "6000", "--symmetry"),
         evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4"),
         evaluator="eval_real"),
 }
@@ -93,13 +104,14 @@ def commands(o: Options) -> list:
     demos, policy, ev = out / "data", out / "policy", out / f"eval_seed{o.eval_seed}"
     cmds = [("demonstrations", "data.py", ["generate", "--task", r.task, "--out", demos, "--workers", o.workers, *r.demos,
                                            *(["--episodes", o.demos] if o.demos else [])], demos / "done.json")]
-    front = r.front_end if Path.cwd() == HERE else HERE / r.front_end
+    here = lambda path: path if Path.cwd() == HERE else HERE / path  # a shipped file, from any directory
+    front = here(r.front_end)
     if o.train_front_end:
         prev = None
         for i, flags in enumerate(r.ground):
             run = out / "front_end" / f"stage{i}"
             argv = ["--task", r.task, "--out", run, "--workers", o.workers, "--resume",
-                    *[str(prev) if f == "{prev}" else f for f in flags]]
+                    *[str(prev) if f == "{prev}" else here(f) if f.startswith("frontends/") else f for f in flags]]
             cmds.append((f"front end, stage {i}", "ground.py", argv, run / "ground.json"))
             prev = run / "ckpt.pt"
         front = prev

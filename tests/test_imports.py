@@ -17,6 +17,7 @@ FORBIDDEN = {
     # numpy at import; only its --plot command draws, through plots.py (a leaf: PIL and numpy)
     "segment": tuple(m for m in ABOVE_WORLD + WORLD + ("data",) if m != "plots"),
     "plots": tuple(ABOVE_WORLD + WORLD + ("data", "segment")),
+    "stats": tuple(ABOVE_WORLD + WORLD + ("data", "dataset", "segment", "recipe")),  # numpy only
     "model": WORLD + ("data", "train", "ground", "eval_sim", "eval_real", "record", "ablation"),
     "data": ("model", "train", "ground", "eval_sim", "eval_real", "record", "ablation"),
     "dataset": ("train", "ground", "eval_sim", "eval_real", "record", "ablation", "sim", "twin", "experts"),

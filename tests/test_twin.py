@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402,F401  first: importing torch after a MuJoCo EGL renderer exists segfaults (tried)
 import data  # noqa: E402
+import stats  # noqa: E402
 import eval_real as er  # noqa: E402
 import eval_sim  # noqa: E402
 import experts  # noqa: E402
@@ -173,7 +174,7 @@ def test_eval_mujoco_scores_success_and_failure(tmp_path, monkeypatch):
     o = er.Options(robot="mujoco", task="franka_pick_place", episodes=2, query="step", out=str(tmp_path / "ok"), ckpt="x")
     res = er.evaluate_twin(o, policy=Lazy(), log=lambda *a: None)
     r = res["tasks"]["franka_pick_place"]
-    assert r["successes"] == 2 and r["wilson95"] == data.wilson(2, 2) and r["gripper_events"] == 2
+    assert r["successes"] == 2 and r["wilson95"] == stats.wilson(2, 2) and r["gripper_events"] == 2
     assert all(e["ended"] == "done" and e["failure_type"] == "success" and e["failure_step"] is None
                for e in r["per_episode"])
     assert [e["seed"] for e in r["per_episode"]] == twin.eval_seeds(0, 2)
