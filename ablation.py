@@ -1,31 +1,39 @@
-"""The StaKe ablation (issue 6): pretrain one base, fine-tune four variants per seed, evaluate, report.
+"""The StaKe ablation on the recipes: do stage and keyframe supervision improve a policy that works, and more
+so on tasks with more gripper events?
 
-    python ablation.py --preset cpu|gpu|tiny [--only data|pretrain|finetune|eval|report]
-                       [--seed all|N|base|sweep] [--out DIR] [--dry-run] [--FIELD VALUE ...]
+    python ablation.py --preset cpu              # runs for at most --budget-min minutes; rerun to continue
+    python ablation.py --preset cpu --dry-run    # every run's command, done or to do
+    python ablation.py --preset cpu --only report
+    python stats.py power --base 0.5 --seeds 5 --episodes 200   # the gain such a design can detect
 
-Protocol (every number comes from PRESETS below; any of them can be overridden with its flag):
-  data      data.py generate: `demos` successful expert episodes per task, seeds 0, 1, ... (shared by all runs)
-  pretrain  train.py: one multi-task base on all tasks, no StaKe heads (--stage-weight 0 --keyframe-weight 0)
-  finetune  train.py --init-from the base, per training seed: none, SS, KS, SS+KS (only the loss weights
-            differ; train.py draws the data order, augmentation and flow noise from generators seeded by --seed
-            alone and the StaKe heads from their own generator, so the four start from the same weights and
-            see the same batches), plus a grid of SS+KS loss weights on seed `seeds[0]` (the sweep)
-  eval      eval_sim.py on evaluation seed block 0 for every policy (the base too): the same episodes for all
-  report    eval_sim.compare over the variants (seeds pooled and spread), the sweep grid, summary.json
+Protocol, per task (a recipe of recipe.py; the tasks whose base success lies in 0.15-0.9):
+  data   the recipe's demonstrations, shared by every run of the task
+  train  the recipe's policy on its shipped front end, per variant and training seed: none (weights 0, 0),
+         SS (w, 0), KS (0, k), SS+KS (w, k). Only the loss weights differ: a training seed fixes the initial
+         weights, the batches and the flow noise whatever the weights (train.py draws the StaKe heads from their
+         own generator; tests/test_ablation.py checks it by hashing)
+  eval   the recipe's evaluator on the same `episodes` held-out seeds (evaluation block 0) for every policy
+  sweep  SS+KS at the grid's other loss weights on `sweep_task`, training seed 0
+  report per task and variant the success rate, its Wilson interval, the mean over training seeds and its
+         spread; the gain over none with a hierarchical-bootstrap interval (training seeds, then episodes), the
+         paired tests (McNemar per seed and pooled, sign flips across seeds; stats.py through eval_sim.compare),
+         the gain against gripper events, failure types, and the gain the design could detect (stats.power)
 
-Runs execute in this process (one import of torch and one decode of the demonstrations for the whole
-invocation); each is recorded in OUT/runs/NAME.json with the exact stand-alone command that reproduces it
-and the git revision. A run whose record and output exist is skipped; a record made by another command is
-an error (delete it and the run's folder to redo it); a killed training continues from its last checkpoint
-(train.py --resume). `--only STAGE` and `--seed` cut the protocol into short invocations; each prints a
-compact JSON line. Heavy files go to runs/ablation/PRESET and data/ablation/PRESET (git-ignored).
+Deviation from the paper, whose base is a VLA pretrained on robot data and fine-tuned per task: our pretrained
+part is the grounding front end (ground.py, shipped in frontends/, frozen); the policy on top of it trains per
+task from its initial weights. A multi-task policy pretrained without the heads is not tried here.
+
+Each run executes in this process and is recorded in OUT/runs/NAME.json with the stand-alone command that
+reproduces it and the git revision. A recorded run whose output exists is skipped; a record made by another
+command is an error; a killed training continues from its checkpoint (train.py --resume). An invocation stops
+starting runs once --budget-min minutes have passed, writes the report of what is done and prints one line of
+JSON. Checkpoints go to runs/ablation/PRESET, demonstrations to data/ablation/PRESET (git-ignored).
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import dataclasses
-import gc
 import json
 import shlex
 import sys
@@ -35,27 +43,22 @@ from pathlib import Path
 
 import data
 from data import opt
+from recipe import HERE, RECIPES
 
-ALL_TASKS = ["lift_block", "place_block", "lift_bar", "handover", "stack_two", "stack_three"]
-PRESETS = {  # the protocol's numbers; "gpu" is the full protocol, the others are reductions of it
-    "gpu": dict(tasks=ALL_TASKS, demos=50, cameras=["top", "left_wrist", "right_wrist"], image_size=96,
-                model="small", batch_size=64, pretrain_steps=6000, pretrain_lr=3e-4, finetune_steps=1500,
-                finetune_lr=1e-4, seeds=[0, 1, 2], stage_weight=0.1, keyframe_weight=0.1, sweep_task="stack_three",
-                sweep_stage_weights=[0.01, 1.0], sweep_keyframe_weights=[0.01, 1.0], eval_episodes=100,
-                eval_max_steps=0, eval_batch=8, workers=14, device="cuda", threads=0, save_every=500),
-    "cpu": dict(tasks=["lift_block", "place_block"], demos=30, cameras=["top"], image_size=96,
-                model="small", batch_size=32, pretrain_steps=3000, pretrain_lr=3e-4, finetune_steps=600,
-                finetune_lr=1e-4, seeds=[0, 1], stage_weight=0.1, keyframe_weight=0.1, sweep_task="place_block",
-                sweep_stage_weights=[0.01, 1.0], sweep_keyframe_weights=[0.01, 1.0], eval_episodes=40,
-                eval_max_steps=0, eval_batch=20, workers=2, device="cpu", threads=0, save_every=200),
-    "tiny": dict(tasks=["lift_block"], demos=2, cameras=["top"], image_size=32,  # tests only: measures nothing
-                 model="tiny", batch_size=4, pretrain_steps=3, pretrain_lr=1e-3, finetune_steps=2,
-                 finetune_lr=1e-3, seeds=[0], stage_weight=0.1, keyframe_weight=0.1, sweep_task="lift_block",
-                 sweep_stage_weights=[1.0], sweep_keyframe_weights=[0.1], eval_episodes=2,
-                 eval_max_steps=20, eval_batch=2, workers=1, device="cpu", threads=1, save_every=1000),
-}
-STAGES = ["data", "pretrain", "finetune", "eval", "report"]
 VARIANTS = ["none", "SS", "KS", "SS+KS"]
+PRESETS = {  # the protocol's numbers; "gpu" is the same protocol with more seeds
+    "cpu": dict(tasks=["lift_block", "franka_pick_place"], seeds={"none": 5, "SS+KS": 5, "SS": 3, "KS": 3},
+                episodes=200, stage_weight=0.1, keyframe_weight=0.1, sweep_task="franka_pick_place",
+                sweep=[[0.01, 0.01], [1.0, 1.0]], demos=0, steps=0, workers=2, device="cpu", budget_min=8.0),
+    "gpu": dict(tasks=["lift_block", "franka_pick_place"], seeds={"none": 10, "SS+KS": 10, "SS": 5, "KS": 5},
+                episodes=200, stage_weight=0.1, keyframe_weight=0.1, sweep_task="franka_pick_place",
+                sweep=[[0.01, 0.01], [0.03, 0.03], [0.3, 0.3], [1.0, 1.0]], demos=0, steps=0, workers=14,
+                device="cuda", budget_min=9.0),
+    "tiny": dict(tasks=["lift_block"], seeds={"none": 2, "SS+KS": 2, "SS": 1, "KS": 1},  # tests: measures nothing
+                 episodes=2, stage_weight=0.1, keyframe_weight=0.1, sweep_task="lift_block", sweep=[[1.0, 1.0]],
+                 demos=2, steps=2, workers=1, device="cpu", budget_min=0.0),
+}
+STAGES = ["data", "train", "eval"]
 
 
 class AblationError(RuntimeError):
@@ -68,61 +71,45 @@ def popt(help):  # a protocol number: its default is the --preset's (parse_optio
 
 @dataclass
 class Options:
-    preset: str = opt("cpu", f"protocol size: {', '.join(PRESETS)} (gpu = the full protocol)")
-    only: str = opt("", f"run one stage only: {', '.join(STAGES)} (default: all, in order)")
-    seed: str = opt("all", "finetune/eval runs to do: 'all', one training seed (e.g. 0), 'base' or 'sweep'")
+    preset: str = opt("cpu", f"protocol size: {', '.join(PRESETS)}")
+    only: str = opt("", f"run one stage only: {', '.join(STAGES)} or report (default: all, in order)")
     out: str = opt("", "results: per-run JSON, tables, charts, summary (default results/ablation/PRESET)")
     runs_dir: str = opt("", "checkpoints (default runs/ablation/PRESET, git-ignored)")
     data_dir: str = opt("", "demonstrations (default data/ablation/PRESET, git-ignored)")
     dry_run: bool = opt(False, "print every run's command and whether it is done; run nothing")
-    tasks: list = popt("tasks: pretraining and fine-tuning data, and evaluation")
-    demos: int = popt("demonstrations per task (seeds 0, 1, ...; the same data for every run)")
-    cameras: list = popt("cameras recorded and used")
-    image_size: int = popt("square image size in pixels")
-    model: str = popt("train.py --preset of the base policy (tiny, small, base)")
-    batch_size: int = popt("samples per training step (pretraining and fine-tuning)")
-    pretrain_steps: int = popt("optimiser steps of the base")
-    pretrain_lr: float = popt("peak learning rate of the base")
-    finetune_steps: int = popt("optimiser steps of every fine-tuning run (the same for all variants)")
-    finetune_lr: float = popt("peak learning rate of fine-tuning")
-    seeds: list = popt("training seeds of the fine-tuning runs")
+    tasks: list = popt("recipes (tasks) of the ablation")
+    seeds: dict = popt("training seeds per variant, 0 .. n-1 (JSON, e.g. '{\"none\": 5, ...}')")
+    episodes: int = popt("evaluation episodes per policy (held-out seeds of block 0, the same for every policy)")
     stage_weight: float = popt("StaKe stage-loss weight of SS and SS+KS")
     keyframe_weight: float = popt("StaKe keyframe-loss weight of KS and SS+KS")
-    sweep_task: str = popt("the long task the loss-weight sweep is evaluated on")
-    sweep_stage_weights: list = popt("stage weights of the SS+KS sweep grid (empty: no sweep)")
-    sweep_keyframe_weights: list = popt("keyframe weights of the SS+KS sweep grid (empty: no sweep)")
-    eval_episodes: int = popt("evaluation episodes per task and policy (evaluation seed block 0)")
-    eval_max_steps: int = popt("override every task's step limit in evaluation (0 = the task's own)")
-    eval_batch: int = popt("environments per evaluation job (also fixes the flow-noise seeding)")
+    sweep_task: str = popt("the task of the loss-weight sweep")
+    sweep: list = popt("(stage, keyframe) weights of the sweep's other SS+KS points (JSON list of pairs)")
+    demos: int = popt("demonstrations per task (0: the recipe's)")
+    steps: int = popt("training steps per policy (0: the recipe's)")
     workers: int = popt("processes for data generation and evaluation")
     device: str = popt("torch device for training and evaluation: cpu or cuda")
-    threads: int = popt("torch CPU threads for training (0 = torch's default)")
-    save_every: int = popt("training steps between checkpoints (a killed run resumes from the last)")
+    budget_min: float = popt("start no run after this many minutes (0: no limit); a run started finishes")
 
     def __post_init__(self):
-        import sim
-        seeds_ok = self.seed in ("all", "base", "sweep") or (self.seed.lstrip("-").isdigit() and int(self.seed) in self.seeds)
-        checks = [(self.only in ("", *STAGES), f"--only must be one of {STAGES}"),
-                  (seeds_ok, f"--seed must be 'all', 'base', 'sweep' or one of --seeds {self.seeds}; got '{self.seed}'"),
-                  (not (bad := [t for t in self.tasks if t not in sim.TASKS]), f"unknown task(s) {bad}; known: {list(sim.TASKS)}"),
-                  (bool(self.tasks) and bool(self.seeds), "--tasks and --seeds must not be empty"),
-                  (min(self.demos, self.pretrain_steps, self.finetune_steps, self.eval_episodes, self.workers) > 0,
-                   "--demos, --pretrain-steps, --finetune-steps, --eval-episodes and --workers must be > 0"),
-                  (self.device in ("cpu", "cuda"), f"--device must be cpu or cuda, got '{self.device}'"),
-                  (not self.sweep_points()[1:] or self.sweep_task in self.tasks,
-                   f"--sweep-task '{self.sweep_task}' must be one of --tasks {self.tasks}")]
+        for name in ("seeds", "sweep"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, json.loads(getattr(self, name)))
+        checks = [(self.only in ("", *STAGES, "report"), f"--only must be one of {STAGES + ['report']}"),
+                  (not (bad := [t for t in self.tasks if t not in RECIPES]), f"no recipe for {bad}; recipes: {list(RECIPES)}"),
+                  (set(self.seeds) == set(VARIANTS) and min(self.seeds.values()) >= 1,
+                   f"--seeds needs a count >= 1 for each of {VARIANTS}"),
+                  (self.seeds["none"] >= max(self.seeds.values()), "--seeds: none needs the most seeds (the pairing)"),
+                  (self.sweep_task in self.tasks, f"--sweep-task '{self.sweep_task}' must be one of --tasks"),
+                  (min(self.episodes, self.workers) > 0 and min(self.demos, self.steps, self.budget_min) >= 0,
+                   "--episodes and --workers must be > 0; --demos, --steps, --budget-min >= 0"),
+                  (self.device in ("cpu", "cuda"), f"--device must be cpu or cuda, got '{self.device}'")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
 
-    def variants(self) -> dict:
+    def weights(self) -> dict:
         w, k = self.stage_weight, self.keyframe_weight
         return {"none": (0.0, 0.0), "SS": (w, 0.0), "KS": (0.0, k), "SS+KS": (w, k)}
-
-    def sweep_points(self) -> list:  # the SS+KS point first, then the grid
-        grid = [(s, k) for s in self.sweep_stage_weights for k in self.sweep_keyframe_weights]
-        main = (self.stage_weight, self.keyframe_weight)
-        return [main] + [p for p in grid if p != main] if grid else [main]
 
 
 def parse_options(argv=None) -> Options:
@@ -132,13 +119,8 @@ def parse_options(argv=None) -> Options:
     preset = pre.parse_known_args(argv)[0].preset
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {list(PRESETS)}, got '{preset}'")
-    return data.parse_options(Options, argv, "ablation.py", __doc__.split("\n")[0], copy.deepcopy(PRESETS[preset]))
-
-
-def reductions(o: Options) -> list:
-    """Every protocol number that differs from the full protocol (the gpu preset), in words."""
-    return [f"{k}: {getattr(o, k)} (full protocol: {v})" for k, v in PRESETS["gpu"].items()
-            if getattr(o, k) != v and k not in ("workers", "eval_batch", "device", "threads", "save_every")]
+    defaults = {k: json.dumps(v) if k in ("seeds", "sweep") else v for k, v in copy.deepcopy(PRESETS[preset]).items()}
+    return data.parse_options(Options, argv, "ablation.py", __doc__.split("\n")[0], defaults)
 
 
 # ----------------------------------------------------------------------------- the plan: one Job per run
@@ -146,9 +128,8 @@ def reductions(o: Options) -> list:
 @dataclass
 class Job:
     name: str      # unique; OUT/runs/NAME.json records it
-    stage: str     # data | pretrain | finetune | eval
-    tag: str       # what --seed selects: a training seed, 'base', 'sweep' ('all' for data and pretrain)
-    script: str    # data.py | train.py | eval_sim.py
+    stage: str     # data | train | eval
+    script: str    # data.py | train.py | eval_sim.py | eval_real.py
     argv: list     # the script's arguments: the run is exactly `python SCRIPT ARGV`
     output: Path   # present when the run has finished
     needs: list = field(default_factory=list)  # the Jobs whose outputs this run reads
@@ -158,57 +139,50 @@ class Job:
         return "python " + shlex.join([self.script, *map(str, self.argv)])
 
     def config(self) -> list:
-        """The command without the options that cannot change the result, and the configs of the runs it
-        reads: a run whose base was redone with other options no longer counts as done."""
+        """The command without the options that cannot change the result (a finished run stays done)."""
         a, skip = list(map(str, self.argv)), {"--workers", "--threads"}
-        return [x for i, x in enumerate(a) if x not in skip and (i == 0 or a[i - 1] not in skip)] + \
-            [n.config() for n in self.needs]
+        return [x for i, x in enumerate(a) if x not in skip and (i == 0 or a[i - 1] not in skip)]
 
 
-def wname(ws: float, wk: float) -> str:
-    return f"ss{ws:g}_ks{wk:g}"
+def without(flags: tuple, *names) -> list:
+    """A recipe's flags without the named options (and their values)."""
+    out, skip = [], False
+    for f in flags:
+        if skip or f in names:
+            skip = f in names
+            continue
+        out.append(f)
+    return out
+
+
+def run_name(variant: str, seed: int, w: tuple) -> str:
+    return f"{variant}_s{seed}" if variant != "sweep" else f"sweep_ss{w[0]:g}_ks{w[1]:g}_s{seed}"
 
 
 def plan(o: Options, out: Path, runs: Path, dat: Path) -> list:
-    jobs = [Job(f"data__{t}", "data", "all", "data.py",
-                ["generate", "--task", t, "--episodes", o.demos, "--out", dat / t, "--seed", 0, "--workers", o.workers,
-                 "--cameras", *o.cameras, "--image-size", o.image_size, o.image_size], dat / t / "meta.json")
-            for t in o.tasks]
-    folders = [dat / t for t in o.tasks]
-    common = ["--batch-size", o.batch_size, "--save-every", o.save_every, "--device", o.device, "--resume",
-              *(["--threads", o.threads] if o.threads else [])]
-    base = runs / "pretrain" / "ckpt.pt"
-    jobs.append(Job("pretrain", "pretrain", "all", "train.py",
-                    ["--data", *folders, "--out", base.parent, "--steps", o.pretrain_steps, "--preset", o.model,
-                     "--seed", 0, "--stage-weight", 0, "--keyframe-weight", 0, "--lr", o.pretrain_lr,
-                     "--cameras", *o.cameras, *common], base, list(jobs)))
-    pretrain = jobs[-1]
-
-    def evaluate(name, ckpt, tasks, tag, needs):
-        return Job(name, "eval", tag, "eval_sim.py",
-                   ["--ckpt", ckpt, "--task", *tasks, "--episodes", o.eval_episodes, "--out", out / "eval" / name[6:],
-                    "--seed", 0, "--workers", o.workers, "--batch", o.eval_batch, "--device", o.device,
-                    *(["--max-steps", o.eval_max_steps] if o.eval_max_steps else [])],
-                   out / "eval" / name[6:] / "results.json", [needs])
-
-    def finetune(ws, wk, seed, tag):
-        run = f"{wname(ws, wk)}__s{seed}"
-        ft = Job(f"finetune__{run}", "finetune", tag, "train.py",
-                 ["--data", *folders, "--out", runs / "finetune" / run, "--steps", o.finetune_steps, "--seed", seed,
-                  "--stage-weight", ws, "--keyframe-weight", wk, "--init-from", base, "--lr", o.finetune_lr, *common],
-                 runs / "finetune" / run / "ckpt.pt", [pretrain])
-        return ft, evaluate(f"eval__{run}", ft.output, o.tasks if tag != "sweep" else [o.sweep_task], tag, ft)
-
-    evals = [evaluate("eval__base", base, o.tasks, "base", pretrain)]
-    for seed in o.seeds:
-        for ws, wk in dict.fromkeys(o.variants().values()):
-            ft, ev = finetune(ws, wk, seed, str(seed))
-            jobs.append(ft), evals.append(ev)
-    for ws, wk in o.sweep_points()[1:]:
-        if (ws, wk) not in o.variants().values():
-            ft, ev = finetune(ws, wk, o.seeds[0], "sweep")
-            jobs.append(ft), evals.append(ev)
-    return jobs + evals
+    jobs = []
+    for t in o.tasks:
+        r = RECIPES[t]
+        demos = Job(f"data__{t}", "data", "data.py",
+                    ["generate", "--task", t, "--out", dat / t, "--workers", o.workers, *r.demos,
+                     *(["--episodes", o.demos] if o.demos else [])], dat / t / "meta.json")
+        jobs.append(demos)
+        points = [(v, s, o.weights()[v]) for s in range(o.seeds["none"]) for v in ("none", "SS+KS", "SS", "KS")
+                  if s < o.seeds[v]]
+        points += [("sweep", 0, tuple(w)) for w in o.sweep if t == o.sweep_task]
+        for variant, seed, (ws, wk) in points:
+            name = run_name(variant, seed, (ws, wk))
+            train = Job(f"train__{t}__{name}", "train", "train.py",
+                        ["--data", dat / t, "--out", runs / t / name, "--vision-from", HERE / r.front_end, "--resume",
+                         *without(r.train, "--stage-weight", "--keyframe-weight"), "--stage-weight", ws,
+                         "--keyframe-weight", wk, "--seed", seed, "--device", o.device,
+                         *(["--steps", o.steps] if o.steps else [])], runs / t / name / "ckpt.pt", [demos])
+            ev = out / "eval" / t / name
+            flags = without(r.evaluate, "--episodes", "--video") + ["--episodes", o.episodes, "--video", 0, "--seed", 0]
+            flags += ["--workers", o.workers, "--device", o.device] if r.evaluator == "eval_sim" else ["--robot", "mujoco"]
+            jobs += [train, Job(f"eval__{t}__{name}", "eval", f"{r.evaluator}.py",
+                                ["--ckpt", train.output, "--task", t, "--out", ev, *flags], ev / "results.json", [train])]
+    return jobs
 
 
 # ----------------------------------------------------------------------------- running
@@ -219,54 +193,26 @@ def is_done(job: Job, records: Path) -> bool:
         return False
     was = json.loads(rec.read_text())
     if was["config"] != job.config():
-        raise AblationError(f"{rec} was recorded for another command or from another base run:\n  was: {was['command']}\n"
-                            f"  now: {job.command}\ndelete {rec} and {job.output.parent} (and what was made from it) to "
-                            f"redo it with these options, or pass another --out and --runs-dir")
+        raise AblationError(f"{rec} was recorded for another command:\n  was: {was['command']}\n  now: {job.command}\n"
+                            f"delete {rec} and {job.output.parent} to redo it with these options, or pass another "
+                            f"--out and --runs-dir")
     return job.output.is_file()
 
 
-def share_loaded_demos(dataset) -> None:
-    """The runs of one invocation read the same folders: decode them once (dataset.load_folders is pure; the
-    only part train() changes, meta, is copied for every caller)."""
-    load, cache = dataset.load_folders, {}
-
-    def cached(folders, cameras=None, stage_label="per-arm", images=True):
-        key = (tuple(map(str, folders)), tuple(cameras or ()), stage_label, images)
-        if key not in cache:
-            cache.clear()
-            cache[key] = load(folders, cameras, stage_label, images)
-        return {**cache[key], "meta": copy.deepcopy(cache[key]["meta"])}
-    if not getattr(dataset.load_folders, "shared", False):
-        cached.shared = True
-        dataset.load_folders = cached
-
-
 def run_job(job: Job, o: Options, records: Path) -> dict:
+    import importlib
     print(f"\n== {job.name}\n$ {job.command}", flush=True)
     t0 = time.time()
     try:
-        if job.script == "data.py":
-            data.main([str(a) for a in job.argv])
-            result = json.loads(job.output.read_text())["generation_stats"]
-        elif job.script == "train.py":
-            import torch
-            import dataset
-            import train
-            share_loaded_demos(dataset)
-            train.train(data.parse_options(train.Options, [str(a) for a in job.argv]))
-            lines = (job.output.parent / "metrics.jsonl").read_text().splitlines()
-            result = {"last_metrics": json.loads(lines[-1]) if lines else {}}
-            gc.collect(), torch.cuda.empty_cache() if torch.cuda.is_available() else None
-        else:
-            import eval_sim
-            res = eval_sim.evaluate(data.parse_options(eval_sim.EvalConfig, [str(a) for a in job.argv]), command=job.command)
-            result = {t: {k: v for k, v in r.items() if k != "per_episode"} for t, r in res["tasks"].items()}
-    except SystemExit as e:  # data.py reports its DataError and exits 2
-        raise AblationError(f"{job.name} failed (exit {e.code}); command: {job.command}") from None
-    except (ValueError, FileNotFoundError) as e:
-        raise AblationError(f"{job.name} failed: {e}\n  command: {job.command}") from None
-    if not job.output.is_file():
-        raise AblationError(f"{job.name} finished without writing {job.output}; command: {job.command}")
+        code = importlib.import_module(job.script[:-3]).main([str(a) for a in job.argv])
+    except SystemExit as e:
+        code = e.code
+    if code or not job.output.is_file():
+        raise AblationError(f"{job.name} failed (exit {code}); command: {job.command}")
+    result = {}
+    if job.stage == "eval":
+        res = json.loads(job.output.read_text())["tasks"]
+        result = {t: {k: r[k] for k in ("successes", "episodes", "success_rate", "failure_types")} for t, r in res.items()}
     rec = dict(name=job.name, stage=job.stage, command=job.command, config=job.config(), git_revision=data.git_revision(),
                preset=o.preset, wall_s=round(time.time() - t0, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S"), result=result)
     records.mkdir(parents=True, exist_ok=True)
@@ -276,78 +222,66 @@ def run_job(job: Job, o: Options, records: Path) -> dict:
 
 # ----------------------------------------------------------------------------- report
 
-def sweep_chart(path: Path, o: Options, cells: dict) -> None:
-    """The sweep grid as a heat map: success rate on the sweep task per (stage weight, keyframe weight)."""
-    import plots
-    ss, ks = sorted({s for s, _ in cells}), sorted({k for _, k in cells})
-    plots.heatmap(path, f"SS+KS sweep on {o.sweep_task}: success rate (k/n)", [f"stage {s:g}" for s in ss],
-                  [f"{k:g}" for k in ks], [[c["success_rate"] if (c := cells.get((s, k))) else None for k in ks] for s in ss],
-                  [[f"{c['success_rate']:.2f} ({c['successes']}/{c['episodes']})" if (c := cells.get((s, k))) else ""
-                    for k in ks] for s in ss], col_title="keyframe weight ->")
-
-
 def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
+    """report.md, compare.md / .json and charts (eval_sim.compare), summary.json: of the evaluations done."""
     import eval_sim
-    done = {j.name: j for j in jobs if j.stage == "eval" and is_done(j, records)}
-    ev = lambda w, s: f"eval__{wname(*w)}__s{s}"  # noqa: E731
-    seeds = [s for s in o.seeds if all(ev(w, s) in done for w in o.variants().values())]
-    dirs = [[done[ev(o.variants()[v], s)].output.parent for s in seeds] for v in VARIANTS] if seeds else []
-    labels = list(VARIANTS) if seeds else []
-    if "eval__base" in done:
-        dirs, labels = dirs + [[done["eval__base"].output.parent]], labels + ["base"]
-    if not dirs:
-        raise AblationError("no evaluation has finished yet: run --only eval first")
-    md = eval_sim.compare(dirs, str(out), labels)
-    cmp = json.loads((out / "compare.json").read_text())
-    cells = {}
-    for ws, wk in o.sweep_points():
-        name = ev((ws, wk), o.seeds[0])
-        if name in done:
-            x = json.loads(done[name].output.read_text())["tasks"][o.sweep_task]
-            cells[ws, wk] = {k: x[k] for k in ("successes", "episodes", "success_rate", "wilson95", "failure_types")}
-    sweep_md = []
-    if len(o.sweep_points()) > 1:
-        ss, ks = sorted({s for s, _ in cells}), sorted({k for _, k in cells})
-        sweep_md = [f"## Loss-weight sweep (SS+KS, training seed {o.seeds[0]}, task {o.sweep_task})", "",
-                    "Success rate [Wilson 95%] (successes / episodes); rows: stage weight, columns: keyframe weight.", "",
-                    "| stage \\ keyframe | " + " | ".join(f"{k:g}" for k in ks) + " |", "|" + "---|" * (1 + len(ks))]
-        for s in ss:
-            sweep_md.append(f"| {s:g} | " + " | ".join(
-                f"{c['success_rate']:.2f} [{c['wilson95'][0]:.2f}, {c['wilson95'][1]:.2f}] ({c['successes']}/{c['episodes']})"
-                if (c := cells.get((s, k))) else "-" for k in ks) + " |")
-        if cells:
-            sweep_chart(out / "sweep.png", o, cells)
-    missing = [j.name for j in jobs if j.stage == "eval" and j.name not in done]
-    red = reductions(o)
+    import stats
+    done = {j.name for j in jobs if j.stage == "eval" and is_done(j, records)}
+    sections, per_task, missing = [], {}, [j.name for j in jobs if j.stage == "eval" and j.name not in done]
+    for t in o.tasks:
+        # seed s of a variant pairs with seed s of none; only seeds done for every variant count
+        seeds = [s for s in range(o.seeds["none"]) if f"eval__{t}__none_s{s}" in done]
+        dirs = {v: [out / "eval" / t / f"{v}_s{s}" for s in seeds if f"eval__{t}__{v}_s{s}" in done] for v in VARIANTS}
+        dirs = {v: d for v, d in dirs.items() if d}
+        if "none" not in dirs or len(dirs) < 2:
+            continue
+        labels = list(dirs)
+        md = eval_sim.compare([dirs[v] for v in labels], str(out / t), labels)
+        cmp = json.loads((out / t / "compare.json").read_text())
+        base = cmp["tasks"][t]["variants"]["none"]
+        power = dict(base_rate=round(base["seed_mean"], 3), seeds=len(dirs["none"]), episodes=o.episodes)
+        if 0 < base["seed_mean"] < 1 and len(dirs["none"]) > 1:
+            power |= dict(power_at_14pct=stats.power(base["seed_mean"], 0.14, len(dirs["none"]), o.episodes),
+                          detectable_gain_80pct=stats.detectable_gain(base["seed_mean"], len(dirs["none"]), o.episodes))
+        per_task[t] = dict(compare=cmp, power=power, seeds={v: len(d) for v, d in dirs.items()})
+        sections += [f"## {t} ({cmp['tasks'][t]['gripper_events']} gripper events)", "",
+                     f"Power of this design (stats.power: {power['seeds']} seeds of none, {o.episodes} episodes, base "
+                     f"{power['base_rate']:.2f}, seed spread 0.35 on the logit scale): " +
+                     (f"{power['power_at_14pct']:.0%} to see the paper's +14%; +{power['detectable_gain_80pct']:.0%} "
+                      f"relative is seen with 80% power." if "power_at_14pct" in power else "not computed (base at 0 or 1, or one seed)."),
+                     "", md]
+    for t in [t for t in o.tasks if t == o.sweep_task]:
+        cells = [(w, out / "eval" / t / run_name(v, 0, w)) for v, w in
+                 [("none", (0.0, 0.0)), ("SS+KS", o.weights()["SS+KS"])] + [("sweep", tuple(w)) for w in o.sweep]]
+        cells = [(w, d) for w, d in cells if (d / "results.json").is_file()]
+        if len(cells) > 2:
+            eval_sim.compare([d for _, d in cells], str(out / "sweep"), [f"ss{w[0]:g}_ks{w[1]:g}" for w, _ in cells])
+            sections += [f"## Loss-weight sweep on {t} (training seed 0)", "",
+                         (out / "sweep" / "compare.md").read_text()]
+    if not per_task:
+        raise AblationError("no task has none and another variant evaluated yet: run the protocol first")
     head = [f"# StaKe ablation, preset `{o.preset}`", "",
-            ("**Reduced protocol.** It differs from the full protocol (the gpu preset) in: " + "; ".join(red) + "."
-             if red else "The full protocol."), "",
-            f"Git revision {data.git_revision()}. Every run's command: `{records}/*.json`. Training seeds in the "
-            f"tables: {seeds}. " + (f"**Not finished:** {', '.join(missing)}." if missing else "All runs finished."), ""]
-    text = "\n".join(head) + "\n" + md + ("\n" + "\n".join(sweep_md) + "\n" if sweep_md else "")
+            f"Git revision {data.git_revision()}. Every run's command: `{records}/*.json`. Seeds per variant: "
+            + "; ".join(f"{t}: " + ", ".join(f"{v} {n}" for v, n in p["seeds"].items()) for t, p in per_task.items())
+            + ". " + (f"**Not finished:** {len(missing)} evaluations ({', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''})."
+                      if missing else "All runs finished."), ""]
+    text = "\n".join(head + sections) + "\n"
     data.atomic_write_bytes(out / "report.md", lambda f: f.write(text.encode()))
     recs = [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]
-    summary = dict(preset=o.preset, reduced=red, options=protocol(o), git_revision=data.git_revision(),
-                   seeds_reported=seeds, missing=missing, compare=cmp,
-                   sweep=[{"stage_weight": s, "keyframe_weight": k, **c} for (s, k), c in cells.items()],
-                   wall_s_by_stage={st: round(sum(r["wall_s"] for r in recs if r["stage"] == st), 1) for st in STAGES[:4]},
-                   runs={r["name"]: r["command"] for r in recs},
-                   inputs={n: done[n].output.stat().st_mtime_ns for n in sorted(done)})
+    summary = dict(preset=o.preset, options=protocol(o), git_revision=data.git_revision(), missing=missing,
+                   tasks=per_task, wall_s_by_stage={s: round(sum(r["wall_s"] for r in recs if r["stage"] == s), 1) for s in STAGES},
+                   runs={r["name"]: r["command"] for r in recs}, inputs=inputs(jobs, records))
     data.atomic_write_bytes(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=1, default=str).encode()))
     return summary
 
 
-def report_is_current(o: Options, jobs: list, out: Path, records: Path) -> bool:
-    p = out / "summary.json"
-    if not p.is_file():
-        return False
-    was = json.loads(p.read_text())
-    now = {j.name: j.output.stat().st_mtime_ns for j in jobs if j.stage == "eval" and is_done(j, records)}
-    return was.get("inputs") == now and was.get("options") == protocol(o)
+def inputs(jobs, records) -> dict:
+    return {j.name: j.output.stat().st_mtime_ns for j in jobs if j.stage == "eval" and is_done(j, records)}
 
 
 def protocol(o: Options) -> dict:  # the options that shape the results (not which part this invocation runs)
-    return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(o))).items() if k not in ("only", "seed", "dry_run")}
+    return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(o))).items()
+            if k not in ("only", "dry_run", "budget_min", "workers")}
 
 
 # ----------------------------------------------------------------------------- main
@@ -357,38 +291,38 @@ def ablate(o: Options) -> dict:
     runs, dat = Path(o.runs_dir or f"runs/ablation/{o.preset}"), Path(o.data_dir or f"data/ablation/{o.preset}")
     records = out / "runs"
     jobs = plan(o, out, runs, dat)
-    by_name = {j.name: j for j in jobs}
-    chosen = [j for j in jobs if (not o.only or j.stage == o.only)
-              and (o.seed == "all" or j.stage in ("data", "pretrain") or j.tag == o.seed)]
-    t0, ran = time.time(), []
+    chosen = [j for j in jobs if not o.only or j.stage == o.only]
+    t0, ran, stopped = time.time(), [], False
     skipped = [j.name for j in chosen if is_done(j, records)]
     todo = [j for j in chosen if j.name not in skipped]
     if o.dry_run:
-        print("\n".join([f"done  {by_name[n].command}" for n in skipped] + [f"todo  {j.command}" for j in todo]))
+        print("\n".join(("done  " if is_done(j, records) else "todo  ") + j.command for j in chosen))
+        todo = []
     elif any(j.stage != "data" for j in todo):
         import torch
         import train  # noqa: F401  torch and timm first: importing torchvision after a MuJoCo EGL context crashes
         if o.device == "cuda" and not torch.cuda.is_available():
             raise AblationError(f"--device cuda (preset {o.preset}) but torch sees no CUDA device: use --preset cpu")
-    for job in todo if not o.dry_run else []:
-        for n in job.needs:
-            if not is_done(n, records):
-                raise AblationError(f"{job.name} needs {n.name}, which has not finished: run "
-                                    f"`python ablation.py --preset {o.preset} --only {n.stage}` first")
+    for job in todo:
+        if ran and o.budget_min and time.time() - t0 > 60 * o.budget_min:  # at least one run per invocation
+            stopped = True
+            break
+        if not all(is_done(n, records) for n in job.needs):
+            raise AblationError(f"{job.name} needs {', '.join(n.name for n in job.needs)}: run "
+                                f"`python ablation.py --preset {o.preset}` without --only first")
         run_job(job, o, records)
         ran.append(job.name)
     reported = False
-    if o.only in ("", "report") and o.seed == "all" and not o.dry_run:
-        if report_is_current(o, jobs, out, records):
+    if o.only in ("", "report") and not o.dry_run:
+        was = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+        if was.get("inputs") == inputs(jobs, records) and was.get("options") == protocol(o):
             skipped.append("report")
-        else:
+        elif inputs(jobs, records):
             report(o, jobs, out, records)
             reported = True
-    progress = {s: f"{sum(is_done(j, records) for j in jobs if j.stage == s)}/{sum(j.stage == s for j in jobs)}"
-                for s in STAGES[:4]}
-    summary = dict(preset=o.preset, only=o.only or "all", seed=o.seed, ran=len(ran), skipped=len(skipped),
-                   reported=reported, progress=progress, wall_s=round(time.time() - t0, 1), out=str(out),
-                   reduced=bool(reductions(o)))
+    progress = {s: f"{sum(is_done(j, records) for j in jobs if j.stage == s)}/{sum(j.stage == s for j in jobs)}" for s in STAGES}
+    summary = dict(preset=o.preset, only=o.only or "all", ran=len(ran), skipped=len(skipped), reported=reported,
+                   stopped_at_budget=stopped, progress=progress, wall_s=round(time.time() - t0, 1), out=str(out))
     if not ran and not reported and not o.dry_run:
         print(f"everything selected is done: {len(skipped)} skipped, nothing run ({out})")
     print(json.dumps(summary))
@@ -398,7 +332,7 @@ def ablate(o: Options) -> dict:
 def main(argv=None) -> int:
     try:
         ablate(parse_options(argv))
-    except (AblationError, ValueError) as e:
+    except (AblationError, ValueError, FileNotFoundError) as e:
         print(f"\nablation.py: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -34,6 +34,7 @@ import segment
 import sim
 import world
 from data import opt
+import stats
 from stats import mcnemar_exact, wilson  # Wilson 95% interval, exact McNemar (shared with eval_real.py)
 
 
@@ -318,9 +319,11 @@ def compare(dirs: list, out: str, labels: list | None = None) -> str:
     Each entry of `dirs` is one evaluation folder or a list of folders (one per training seed of that variant,
     or one per evaluation seed block of one policy).
     Rates and failure counts are pooled over a variant's folders, with the mean and spread over seeds beside
-    them. The paired test matches folder i of the variant with folder i of the baseline (a variant with a
-    single folder, such as the base policy, with the baseline's first folder only, so that no episode counts
-    twice), and episodes within a pair of folders by evaluation seed."""
+    them. The paired test matches folder i of the variant with folder i of the baseline for the first
+    min(count) folders (training seed i of both; a single-folder variant, such as a base policy, with the
+    baseline's first folder only, so that no episode counts twice), and episodes within a pair of folders by
+    evaluation seed. With two or more such pairs the gain also gets stats.compare_variants: a hierarchical
+    bootstrap interval (training seeds, then episodes) and the sign-flip test across seeds."""
     import plots
     groups = [[str(d)] if isinstance(d, (str, Path)) else [str(x) for x in d] for d in dirs]
     runs = []
@@ -357,7 +360,7 @@ def compare(dirs: list, out: str, labels: list | None = None) -> str:
         for t in tasks:
             lines.append(row(t, [f"{x['seed_mean']:.2f} ± {x['seed_std']:.2f} ({min(x['seed_rates']):.2f} - "
                                  f"{max(x['seed_rates']):.2f})" for x in pooled[t]]))
-    points, paired_json = [], {}
+    points, paired_json, seeded = [], {}, {}
     if len(runs) > 1:
         lines += ["", f"Paired test against **{labels[0]}** (same evaluation seeds" + (
                   "; folder i against the baseline's folder i, a single-folder variant against the first only" if multi else "") + "): exact McNemar on discordant episodes (b = baseline succeeds only, c = variant succeeds only). "
@@ -365,8 +368,6 @@ def compare(dirs: list, out: str, labels: list | None = None) -> str:
                   "| task | variant | pairs | b | c | p | relative gain |", "|---|---|---|---|---|---|---|"]
         for vi, (lab, res) in enumerate(zip(labels[1:], runs[1:]), start=1):
             m = min(len(runs[0]), len(res))
-            if m > 1 and len(runs[0]) != len(res):
-                raise ValueError(f"compare: {lab} has {len(res)} folders and {labels[0]} {len(runs[0])}: cannot pair them")
             B = C = N = 0
             paired_json[lab] = {}
             for t in tasks:
@@ -377,12 +378,28 @@ def compare(dirs: list, out: str, labels: list | None = None) -> str:
                 N, B, C, p = N + n, B + b, C + c, mcnemar_exact(b, c)
                 base, var = pooled[t][0]["success_rate"], pooled[t][vi]["success_rate"]
                 gain = None if base < 0.1 or base > 0.9 else (var - base) / base
+                if m > 1 and (X := seed_matrices(runs[0][:m], res[:m], t)) is not None:
+                    seeded[(t, lab)] = stats.compare_variants(*X)
+                whisker = seeded[(t, lab)]["bootstrap"]["gain95"] if (t, lab) in seeded else ()
                 if gain is not None:
-                    points.append((events[t], gain, f"{lab}:{t}", vi))
-                paired_json[lab][t] = {"pairs": n, "b": b, "c": c, "p": p, "relative_gain": gain}
+                    points.append((events[t], gain, f"{lab}:{t}", vi, *whisker))
+                paired_json[lab][t] = {"pairs": n, "b": b, "c": c, "p": p, "relative_gain": gain,
+                                       **({"seeds": seeded[(t, lab)]} if (t, lab) in seeded else {})}
                 lines.append(f"| {t} | {lab} | {n} | {b} | {c} | {p:.3g} | {'inconclusive' if gain is None else f'{gain:+.2f}'} |")
             paired_json[lab]["all tasks"] = {"pairs": N, "b": B, "c": C, "p": mcnemar_exact(B, C)}
             lines.append(f"| all tasks | {lab} | {N} | {B} | {C} | {mcnemar_exact(B, C):.3g} | |")
+    if seeded:
+        lines += ["", f"Gain over **{labels[0]}** with the training-seed spread (stats.py): seed i of a variant against "
+                  f"seed i of {labels[0]}, on the evaluation seeds all of them share. Interval: hierarchical bootstrap "
+                  "(seeds, then episodes), 95%. Sign flip: exact test on the per-seed differences (its floor is "
+                  "2/2^seeds). McNemar pooled: the discordant episodes of all seeds (blind to the seed spread).", "",
+                  "| task | variant | seeds x episodes | difference [95%] | relative gain [95%] | p sign flip | p bootstrap | p McNemar pooled |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for (t, lab), r in seeded.items():
+            bs = r["bootstrap"]
+            lines.append(f"| {t} | {lab} | {bs['seeds']} x {bs['episodes']} | {bs['diff']:+.3f} [{bs['diff95'][0]:+.3f}, "
+                         f"{bs['diff95'][1]:+.3f}] | {bs['gain']:+.2f} [{bs['gain95'][0]:+.2f}, {bs['gain95'][1]:+.2f}] | "
+                         f"{r['p_sign_flip']:.3g} | {bs['p_boot']:.3g} | {r['pooled_mcnemar']['p']:.3g} |")
     lines += ["", "Failure types (motion-fail / skill-fail / timeout" + (", summed over folders" if multi else "") + "):", "", head, rule]
     for t in tasks:
         lines.append(row(t, ["/".join(str(x["failure_types"][k]) for k in ("motion-fail", "skill-fail", "timeout")) for x in pooled[t]]))
@@ -404,6 +421,17 @@ def compare(dirs: list, out: str, labels: list | None = None) -> str:
         plots.scatter_chart(outp / "gain_vs_events.png", points, f"relative gain over {labels[0]} vs gripper events per task",
                       "gripper events (expert)", "relative gain")
     return md
+
+
+def seed_matrices(base_runs: list, other_runs: list, task: str):
+    """(S, E) 0/1 outcomes of two variants, row i from their i-th folders, columns the evaluation seeds every
+    folder of both holds; None when they share none."""
+    eps = [{e["seed"]: e["success"] for e in r["tasks"][task]["per_episode"]} for r in base_runs + other_runs]
+    common = sorted(set.intersection(*(set(e) for e in eps)))
+    if not common:
+        return None
+    X = np.array([[float(e[s]) for s in common] for e in eps])
+    return X[:len(base_runs)], X[len(base_runs):]
 
 
 # ============================================================================ stage probe (the paper's qualitative analysis)

@@ -1,13 +1,10 @@
-"""ablation.py: the whole protocol end to end on the tiny preset, skipping finished runs, resuming a killed
-training, and the pairing of the four variants (same initial weights, same batches, same flow noise)."""
+"""ablation.py: the protocol end to end on the tiny preset (the lift_block recipe, tiny numbers), stopping at
+its budget, skipping finished runs, and the pairing of the four variants (same initial weights, same batches,
+same flow noise); eval_sim.compare's seed-aware statistics on synthetic results."""
 import hashlib
 import json
-import os
-import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,13 +14,12 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "tests"))
 import train  # noqa: E402,F401  at collection: importing timm/torchvision after a MuJoCo EGL context segfaults
 import ablation  # noqa: E402
-from synthetic import make_dataset  # noqa: E402
 
 
 def run(tmp, *args, check=True):
     cmd = [sys.executable, "ablation.py", "--preset", "tiny", "--out", str(tmp / "res"), "--runs-dir",
            str(tmp / "runs"), "--data-dir", str(tmp / "data"), *args]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     if check:
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r, json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
@@ -33,27 +29,26 @@ def mtimes(folder: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
-def test_end_to_end_then_everything_skipped(tmp_path):
+def test_end_to_end_at_a_budget_then_everything_skipped(tmp_path):
+    r, s = run(tmp_path, "--budget-min", "1e-6")  # the budget is spent after the first run: it stops there
+    assert s["ran"] == 1 and s["stopped_at_budget"] and s["progress"]["data"] == "1/1"
     r, s = run(tmp_path)
-    assert s["ran"] == 13 and s["reported"] and s["progress"] == {"data": "1/1", "pretrain": "1/1", "finetune": "5/5", "eval": "6/6"}
+    assert s["ran"] == 14 and s["reported"] and s["progress"] == {"data": "1/1", "train": "7/7", "eval": "7/7"}
     res = tmp_path / "res"
-    for f in ("report.md", "compare.md", "compare.json", "summary.json", "success.png", "gain_vs_events.png", "sweep.png"):
+    for f in ("report.md", "summary.json", "lift_block/compare.md", "lift_block/compare.json",
+              "lift_block/gain_vs_events.png", "sweep/compare.md"):
         assert (res / f).stat().st_size > 100, f
-    records = sorted((res / "runs").glob("*.json"))
-    assert len(records) == 13
-    for p in records:
+    for p in sorted((res / "runs").glob("*.json")):
         rec = json.loads(p.read_text())
         assert rec["command"].startswith("python ") and rec["git_revision"] and "wall_s" in rec, p
-    ev = json.loads((res / "eval" / "ss0.1_ks0.1__s0" / "results.json").read_text())
-    assert ev["command"] == json.loads((res / "runs" / "eval__ss0.1_ks0.1__s0.json").read_text())["command"]
+    rec = json.loads((res / "runs" / "train__lift_block__KS_s0.json").read_text())
+    assert "--stage-weight 0.0 --keyframe-weight 0.1 --seed 0" in rec["command"] and "frontends/lift_block.pt" in rec["command"]
     summary = json.loads((res / "summary.json").read_text())
-    assert summary["reduced"] and summary["seeds_reported"] == [0] and not summary["missing"]
-    cell = summary["compare"]["tasks"]["lift_block"]["variants"]
-    assert list(cell) == ["none", "SS", "KS", "SS+KS", "base"] and all(c["episodes"] == 2 for c in cell.values())
-    assert {(p["stage_weight"], p["keyframe_weight"]) for p in summary["sweep"]} == {(0.1, 0.1), (1.0, 0.1)}
+    task = summary["tasks"]["lift_block"]
+    assert task["seeds"] == {"none": 2, "SS": 1, "KS": 1, "SS+KS": 2} and not summary["missing"]
+    assert "seeds" in task["compare"]["paired"]["SS+KS"]["lift_block"]  # two seeds: the bootstrap and sign flips
     report = (res / "report.md").read_text()
-    assert "Reduced protocol" in report and "| lift_block | SS+KS |" in report and "Loss-weight sweep" in report
-    assert set(summary["compare"]["paired"]) == {"SS", "KS", "SS+KS", "base"}
+    assert "Power of this design" in report and "with the training-seed spread" in report and "sweep" in report
 
     before = mtimes(tmp_path)
     r, s = run(tmp_path)
@@ -61,34 +56,20 @@ def test_end_to_end_then_everything_skipped(tmp_path):
     assert mtimes(tmp_path) == before, "a second invocation must not touch anything"
 
     # a run whose record is lost is done again (train.py --resume continues its finished checkpoint)
-    (res / "runs" / "finetune__ss0.1_ks0.1__s0.json").unlink()
-    r, s = run(tmp_path, "--only", "finetune", "--seed", "0")
+    (res / "runs" / "train__lift_block__none_s0.json").unlink()
+    r, s = run(tmp_path, "--only", "train")
     assert s["ran"] == 1 and "start step 2" in r.stdout
 
     # other options for a finished run: a clear error, nothing overwritten
-    r, _ = run(tmp_path, "--finetune-steps", "3", check=False)
+    r, _ = run(tmp_path, "--steps", "3", check=False)
     assert r.returncode == 2 and "recorded for another command" in r.stderr
 
 
-def test_killed_training_resumes(tmp_path):
-    run(tmp_path, "--only", "data")
-    args = ["--only", "pretrain", "--pretrain-steps", "200", "--save-every", "10"]
-    cmd = [sys.executable, "ablation.py", "--preset", "tiny", "--out", str(tmp_path / "res"), "--runs-dir",
-           str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data"), *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ck = tmp_path / "runs" / "pretrain" / "ckpt.pt"
-    t0 = time.time()
-    while not ck.exists() and time.time() - t0 < 120 and proc.poll() is None:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # our own child and its process group only
-    proc.wait()
-    assert ck.exists(), "no checkpoint was written before the kill"
-    assert not (tmp_path / "res" / "runs" / "pretrain.json").exists()
-    r, s = run(tmp_path, *args)
-    start = int(re.search(r"start step (\d+)", r.stdout).group(1))
-    assert start > 0 and start % 10 == 0 and start < 200 and s["ran"] == 1
-    rec = json.loads((tmp_path / "res" / "runs" / "pretrain.json").read_text())
-    assert rec["result"]["last_metrics"]["step"] == 200
+def test_options_errors():
+    for argv, msg in ((["--tasks", "stack_two"], "no recipe for"), (["--seeds", '{"none": 1, "SS+KS": 2, "SS": 1, "KS": 1}'],
+                      "none needs the most seeds"), (["--sweep-task", "franka_pick_place"], "--sweep-task")):
+        with pytest.raises(ValueError, match=msg):
+            ablation.parse_options(["--preset", "tiny", *argv])
 
 
 def _digest(*tensors) -> str:
@@ -102,23 +83,21 @@ def test_four_variants_start_equal_and_see_the_same_batches(tmp_path, monkeypatc
     import torch
     torch.set_num_threads(1)
     import dataset
-    monkeypatch.setattr(dataset, "load_folders", dataset.load_folders)  # restored after the test
-    make_dataset(tmp_path / "data" / "lift_block", n_episodes=3, T=30)  # the tiny preset's folder layout
     o = ablation.parse_options(["--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--data-dir",
-                                str(tmp_path / "data"), "--out", str(tmp_path / "res"), "--finetune-steps", "3"])
+                                str(tmp_path / "data"), "--out", str(tmp_path / "res"), "--steps", "3"])
     jobs = {j.name: j for j in ablation.plan(o, tmp_path / "res", tmp_path / "runs", tmp_path / "data")}
-    ablation.run_job(jobs["pretrain"], o, tmp_path / "res" / "runs")
+    ablation.run_job(jobs["data__lift_block"], o, tmp_path / "res" / "runs")
     seen = {}
     make_opt, make_batch, noise = train.make_optimizer, dataset.make_batch, train.sample_noise_time
 
-    def spy_opt(model, opts):  # called right after the weights are loaded from the base
+    def spy_opt(model, opts):  # called right after the weights are made
         sd = {k: v for k, v in model.state_dict().items() if not k.startswith(("stage_", "keyframe_"))}
         seen[opts.out]["init"] = _digest(*[sd[k] for k in sorted(sd)])
         return make_opt(model, opts)
 
     def spy_batch(*a, **kw):
         b = make_batch(*a, **kw)
-        seen[current]["batches"].append(_digest(b["images"], b["actions"], b["state"], b["lang_ids"], b["stage"], b["keyframe"]))
+        seen[current]["batches"].append(_digest(b["ground"], b["actions"], b["state"], b["lang_ids"], b["stage"], b["keyframe"]))
         return b
 
     def spy_noise(*a, **kw):
@@ -128,8 +107,8 @@ def test_four_variants_start_equal_and_see_the_same_batches(tmp_path, monkeypatc
     monkeypatch.setattr(train, "make_optimizer", spy_opt)
     monkeypatch.setattr(dataset, "make_batch", spy_batch)
     monkeypatch.setattr(train, "sample_noise_time", spy_noise)
-    fts = [jobs[f"finetune__{ablation.wname(*w)}__s0"] for w in o.variants().values()]
-    for job in fts:
+    trains = [jobs[f"train__lift_block__{v}_s0"] for v in ablation.VARIANTS]
+    for job in trains:
         current = str(job.output.parent)
         seen[current] = {"batches": [], "noise": []}
         ablation.run_job(job, o, tmp_path / "res" / "runs")
@@ -139,10 +118,10 @@ def test_four_variants_start_equal_and_see_the_same_batches(tmp_path, monkeypatc
     # ... and their commands differ only in the loss weights and the output folder
     strip = lambda j: [a for i, a in enumerate(map(str, j.argv))  # noqa: E731
                        if i == 0 or str(j.argv[i - 1]) not in ("--stage-weight", "--keyframe-weight", "--out")]
-    assert all(strip(j) == strip(fts[0]) for j in fts)
-    assert {(j.argv[j.argv.index("--stage-weight") + 1], j.argv[j.argv.index("--keyframe-weight") + 1]) for j in fts} == \
+    assert all(strip(j) == strip(trains[0]) for j in trains)
+    assert {(j.argv[j.argv.index("--stage-weight") + 1], j.argv[j.argv.index("--keyframe-weight") + 1]) for j in trains} == \
         {(0.0, 0.0), (0.1, 0.0), (0.0, 0.1), (0.1, 0.1)}
-    ck = [torch.load(j.output, weights_only=True) for j in fts]
+    ck = [torch.load(j.output, weights_only=True) for j in trains]
     assert set(ck[0]["model"]) < set(ck[3]["model"]) and "stage_query" in ck[3]["model"]
 
 
@@ -174,5 +153,9 @@ def test_compare_pools_seeds_with_spread_and_pairs_by_seed(tmp_path):
     assert (p["pairs"], p["b"], p["c"]) == (40, 0, 10) and abs(p["relative_gain"] - 2 / 3) < 1e-9
     assert js["paired"]["base"]["place_block"]["pairs"] == 20  # the one base folder against none's first seed only
     assert "Mean success rate over folders" in md and "0.38 ± 0.18 (0.25 - 0.50)" in md
-    with pytest.raises(ValueError, match="cannot pair"):
-        eval_sim.compare([none + [base], stake], str(tmp_path / "rep2"), ["none", "SS+KS"])
+    assert p["seeds"]["bootstrap"]["seeds"] == 2 and p["seeds"]["p_sign_flip"] == 0.5  # both seeds gain: 2/2^2 * 2
+    assert "with the training-seed spread" in md
+    # more folders for one variant: the first min(count) pair, seed i with seed i
+    eval_sim.compare([none + [base], stake], str(tmp_path / "rep2"), ["none", "SS+KS"])
+    js2 = json.loads((tmp_path / "rep2" / "compare.json").read_text())
+    assert js2["paired"]["SS+KS"]["place_block"]["pairs"] == 40

@@ -34,6 +34,7 @@ TINY = {  # (script, subcommand) -> appended flags
     ("eval_real.py", None): ["--episodes", "1", "--max-steps", "10"],
     ("record.py", None): ["--episodes", "1"],
     ("recipe.py", None): ["--demos", "1", "--steps", "2", "--episodes", "1", "--workers", "1"],
+    ("stats.py", "power"): ["--sims", "10"],
 }
 SKIP = {  # a command's start -> the test that runs it instead
     "python recipe.py lift_block": "tests/test_recipe.py::test_recipe_end_to_end_tiny_then_resumes",
@@ -41,7 +42,8 @@ SKIP = {  # a command's start -> the test that runs it instead
 }
 HARDWARE = "--ip"  # a real robot's address: tests/test_franky_sim.py runs the client against franky-sim
 SUBCOMMANDS = {"data.py": {"tasks", "generate", "show", "experts", "bench"}, "train.py": {"bench"},
-               "ground.py": {"check", "export"}, "eval_sim.py": {"compare", "probe", "openloop", "bench"}}
+               "ground.py": {"check", "export"}, "eval_sim.py": {"compare", "probe", "openloop", "bench"},
+               "stats.py": {"power"}}
 INPUTS = {"--ckpt": "policy", "--init-from": "policy", "--vision-from": "grounding", "--data": "demos"}
 
 
