@@ -75,6 +75,25 @@ RECIPES = {
         train=POLICY + ("--steps", "6000", "--symmetry"),
         evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4"),
         evaluator="eval_real"),
+    "lift_bar": Recipe(
+        task="lift_bar",
+        demos=DEMOS,
+        front_end="frontends/lift_bar.pt",  # the bar by two points, its centre and one end (ground.located)
+        ground=(("--init-from", "frontends/lift_block.pt", "--layouts", "3000", "--steps", "800",
+                 "--expert-frac", "0.5"),),
+        train=POLICY + ("--steps", "3000", "--symmetry", "--velocity"),
+        evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4", "--batch", "25"),
+        evaluator="eval_sim"),
+    "handover": Recipe(
+        task="handover",
+        demos=DEMOS,
+        front_end="frontends/handover.pt",  # the pad, and the stick by two points
+        ground=(("--init-from", "frontends/lift_block.pt", "--layouts", "3000", "--steps", "800",
+                 "--expert-frac", "0.5"),),
+        # no --symmetry: the right arm always picks and the left always places
+        train=POLICY + ("--steps", "6000", "--velocity"),
+        evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4", "--batch", "25"),
+        evaluator="eval_sim"),
 }
 
 
