@@ -70,8 +70,8 @@ RECIPES = {
         task="franka_put_in_bin",
         demos=DEMOS,
         front_end="frontends/franka_put_in_bin.pt",
-        ground=(("--init-from", "frontends/franka_pick_place.pt", "--layouts", "3000", "--steps", "600",
-                 "--expert-frac", "0.5"),),
+        ground=(("--init-from", "frontends/franka_pick_place.pt", "--layouts", "3000", "--steps", "1500",
+                 "--expert-frac", "0.5"),),  # 600 steps: block 1.96 cm, 24/100 (docs/experiments_recipe.md)
         train=POLICY + ("--steps", "6000", "--symmetry"),
         evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4"),
         evaluator="eval_real"),
