@@ -3,7 +3,7 @@
     python recipe.py lift_block                     # demonstrations -> shipped front end -> policy -> evaluation
     python recipe.py franka_pick_place              # the Franka twin, evaluated through eval_real.py --robot mujoco
     python recipe.py lift_block --train-front-end   # the front end from scratch too (ground.py, about an hour)
-    python recipe.py --list
+    python recipe.py --list                         # every recipe (one per task) and its commands
 
 A recipe is a name for the settings of the scripts, not a second implementation: each stage calls one script's
 `main()` with the flags below and prints that command, so every stage can be rerun by hand. A stage whose output
@@ -11,7 +11,8 @@ exists is skipped, and training continues its checkpoint (train.py --resume): re
 interruption continues where it stopped. Outputs go to --out (default runs/recipes/NAME): data/, front_end/
 (only with --train-front-end), policy/, eval/ (results.json, videos), report/ (the table).
 
-The front end (ground.py) is shipped in frontends/ with the commands that made it (frontends/TASK.json). Every
+The front end (ground.py) is shipped in frontends/ with the commands that made it (frontends/TASK.json); those
+of the other tasks start from lift_block's (bimanual scene) or franka_pick_place's (twin). Every
 policy trains with StaKe's stage and keyframe heads at weight 0.1 each (train.py's defaults; the heads are
 dropped at inference).
 """
