@@ -68,6 +68,8 @@ class Options:
     shift: int = opt(4, "random-shift augmentation in pixels, as train.py --shift")
     preset: str = opt("small", f"model size: {', '.join(PRESETS)} (the policy must use the same)")
     keypoints: int = opt(16, "keypoints per camera (model.ModelConfig.keypoints)")
+    word_order: bool = opt(False, "the keypoints read the instruction through one attention layer, so word order "
+                           "counts (model.ModelConfig.kp_word_order): the stacking tasks name roles by order")
     cameras: list = opt([], "cameras (default: all of the task's; the policy may use any subset)")
     image_size: list = opt([96, 96], "rendered image size H W (must equal the demonstrations')")
     expert_frac: float = opt(0.0, "fraction of layouts rendered at a random step of the scripted expert's rollout "
@@ -189,7 +191,8 @@ def ground(o: Options, command: str = "") -> dict:
     # another task of the scene transfers its weights only: its head and tokenizer name other objects and words
     src = resume or (init if init is not None and init["meta"]["task"] == o.task else None)
     tok = Tokenizer(src["tokenizer"] if src else train_tokenizer(sorted(set(texts)), PRESETS[o.preset]["vocab_size"]))
-    cfg = ModelConfig.from_preset(o.preset, vit_stem="conv", vit_pos="sincos", keypoints=o.keypoints, use_state=False,
+    cfg = ModelConfig.from_preset(o.preset, vit_stem="conv", vit_pos="sincos", keypoints=o.keypoints,
+                                  kp_word_order=o.word_order, use_state=False,
                                   action_dim=1, state_dim=1, n_cameras=len(cams), image_size=tuple(o.image_size),
                                   vocab_size=tok.vocab_size, n_stage=0, keyframe_head=False)
     model = VLA(cfg)

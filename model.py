@@ -72,7 +72,7 @@ STAKE_SEED_OFFSET = 7919  # StaKe: heads and queries draw from Generator(seed + 
 
 # the vision-language front end that ground.py pretrains and train.py --vision-from loads: everything
 # encode_keypoints reads (the word embeddings also feed the backbone as the instruction tokens)
-VISION_PREFIXES = ("vit.", "kp_logits.", "kp_lang.", "lang_emb.", "lang_pos", "ground_head.")
+VISION_PREFIXES = ("vit.", "kp_logits.", "kp_lang.", "kp_text.", "lang_emb.", "lang_pos", "ground_head.")
 
 # ModelConfig fields of retired options (docs/experiments.md) and the values that meant "off"
 RETIRED_OFF = {"image_pos": (False,)}
@@ -100,6 +100,8 @@ class ModelConfig:
     vit_stem: str = "patch"              # "patch": timm's one 16x16 patchify conv; "conv": a stack of 3x3 convs
     vit_pos: str = "learned"             # the ViT's own position embedding: "learned" (timm) or "sincos" (fixed)
     keypoints: int = 0                   # > 0: K spatial-softmax keypoint tokens per camera replace the patch tokens
+    kp_word_order: bool = False          # with keypoints: the instruction that shifts them passes one attention layer
+                                         #   first, so word order counts ("red on blue" is not "blue on red")
     grounded: int = 0                    # > 0 (with keypoints): ground.py's head, keypoints -> this many object coordinates, feeds the policy
     grounded_only: bool = False          # with grounded: the policy sees those coordinates and not the keypoints themselves
     ground_mean: tuple = ()              # with grounded: world (x, y) = coordinate * ground_std + ground_mean (ground.py's
@@ -259,6 +261,10 @@ class VLA(nn.Module):
                 # the instruction shifts what each keypoint looks for (mean language embedding -> logit weights),
                 # so a keypoint can follow "the red block" when red is named
                 self.kp_lang = nn.Linear(W, cfg.keypoints * cfg.vit_width)
+                # a mean of word + position embeddings is a bag of words (the positions' mean is the same for
+                # any order); the stacking tasks name their objects' roles by order alone
+                if cfg.kp_word_order:
+                    self.kp_text = Block(W, W, cfg.heads, 2.0)
                 # the coordinates also enter every action token directly: read only through attention, a
                 # from-scratch backbone learned to ignore them (a scratch probe, not committed: a query readout
                 # of the red block on 52 layouts stayed at chance; with the coordinates added to it, 1.4 cm)
@@ -319,6 +325,9 @@ class VLA(nn.Module):
         keypoint's expected (x, y) in [-1, 1] over the patch grid (spatial softmax). ground.py pretrains this."""
         B, C = images.shape[:2]
         x = self.vit.forward_features(images.flatten(0, 1)).unflatten(0, (B, C))  # (B, C, N, Wv)
+        if self.cfg.kp_word_order:  # one attention layer over the valid tokens, with their positions
+            q, k, v = self.kp_text.project(lang)
+            lang = self.kp_text.finish(lang, q, k, v, additive_mask(lang_mask[:, None, None, :]))  # (B, L, W)
         m = lang_mask[..., None].to(lang.dtype)
         l = (lang * m).sum(1) / m.sum(1).clamp(min=1)                       # (B, W) mean instruction embedding
         wk = self.kp_logits.weight + self.kp_lang(l).view(B, *self.kp_logits.weight.shape)  # (B, K, Wv)

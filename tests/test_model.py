@@ -227,3 +227,22 @@ def test_keypoints_are_the_expected_position_of_what_the_vit_marks():
     assert (k1 - k2).abs().max() > 1e-6
     with pytest.raises(ValueError, match="vit_pos"):
         tiny_cfg(vit_pos="rope")
+
+
+def test_word_order_reaches_the_keypoints_only_with_kp_word_order():
+    """A mean of word + position embeddings is a bag of words: two instructions with the same tokens in
+    another order shift the keypoints alike. With kp_word_order one attention layer reads the order first."""
+    for order in (False, True):
+        cfg = tiny_cfg(keypoints=3, vit_pos="sincos", kp_word_order=order)
+        model = new_model(cfg, 0).eval()
+        with torch.no_grad():  # make the language matter: larger embeddings and language weights
+            model.lang_emb.weight.mul_(50), model.kp_lang.weight.mul_(50)
+        b = fake_batch(cfg, B=1)
+        ids = torch.tensor([[1, 2, 3, 0]])
+        swapped = torch.tensor([[3, 2, 1, 0]])
+        mask = torch.tensor([[True, True, True, False]])
+        with torch.no_grad():
+            a = model.encode_keypoints(b["images"], model.embed_instruction(ids), mask)
+            c = model.encode_keypoints(b["images"], model.embed_instruction(swapped), mask)
+        assert torch.allclose(a, c, atol=1e-6) != order, f"kp_word_order={order}"
+    assert "kp_text.qkv.weight" in model.state_dict()
