@@ -160,7 +160,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=5), p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--seed-sd", type=float, default=0.35, help="training-seed spread on the logit scale")
     p.add_argument("--sims", type=int, default=300)
-    args = a.parse_args(sys.argv[1:] if argv is None else argv)
+    p.add_argument("--out", default="", help="also write the result, the command and the git revision here (JSON)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = a.parse_args(argv)
     if not 0 < args.base < 1 or args.seeds < 2 or args.episodes < 1:
         print("stats.py: error: --base in (0, 1), --seeds >= 2, --episodes >= 1", file=sys.stderr)
         return 2
@@ -168,6 +170,19 @@ def main(argv=None) -> int:
                power_at_14pct=power(args.base, 0.14, args.seeds, args.episodes, args.seed_sd, args.sims),
                detectable_gain_80pct=detectable_gain(args.base, args.seeds, args.episodes, args.seed_sd, sims=args.sims))
     print(json.dumps(res))
+    if args.out:  # numpy only: the revision straight from git (data.git_revision also marks a dirty tree)
+        import subprocess
+        from pathlib import Path
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+                               capture_output=True, text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(dict(command="python stats.py " + " ".join(argv),
+                                       git_revision=rev + ("-dirty" if dirty else ""), **res), indent=1) + "\n")
+        tmp.replace(out)  # atomic: a killed run leaves the old file
     return 0
 
 

@@ -55,3 +55,12 @@ def test_power_grows_with_the_gain():
     assert stats.power(0.5, 0.6, seeds=5, episodes=100, sims=60) >= 0.9
     with pytest.raises(ValueError, match="two \\(seeds, episodes\\) arrays"):
         stats.hierarchical_bootstrap(np.zeros((2, 3)), np.zeros((3, 3)))
+
+
+def test_power_command_writes_its_command(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    assert stats.main(["power", "--base", "0.5", "--seeds", "3", "--episodes", "20", "--sims", "5", "--out", str(out)]) == 0
+    import json
+    r = json.loads(out.read_text())
+    assert r["command"].startswith("python stats.py power --base 0.5") and r["git_revision"] and r["seeds"] == 3
+    assert stats.main(["power", "--base", "1.5"]) == 2 and "--base in (0, 1)" in capsys.readouterr().err
