@@ -248,7 +248,7 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
         per_task[t] = dict(compare=cmp, power=power, seeds={v: len(d) for v, d in dirs.items()})
         sections += [f"## {t} ({cmp['tasks'][t]['gripper_events']} gripper events)", "",
                      f"Power of this design (stats.power: {power['seeds']} seeds of none, {o.episodes} episodes, base "
-                     f"{power['base_rate']:.2f}, seed spread 0.35 on the logit scale): " +
+                     f"{power['base_rate']:.2f}, seed spread {stats.SEED_SD} on the logit scale): " +
                      (f"{power['power_at_14pct']:.0%} to see the paper's +14%; +{power['detectable_gain_80pct']:.0%} "
                       f"relative is seen with 80% power." if "power_at_14pct" in power else "not computed (base at 0 or 1, or one seed)."),
                      "", md]
