@@ -85,6 +85,15 @@ RECIPES = {
         train=POLICY + ("--steps", "3000", "--symmetry", "--velocity"),
         evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4", "--batch", "25"),
         evaluator="eval_sim"),
+    "stack_two": Recipe(
+        task="stack_two",
+        demos=DEMOS,
+        front_end="frontends/stack_two.pt",  # --word-order: the instruction names base and top by order
+        ground=(("--init-from", "frontends/lift_block.pt", "--layouts", "3000", "--steps", "1200",
+                 "--expert-frac", "0.5", "--word-order"),),
+        train=POLICY + ("--steps", "6000", "--symmetry", "--velocity"),
+        evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4", "--batch", "25"),
+        evaluator="eval_sim"),
     "handover": Recipe(
         task="handover",
         demos=DEMOS,
