@@ -85,6 +85,15 @@ RECIPES = {
         train=POLICY + ("--steps", "3000", "--symmetry", "--velocity"),
         evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4", "--batch", "25"),
         evaluator="eval_sim"),
+    "place_block": Recipe(
+        task="place_block",
+        demos=DEMOS,
+        front_end="frontends/place_block.pt",
+        ground=(("--init-from", "frontends/lift_block.pt", "--layouts", "3000", "--steps", "1600",
+                 "--expert-frac", "0.5"),),
+        train=POLICY + ("--steps", "6000", "--symmetry", "--velocity"),
+        evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4", "--batch", "25"),
+        evaluator="eval_sim"),
     "stack_two": Recipe(
         task="stack_two",
         demos=DEMOS,
