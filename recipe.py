@@ -45,6 +45,15 @@ class Recipe:
 POLICY = ("--preset", "small", "--stage-weight", "0.1", "--keyframe-weight", "0.1",
           "--freeze-vision", "--grounded", "--grounded-only", "--shift", "0", "--save-every", "500")
 DEMOS = ("--episodes", "50", "--seed", "0", "--grasp-natural")
+EVAL_SIM = ("--episodes", "100", "--noise-scale", "0", "--video", "4", "--batch", "25")
+EVAL_TWIN = ("--episodes", "100", "--noise-scale", "0", "--video", "4")
+
+
+def from_front_end(shipped: str, steps: str, *extra) -> tuple:
+    """The one ground.py stage of a task whose front end starts from another task's shipped one (same scene)."""
+    return (("--init-from", shipped, "--layouts", "3000", "--steps", steps, "--expert-frac", "0.5", *extra),)
+
+
 RECIPES = {
     "lift_block": Recipe(
         task="lift_block",
@@ -53,7 +62,7 @@ RECIPES = {
         ground=(("--layouts", "6000", "--steps", "1000"),
                 ("--layouts", "6000", "--steps", "2000", "--expert-frac", "0.5", "--init-from", "{prev}")),
         train=POLICY + ("--steps", "3000", "--symmetry", "--velocity"),
-        evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4", "--batch", "25"),
+        evaluate=EVAL_SIM,
         evaluator="eval_sim"),
     "franka_pick_place": Recipe(
         task="franka_pick_place",
@@ -63,7 +72,7 @@ RECIPES = {
                 ("--layouts", "6000", "--steps", "1200", "--expert-frac", "0.5", "--init-from", "{prev}")),
         # no --velocity: the client slows the arm, so the measured joint change is unlike the demonstrations'
         train=POLICY + ("--steps", "6000", "--symmetry"),
-        evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4"),
+        evaluate=EVAL_TWIN,
         evaluator="eval_real"),
     # The other tasks' front ends start from a shipped one of the same scene (ground.py --init-from another task:
     # its weights, a new head and tokenizer), grounded with the arms in view from the start.
@@ -71,47 +80,43 @@ RECIPES = {
         task="franka_put_in_bin",
         demos=DEMOS,
         front_end="frontends/franka_put_in_bin.pt",
-        ground=(("--init-from", "frontends/franka_pick_place.pt", "--layouts", "3000", "--steps", "1500",
-                 "--expert-frac", "0.5"),),  # 600 steps: block 1.96 cm, 24/100 (docs/experiments_recipe.md)
+        # 600 steps: block 1.96 cm and 24/100 (docs/experiments_recipe.md)
+        ground=from_front_end("frontends/franka_pick_place.pt", "1500"),
         train=POLICY + ("--steps", "6000", "--symmetry"),
-        evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4"),
+        evaluate=EVAL_TWIN,
         evaluator="eval_real"),
     "lift_bar": Recipe(
         task="lift_bar",
         demos=DEMOS,
         front_end="frontends/lift_bar.pt",  # the bar by two points, its centre and one end (ground.located)
-        ground=(("--init-from", "frontends/lift_block.pt", "--layouts", "3000", "--steps", "800",
-                 "--expert-frac", "0.5"),),
+        ground=from_front_end("frontends/lift_block.pt", "800"),
         train=POLICY + ("--steps", "3000", "--symmetry", "--velocity"),
-        evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4", "--batch", "25"),
+        evaluate=EVAL_SIM,
         evaluator="eval_sim"),
     "place_block": Recipe(
         task="place_block",
         demos=DEMOS,
         front_end="frontends/place_block.pt",
-        ground=(("--init-from", "frontends/lift_block.pt", "--layouts", "3000", "--steps", "1600",
-                 "--expert-frac", "0.5"),),
+        ground=from_front_end("frontends/lift_block.pt", "1600"),
         train=POLICY + ("--steps", "6000", "--symmetry", "--velocity"),
-        evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4", "--batch", "25"),
+        evaluate=EVAL_SIM,
         evaluator="eval_sim"),
     "stack_two": Recipe(
         task="stack_two",
         demos=DEMOS,
         front_end="frontends/stack_two.pt",  # --word-order: the instruction names base and top by order
-        ground=(("--init-from", "frontends/lift_block.pt", "--layouts", "3000", "--steps", "1200",
-                 "--expert-frac", "0.5", "--word-order"),),
+        ground=from_front_end("frontends/lift_block.pt", "1200", "--word-order"),
         train=POLICY + ("--steps", "6000", "--symmetry", "--velocity"),
-        evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4", "--batch", "25"),
+        evaluate=EVAL_SIM,
         evaluator="eval_sim"),
     "handover": Recipe(
         task="handover",
         demos=DEMOS,
         front_end="frontends/handover.pt",  # the pad, and the stick by two points
-        ground=(("--init-from", "frontends/lift_block.pt", "--layouts", "3000", "--steps", "800",
-                 "--expert-frac", "0.5"),),
+        ground=from_front_end("frontends/lift_block.pt", "800"),
         # no --symmetry: the right arm always picks and the left always places
         train=POLICY + ("--steps", "6000", "--velocity"),
-        evaluate=("--episodes", "100", "--noise-scale", "0", "--video", "4", "--batch", "25"),
+        evaluate=EVAL_SIM,
         evaluator="eval_sim"),
 }
 
