@@ -262,6 +262,23 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
                          (out / "sweep" / "compare.md").read_text()]
     if not per_task:
         raise AblationError("no task has none and another variant evaluated yet: run the protocol first")
+    # StaKe: what the heads read along one rollout (eval_sim.py probe; inference never uses them), on the
+    # bimanual task with the most gripper events whose SS+KS seed 0 is evaluated; made once
+    shown = [t for t in per_task if RECIPES[t].evaluator == "eval_sim" and f"eval__{t}__SS+KS_s0" in done]
+    if shown:
+        t = max(shown, key=lambda t: per_task[t]["compare"]["tasks"][t]["gripper_events"])
+        png, ckpt = out / f"probe_{t}.png", next(j.output for j in jobs if j.name == f"train__{t}__SS+KS_s0")
+        if not png.is_file() and ckpt.is_file():
+            res = eval_sim.probe(str(ckpt), t, 0, str(png))
+            cmd = f"python eval_sim.py probe --ckpt {ckpt} --task {t} --seed 0 --out {png}"
+            data.atomic_write_bytes(png.with_suffix(".json"), lambda f: f.write(json.dumps(
+                dict(command=cmd, git_revision=data.git_revision()) | res, indent=1).encode()))
+        if png.is_file():
+            res = json.loads(png.with_suffix(".json").read_text())
+            sections += [f"## Stage probe: {t}, SS+KS seed 0, evaluation seed 0", "",
+                         f"`{res['command']}`: success {res['success']}, stage head agrees with the rollout's own "
+                         f"gripper stage at {res['stage_agreement']:.0%} of {res['steps']} steps, keyframe head's mean "
+                         f"L1 error {res['keyframe_l1_mean']:.3f}.", "", f"![stage probe]({png.name})", ""]
     head = [f"# StaKe ablation, preset `{o.preset}`", "",
             f"Git revision {data.git_revision()}. Every run's command: `{records}/*.json`. Seeds per variant: "
             + "; ".join(f"{t}: " + ", ".join(f"{v} {n}" for v, n in p["seeds"].items()) for t, p in per_task.items())

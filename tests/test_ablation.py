@@ -36,7 +36,7 @@ def test_end_to_end_at_a_budget_then_everything_skipped(tmp_path):
     assert s["ran"] == 14 and s["reported"] and s["progress"] == {"data": "1/1", "train": "7/7", "eval": "7/7"}
     res = tmp_path / "res"
     for f in ("report.md", "summary.json", "lift_block/compare.md", "lift_block/compare.json",
-              "lift_block/gain_vs_events.png", "sweep/compare.md"):
+              "lift_block/gain_vs_events.png", "sweep/compare.md", "probe_lift_block.png"):
         assert (res / f).stat().st_size > 100, f
     for p in sorted((res / "runs").glob("*.json")):
         rec = json.loads(p.read_text())
@@ -49,6 +49,8 @@ def test_end_to_end_at_a_budget_then_everything_skipped(tmp_path):
     assert "seeds" in task["compare"]["paired"]["SS+KS"]["lift_block"]  # two seeds: the bootstrap and sign flips
     report = (res / "report.md").read_text()
     assert "Power of this design" in report and "with the training-seed spread" in report and "sweep" in report
+    assert "![stage probe](probe_lift_block.png)" in report and "SS+KS_s0" in json.loads(
+        (res / "probe_lift_block.json").read_text())["command"]
 
     before = mtimes(tmp_path)
     r, s = run(tmp_path)
