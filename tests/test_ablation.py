@@ -68,7 +68,7 @@ def test_end_to_end_at_a_budget_then_everything_skipped(tmp_path):
 
 
 def test_options_errors():
-    for argv, msg in ((["--tasks", "stack_three"], "no recipe for"), (["--seeds", '{"none": 1, "SS+KS": 2, "SS": 1, "KS": 1}'],
+    for argv, msg in ((["--tasks", "lift_blok"], "no recipe for"), (["--seeds", '{"none": 1, "SS+KS": 2, "SS": 1, "KS": 1}'],
                       "none needs the most seeds"), (["--sweep-task", "franka_pick_place"], "--sweep-task")):
         with pytest.raises(ValueError, match=msg):
             ablation.parse_options(["--preset", "tiny", *argv])
