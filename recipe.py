@@ -119,6 +119,14 @@ RECIPES = {
         train=POLICY + ("--steps", "6000", "--symmetry", "--velocity"),
         evaluate=EVAL_SIM,
         evaluator="eval_sim"),
+    "stack_three": Recipe(
+        task="stack_three",
+        demos=DEMOS,
+        front_end="frontends/stack_three.pt",  # from stack_two's, which already reads the roles by word order
+        ground=from_front_end("frontends/stack_two.pt", "1000", "--word-order"),
+        train=POLICY + ("--steps", "6000", "--symmetry", "--velocity"),
+        evaluate=EVAL_SIM,
+        evaluator="eval_sim"),
     "handover": Recipe(
         task="handover",
         demos=DEMOS,
