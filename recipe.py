@@ -12,9 +12,9 @@ interruption continues where it stopped. Outputs go to --out (default runs/recip
 (only with --train-front-end), policy/, eval/ (results.json, videos), report/ (the table).
 
 The front end (ground.py) is shipped in frontends/ with the commands that made it (frontends/TASK.json); those
-of the other tasks start from lift_block's (bimanual scene) or franka_pick_place's (twin). Every
-policy trains with StaKe's stage and keyframe heads at weight 0.1 each (train.py's defaults; the heads are
-dropped at inference).
+of the other tasks start from lift_block's (bimanual scene; stack_three from stack_two's) or
+franka_pick_place's (twin). Every policy trains with StaKe's stage and keyframe heads at weight 0.1 each
+(train.py's defaults; the heads are dropped at inference).
 """
 from __future__ import annotations
 
