@@ -268,13 +268,14 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
     if shown:
         t = max(shown, key=lambda t: per_task[t]["compare"]["tasks"][t]["gripper_events"])
         png, ckpt = out / f"probe_{t}.png", next(j.output for j in jobs if j.name == f"train__{t}__SS+KS_s0")
-        if not png.is_file() and ckpt.is_file():
+        made = png.with_suffix(".json")  # written after the plot: a probe killed half-way is made again
+        if not made.is_file() and ckpt.is_file():
             res = eval_sim.probe(str(ckpt), t, 0, str(png))
             cmd = f"python eval_sim.py probe --ckpt {ckpt} --task {t} --seed 0 --out {png}"
-            data.atomic_write_bytes(png.with_suffix(".json"), lambda f: f.write(json.dumps(
+            data.atomic_write_bytes(made, lambda f: f.write(json.dumps(
                 dict(command=cmd, git_revision=data.git_revision()) | res, indent=1).encode()))
-        if png.is_file():
-            res = json.loads(png.with_suffix(".json").read_text())
+        if made.is_file():
+            res = json.loads(made.read_text())
             sections += [f"## Stage probe: {t}, SS+KS seed 0, evaluation seed 0", "",
                          f"`{res['command']}`: success {res['success']}, stage head agrees with the rollout's own "
                          f"gripper stage at {res['stage_agreement']:.0%} of {res['steps']} steps, keyframe head's mean "
