@@ -47,11 +47,12 @@ from recipe import HERE, RECIPES
 
 VARIANTS = ["none", "SS", "KS", "SS+KS"]
 PRESETS = {  # the protocol's numbers; "gpu" is the same protocol with more seeds
-    # the recipes with base success in 0.15-0.9 (README): 1, 2 (the twin) and 4 gripper events
-    "cpu": dict(tasks=["lift_block", "franka_pick_place", "handover"], seeds={"none": 5, "SS+KS": 5, "SS": 3, "KS": 3},
+    # every recipe with base success in 0.15-0.9 (README): 1, 2 and 4 gripper events, two twin tasks; appended
+    # tasks run after the others, so a task added later leaves the runs done so far valid
+    "cpu": dict(tasks=["lift_block", "franka_pick_place", "handover", "lift_bar", "franka_put_in_bin"], seeds={"none": 5, "SS+KS": 5, "SS": 3, "KS": 3},
                 episodes=200, stage_weight=0.1, keyframe_weight=0.1, sweep_task="handover",
                 sweep=[[0.01, 0.01], [1.0, 1.0]], demos=0, steps=0, workers=2, device="cpu", budget_min=8.0),
-    "gpu": dict(tasks=["lift_block", "franka_pick_place", "handover"], seeds={"none": 10, "SS+KS": 10, "SS": 5, "KS": 5},
+    "gpu": dict(tasks=["lift_block", "franka_pick_place", "handover", "lift_bar", "franka_put_in_bin"], seeds={"none": 10, "SS+KS": 10, "SS": 5, "KS": 5},
                 episodes=200, stage_weight=0.1, keyframe_weight=0.1, sweep_task="handover",
                 sweep=[[0.01, 0.01], [0.03, 0.03], [0.3, 0.3], [1.0, 1.0]], demos=0, steps=0, workers=14,
                 device="cuda", budget_min=9.0),
