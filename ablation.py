@@ -246,12 +246,19 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
         if 0 < base["seed_mean"] < 1 and len(dirs["none"]) > 1:
             power |= dict(power_at_14pct=stats.power(base["seed_mean"], 0.14, len(dirs["none"]), o.episodes),
                           detectable_gain_80pct=stats.detectable_gain(base["seed_mean"], len(dirs["none"]), o.episodes))
+        if 0 < base["seed_mean"] < 1 and len(dirs["none"]) == o.seeds["none"] >= 3:  # after: the spread measured
+            sd = stats.seed_sd_from_rates(base["seed_rates"], o.episodes)
+            power |= dict(measured_seed_sd=sd, power_at_14pct_measured=stats.power(base["seed_mean"], 0.14, len(dirs["none"]), o.episodes, sd),
+                          detectable_gain_80pct_measured=stats.detectable_gain(base["seed_mean"], len(dirs["none"]), o.episodes, sd))
         per_task[t] = dict(compare=cmp, power=power, seeds={v: len(d) for v, d in dirs.items()})
         sections += [f"## {t} ({cmp['tasks'][t]['gripper_events']} gripper events)", "",
                      f"Power of this design (stats.power: {power['seeds']} seeds of none, {o.episodes} episodes, base "
                      f"{power['base_rate']:.2f}, seed spread {stats.SEED_SD} on the logit scale): " +
                      (f"{power['power_at_14pct']:.0%} to see the paper's +14%; +{power['detectable_gain_80pct']:.0%} "
-                      f"relative is seen with 80% power." if "power_at_14pct" in power else "not computed (base at 0 or 1, or one seed)."),
+                      f"relative is seen with 80% power." if "power_at_14pct" in power else "not computed (base at 0 or 1, or one seed).")
+                     + (f" At the spread measured on its {power['seeds']} seeds of none ({power['measured_seed_sd']:.2f} on the logit "
+                        f"scale, stats.seed_sd_from_rates): {power['power_at_14pct_measured']:.0%} at +14%; "
+                        f"+{power['detectable_gain_80pct_measured']:.0%} seen with 80% power." if "measured_seed_sd" in power else ""),
                      "", md]
     for t in [t for t in o.tasks if t == o.sweep_task]:
         cells = [(w, out / "eval" / t / run_name(v, 0, w)) for v, w in

@@ -57,6 +57,15 @@ def test_power_grows_with_the_gain():
         stats.hierarchical_bootstrap(np.zeros((2, 3)), np.zeros((3, 3)))
 
 
+def test_seed_spread_is_recovered_from_rates():
+    # 40 synthetic training seeds on 200 shared episodes: the spread put in comes back, net of the binomial one
+    for sd, lo, hi in ((0.0, 0.0, 0.2), (1.0, 0.7, 1.35)):
+        rates = stats.simulate(0.6, 0.0, seeds=40, episodes=200, seed_sd=sd, rng=np.random.default_rng(5))[0].mean(1)
+        assert lo <= stats.seed_sd_from_rates(rates, 200) <= hi
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        stats.seed_sd_from_rates([0.5], 200)
+
+
 def test_power_command_writes_its_command(tmp_path, capsys):
     out = tmp_path / "p.json"
     assert stats.main(["power", "--base", "0.5", "--seeds", "3", "--episodes", "20", "--sims", "5", "--out", str(out)]) == 0
