@@ -288,19 +288,46 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
                          f"`{res['command']}`: success {res['success']}, stage head agrees with the rollout's own "
                          f"gripper stage at {res['stage_agreement']:.0%} of {res['steps']} steps, keyframe head's mean "
                          f"L1 error {res['keyframe_l1_mean']:.3f}.", "", f"![stage probe]({png.name})", ""]
+    gains, headline = headline_gains(per_task, out)
     head = [f"# StaKe ablation, preset `{o.preset}`", "",
             f"Git revision {data.git_revision()}. Every run's command: `{records}/*.json`. Seeds per variant: "
             + "; ".join(f"{t}: " + ", ".join(f"{v} {n}" for v, n in p["seeds"].items()) for t, p in per_task.items())
             + ". " + (f"**Not finished:** {len(missing)} evaluations ({', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''})."
                       if missing else "All runs finished."), ""]
-    text = "\n".join(head + sections) + "\n"
+    text = "\n".join(head + headline + sections) + "\n"
     data.atomic_write_bytes(out / "report.md", lambda f: f.write(text.encode()))
     recs = [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]
     summary = dict(preset=o.preset, options=protocol(o), git_revision=data.git_revision(), missing=missing,
-                   tasks=per_task, wall_s_by_stage={s: round(sum(r["wall_s"] for r in recs if r["stage"] == s), 1) for s in STAGES},
+                   gains=gains, tasks=per_task, wall_s_by_stage={s: round(sum(r["wall_s"] for r in recs if r["stage"] == s), 1) for s in STAGES},
                    runs={r["name"]: r["command"] for r in recs}, inputs=inputs(jobs, records))
     data.atomic_write_bytes(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=1, default=str).encode()))
     return summary
+
+
+def headline_gains(per_task: dict, out: Path) -> tuple:
+    """The headline: each variant's relative gain over none per task (seed i against seed i; 95% interval over
+    training seeds and episodes, stats.hierarchical_bootstrap), as rows and as report lines, and SS+KS's against
+    the task's gripper events as OUT/gain_vs_events.png. per_task: {task: {"compare": compare.json}}."""
+    gains, points = [], []
+    for ti, t in enumerate(sorted(per_task, key=lambda t: per_task[t]["compare"]["tasks"][t]["gripper_events"])):
+        cmp = per_task[t]["compare"]
+        for v in VARIANTS[1:]:
+            sd = cmp["paired"].get(v, {}).get(t, {}).get("seeds")
+            if sd and sd["bootstrap"]["gain"] == sd["bootstrap"]["gain"]:   # NaN where none never succeeds
+                bs = sd["bootstrap"]
+                gains.append(dict(task=t, events=cmp["tasks"][t]["gripper_events"], variant=v, seeds=bs["seeds"],
+                                  gain=bs["gain"], gain95=bs["gain95"], p_sign_flip=sd["p_sign_flip"]))
+                if v == "SS+KS":
+                    points.append((gains[-1]["events"], bs["gain"], t, ti, *bs["gain95"]))
+    if points:
+        import plots
+        plots.scatter_chart(out / "gain_vs_events.png", points, "SS+KS: relative gain over none vs gripper events",
+                            "gripper events (expert)", "relative gain, 95% over seeds and episodes")
+    lines = ["## Gain over none by gripper events", "",
+             "| task | events | variant | seeds | relative gain [95%] | p (sign flip) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {g['task']} | {g['events']} | {g['variant']} | {g['seeds']} | {g['gain']:+.1%} [{g['gain95'][0]:+.1%}, "
+              f"{g['gain95'][1]:+.1%}] | {g['p_sign_flip']:.3g} |" for g in gains]
+    return gains, lines + (["", "![gain vs events](gain_vs_events.png)", ""] if points else [""])
 
 
 def inputs(jobs, records) -> dict:

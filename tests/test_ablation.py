@@ -161,3 +161,23 @@ def test_compare_pools_seeds_with_spread_and_pairs_by_seed(tmp_path):
     eval_sim.compare([none + [base], stake], str(tmp_path / "rep2"), ["none", "SS+KS"])
     js2 = json.loads((tmp_path / "rep2" / "compare.json").read_text())
     assert js2["paired"]["SS+KS"]["place_block"]["pairs"] == 40
+
+
+def test_headline_gains_by_events_on_synthetic_results(tmp_path):
+    import ablation
+    import eval_sim
+    per_task = {}
+    # place_block (2 events): SS+KS 0.5 / 0.75 against none 0.25 / 0.5, a known +67%; handover (4): none never
+    # succeeds, so it has no relative gain and is left out rather than shown as NaN
+    for t, (none_oc, stake_oc) in {"place_block": (([1, 0, 0, 0] * 5, [1, 1, 0, 0] * 5), ([1, 1, 0, 0] * 5, [1, 1, 1, 0] * 5)),
+                                   "handover": (([0] * 20, [0] * 20), ([1, 0] * 10, [0] * 20))}.items():
+        dirs = [[_results(tmp_path / t / f"{v}{s}", {t: oc}) for s, oc in enumerate(ocs)]
+                for v, ocs in (("none", none_oc), ("stake", stake_oc))]
+        eval_sim.compare(dirs, str(tmp_path / t / "rep"), ["none", "SS+KS"])
+        per_task[t] = {"compare": json.loads((tmp_path / t / "rep" / "compare.json").read_text())}
+    gains, lines = ablation.headline_gains(per_task, tmp_path)
+    assert [(g["task"], g["events"], g["variant"], g["seeds"]) for g in gains] == [("place_block", 2, "SS+KS", 2)]
+    g = gains[0]
+    assert abs(g["gain"] - 2 / 3) < 1e-9 and g["gain95"][0] > 0 and g["p_sign_flip"] == 0.5
+    assert "| place_block | 2 | SS+KS | 2 | +66.7% [" in "\n".join(lines)
+    assert (tmp_path / "gain_vs_events.png").is_file() and "![gain vs events](gain_vs_events.png)" in lines
