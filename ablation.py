@@ -243,13 +243,14 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
         cmp = json.loads((out / t / "compare.json").read_text())
         base = cmp["tasks"][t]["variants"]["none"]
         power = dict(base_rate=round(base["seed_mean"], 3), seeds=len(dirs["none"]), episodes=o.episodes)
-        if 0 < base["seed_mean"] < 1 and len(dirs["none"]) > 1:
-            power |= dict(power_at_14pct=stats.power(base["seed_mean"], 0.14, len(dirs["none"]), o.episodes),
-                          detectable_gain_80pct=stats.detectable_gain(base["seed_mean"], len(dirs["none"]), o.episodes))
-        if 0 < base["seed_mean"] < 1 and len(dirs["none"]) == o.seeds["none"] >= 3:  # after: the spread measured
+        rate, n = base["seed_mean"], len(dirs["none"])
+        at = lambda sd, key="": {f"power_at_14pct{key}": stats.power(rate, 0.14, n, o.episodes, sd),  # noqa: E731
+                                 f"detectable_gain_80pct{key}": stats.detectable_gain(rate, n, o.episodes, sd)}
+        if 0 < rate < 1 and n > 1:  # before the runs: the pooled seed spread
+            power |= at(stats.SEED_SD)
+        if 0 < rate < 1 and n == o.seeds["none"] >= 3:  # after: the spread measured on this task's none seeds
             sd = stats.seed_sd_from_rates(base["seed_rates"], o.episodes)
-            power |= dict(measured_seed_sd=sd, power_at_14pct_measured=stats.power(base["seed_mean"], 0.14, len(dirs["none"]), o.episodes, sd),
-                          detectable_gain_80pct_measured=stats.detectable_gain(base["seed_mean"], len(dirs["none"]), o.episodes, sd))
+            power |= dict(measured_seed_sd=sd) | at(sd, "_measured")
         per_task[t] = dict(compare=cmp, power=power, seeds={v: len(d) for v, d in dirs.items()})
         sections += [f"## {t} ({cmp['tasks'][t]['gripper_events']} gripper events)", "",
                      f"Power of this design (stats.power: {power['seeds']} seeds of none, {o.episodes} episodes, base "
@@ -315,11 +316,11 @@ def headline_gains(per_task: dict, out: Path) -> tuple:
     for ti, t in enumerate(sorted(per_task, key=lambda t: per_task[t]["compare"]["tasks"][t]["gripper_events"])):
         cmp = per_task[t]["compare"]
         for v in VARIANTS[1:]:
-            sd = cmp["paired"].get(v, {}).get(t, {}).get("seeds")
-            if sd and sd["bootstrap"]["gain"] == sd["bootstrap"]["gain"]:   # NaN where none never succeeds
-                bs = sd["bootstrap"]
+            seeded = cmp["paired"].get(v, {}).get(t, {}).get("seeds")
+            if seeded and seeded["bootstrap"]["gain"] == seeded["bootstrap"]["gain"]:   # NaN where none never succeeds
+                bs = seeded["bootstrap"]
                 gains.append(dict(task=t, events=cmp["tasks"][t]["gripper_events"], variant=v, seeds=bs["seeds"],
-                                  gain=bs["gain"], gain95=bs["gain95"], p_sign_flip=sd["p_sign_flip"]))
+                                  gain=bs["gain"], gain95=bs["gain95"], p_sign_flip=seeded["p_sign_flip"]))
                 if v == "SS+KS":
                     points.append((gains[-1]["events"], bs["gain"], t, ti, *bs["gain95"]))
     if points:

@@ -146,16 +146,15 @@ def power(base_rate: float, gain: float, seeds: int, episodes: int, seed_sd: flo
     return hits / sims
 
 
-def seed_sd_from_rates(rates, episodes: int, base_rate: float | None = None, sims: int = 400, seed: int = 0) -> float:
+def seed_sd_from_rates(rates, episodes: int, sims: int = 400, seed: int = 0) -> float:
     """The training-seed spread on the logit scale (simulate's seed_sd) that makes the per-seed success rates of
     `episodes` shared episodes vary as much as the measured `rates` do, net of the episodes' binomial spread:
     the first point of a 0.05 grid (up to 3) whose expected variance reaches the measured one; 0 when the
-    binomial spread alone explains it. A point estimate: from 5 seeds it is uncertain by about half its size."""
+    binomial spread alone explains it. A point estimate, rough from a handful of seeds."""
     r = np.asarray(rates, float)
     if len(r) < 2:
         raise ValueError(f"seed_sd_from_rates needs at least 2 seeds, got {len(r)}")
-    base = float(r.mean()) if base_rate is None else base_rate
-    base = min(max(base, 0.5 / episodes), 1 - 0.5 / episodes)
+    base = min(max(float(r.mean()), 0.5 / episodes), 1 - 0.5 / episodes)
     observed = r.var(ddof=1)
     for sd in np.arange(0.0, 3.0001, 0.05):
         runs = simulate(base, 0.0, sims, episodes, float(sd), np.random.default_rng(seed))[0]   # (sims, E)
