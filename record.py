@@ -15,7 +15,7 @@ gripper command at t (1 = open, 0 = closed)]: the absolute target a position-con
 be where the hand had the arm at t+1. One observation more than steps is read; the last is dropped.
 
 The rate is held by deadlines, as in eval_real.py, with reads that never wait: the gripper's width comes from
-eval_real.GripperWorker's thread (a real Franka Hand takes about 100 ms per read) and its commands go through
+hardware.GripperWorker's thread (a real Franka Hand takes about 100 ms per read) and its commands go through
 it, the cameras' frames from their capture threads. Each episode's rate is measured from the reads' times; an
 episode more than 5% off --fps is not saved, and meta.json's `measured_fps` is the lowest rate of the episodes
 in the folder (its `fps` the rate claimed).
@@ -35,6 +35,7 @@ import numpy as np
 
 import data
 import eval_real as er
+import hardware as hw
 
 
 def record_episode(arm, cameras: dict, fps: float, max_steps: int, clock=time.monotonic, sleep=time.sleep,
@@ -49,7 +50,7 @@ def record_episode(arm, cameras: dict, fps: float, max_steps: int, clock=time.mo
     for t in range(max_steps + 1):
         starts.append(clock())
         q, width = arm.read_state()
-        images = {c: er.resize(cam.read(), image_size) if image_size else np.asarray(cam.read(), np.uint8)
+        images = {c: hw.resize(cam.read(), image_size) if image_size else np.asarray(cam.read(), np.uint8)
                   for c, cam in cameras.items()}
         reads.append((np.asarray(q, float), float(width), images, float(arm.gripper_command())))
         if t == max_steps or arm.finished():
@@ -63,7 +64,7 @@ def record_episode(arm, cameras: dict, fps: float, max_steps: int, clock=time.mo
             next_t = clock()
     T = len(reads) - 1
     if T < 1:
-        raise er.RobotError("the episode ended before a single step was recorded")
+        raise hw.RobotError("the episode ended before a single step was recorded")
     return {"images": {c: np.stack([r[2][c] for r in reads[:T]]) for c in cameras},
             "qpos": np.stack([np.r_[r[0], r[1]] for r in reads[:T]]).astype(np.float32),
             "action": np.stack([np.r_[reads[t + 1][0], reads[t][3]] for t in range(T)]).astype(np.float32),
@@ -121,7 +122,7 @@ class TerminalKeys:
         import termios
         import tty
         if not sys.stdin.isatty():
-            raise er.RobotError("recording on the real arm needs a terminal (the gripper is toggled from the keyboard)")
+            raise hw.RobotError("recording on the real arm needs a terminal (the gripper is toggled from the keyboard)")
         self.fd = sys.stdin.fileno()
         self.old = termios.tcgetattr(self.fd)
         tty.setcbreak(self.fd)
@@ -145,17 +146,17 @@ class FrankyGuide:
     the two buttons near the flange. Nothing here waits on the hand, so the recorder holds its rate."""
 
     def __init__(self, ip, realtime="enforce", gripper_speed=0.05, gripper_force=20.0, keys=lambda: "", log=print):
-        f = self.f = er.require("franky", er.FRANKY_HINT)
-        er.check_reachable(ip)
+        f = self.f = hw.require("franky", hw.FRANKY_HINT)
+        hw.check_reachable(ip)
         rt = f.RealtimeConfig.Ignore if realtime == "ignore" else f.RealtimeConfig.Enforce
         try:
             self.robot = f.Robot(ip, realtime_config=rt)
-            er.clear_errors(self.robot, f, log)          # a reflex from the last session; recovery checked
+            hw.clear_errors(self.robot, f, log)          # a reflex from the last session; recovery checked
             self.robot.set_guiding_mode([True] * 6, True)
             gripper = f.Gripper(ip)
         except f.Exception as e:
-            raise er.RobotError(f"cannot connect to the Franka at {ip} for guiding: {type(e).__name__}: {e}") from None
-        self.hand = er.GripperWorker(gripper, gripper_speed, gripper_force, log)
+            raise hw.RobotError(f"cannot connect to the Franka at {ip} for guiding: {type(e).__name__}: {e}") from None
+        self.hand = hw.GripperWorker(gripper, gripper_speed, gripper_force, log)
         self.keys, self.log = keys, log
         self.closed = self.done = False
 
@@ -166,7 +167,7 @@ class FrankyGuide:
     def read_state(self):
         q = np.asarray(self.robot.current_joint_state.position, float)
         width, _ = self.hand.latest()                    # never waits on the hand
-        return q, float(np.clip(width / er.GRIPPER_MAX_WIDTH, 0.0, 1.0))
+        return q, float(np.clip(width / hw.GRIPPER_MAX_WIDTH, 0.0, 1.0))
 
     def gripper_command(self):
         for k in self.keys():
@@ -197,7 +198,7 @@ def prepare_out(out: Path, task: str, cameras, image_size, fps) -> None:
         old = data.load_meta(out)
         bad = [k for k in ("fps", "action_names", "qpos_names", "gripper_indices", "cameras", "image_size") if old.get(k) != meta[k]]
         if bad:
-            raise er.RobotError(f"{out}/meta.json differs in {bad}; use another --out for this set-up")
+            raise hw.RobotError(f"{out}/meta.json differs in {bad}; use another --out for this set-up")
         meta["tasks"] = {**old["tasks"], **meta["tasks"]}
     data.save_meta(out, meta)
 
@@ -254,9 +255,9 @@ def record_twin(a, log=print) -> list:
     """Episodes on the twin, the expert as the hand; kept only when the task's success predicate held."""
     import twin
     if a.task not in twin.TASKS:
-        raise er.RobotError(f"--robot mujoco records a twin task: {', '.join(twin.TASKS)}; got '{a.task}'")
+        raise hw.RobotError(f"--robot mujoco records a twin task: {', '.join(twin.TASKS)}; got '{a.task}'")
     if a.fps != twin.FPS:
-        raise er.RobotError(f"the twin runs at {twin.FPS} Hz; got --fps {a.fps:g}")
+        raise hw.RobotError(f"the twin runs at {twin.FPS} Hz; got --fps {a.fps:g}")
     names = [c for c in a.camera_names.split(",") if c]
     hand = TwinHand(a.task, names, a.image_size)
     cams = {c: twin.TwinCamera(hand.env, c) for c in names}
@@ -265,7 +266,7 @@ def record_twin(a, log=print) -> list:
     saved, seed = [], a.seed
     while len(saved) < a.episodes:
         if seed >= twin.EVAL_SEED_OFFSET:
-            raise er.RobotError(f"demonstration seeds must stay below {twin.EVAL_SEED_OFFSET}")
+            raise hw.RobotError(f"demonstration seeds must stay below {twin.EVAL_SEED_OFFSET}")
         obs = hand.reset(seed)
         ep = record_episode(hand, cams, a.fps, a.max_steps, hand.clock, hand.sleep)
         if hand.env.success:
@@ -292,9 +293,9 @@ def record_franky(a, log=print, keys=None, guide=None, cameras=None, clock=time.
     """Episodes guided by hand on the real arm. keys (default: the terminal's), guide (default: FrankyGuide at
     --ip), cameras (default: --camera), clock and sleep can be injected (tests)."""
     if not a.ip:
-        raise er.RobotError("--ip is required (the robot's FCI address)")
+        raise hw.RobotError("--ip is required (the robot's FCI address)")
     if not a.instruction:
-        raise er.RobotError("--instruction is required on the real arm")
+        raise hw.RobotError("--instruction is required on the real arm")
     names = [c for c in a.camera_names.split(",") if c]
     out, saved = Path(a.out), []
     with (contextlib.nullcontext(keys) if keys is not None else TerminalKeys()) as keys:
@@ -304,7 +305,7 @@ def record_franky(a, log=print, keys=None, guide=None, cameras=None, clock=time.
             if cameras is not None:
                 cams = cameras
             elif a.camera != "none":
-                cams = er.open_cameras(a.camera, names, a.camera_timeout)
+                cams = hw.open_cameras(a.camera, names, a.camera_timeout)
             prepare_out(out, a.task, list(cams), a.image_size, a.fps)
             for i in range(a.episodes):
                 log(f"episode {i + 1}/{a.episodes}: press SPACE to start; then guide the arm (hold the buttons by "
@@ -330,10 +331,10 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
         if a.episodes < 1 or a.max_steps < 1 or a.fps <= 0:
-            raise er.RobotError("--episodes >= 1, --max-steps >= 1 and --fps > 0")
+            raise hw.RobotError("--episodes >= 1, --max-steps >= 1 and --fps > 0")
         saved = record_twin(a) if a.robot == "mujoco" else record_franky(a)
         print(f"{len(saved)} episode(s) in {a.out}")
-    except er.RobotError as e:
+    except hw.RobotError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import eval_real as er  # noqa: E402
+import hardware as hw  # noqa: E402
 import record  # noqa: E402
 
 
@@ -212,7 +213,7 @@ def test_keyboard_interrupt_anywhere_still_stops():
 
 def test_dry_run_prints_targets_and_sends_nothing():
     inner, lines = FakeBackend(), []
-    dry = er.DryRunBackend(inner, log=lines.append)
+    dry = hw.DryRunBackend(inner, log=lines.append)
     clock = FakeClock()
     rec = {"images": {}, "qpos": [], "action": [], "instruction": "x"}
     er.run_episode(FakePolicy(), dry, {}, opts(dry_run=True, home=True), rec, clock, clock.sleep, log=lines.append)
@@ -234,7 +235,7 @@ def test_waypoint_velocities_flow_through_and_never_overshoot():
         JointWaypoint = lambda state, minimum_time: (state, minimum_time)
         JointWaypointMotion = lambda wps: wps
     sent = {}
-    b = object.__new__(er.FrankyBackend)
+    b = object.__new__(hw.FrankyBackend)
     b.f, b.v_max, b.a_brake, b.goal = F, np.full(7, 0.15), np.full(7, 10.0), None
     b.lo, b.hi = np.full(7, -3.0), np.full(7, 3.0)
     b.robot = types.SimpleNamespace(move=lambda m, asynchronous: sent.update(m=m, asynchronous=asynchronous),
@@ -260,7 +261,7 @@ def test_waypoints_never_lead_past_a_limit():
     zero = np.zeros(7)
     up = np.r_[np.linspace(0.9, 1.0, 5), 1.0, 1.0][:, None] * np.ones(7)   # approaching hi, then held there
     q0 = np.full(7, 0.875)
-    v = er.waypoint_velocities(up, q0, zero, dt, v_max, a, lo, hi)
+    v = hw.waypoint_velocities(up, q0, zero, dt, v_max, a, lo, hi)
     assert (v[4:] == 0).all() and (v[:4] > 0).all()     # at the bound: nothing toward it
     d = np.diff(np.vstack([q0, up]), axis=0)
     speed = np.vstack([zero, np.abs(v)])
@@ -268,11 +269,11 @@ def test_waypoints_never_lead_past_a_limit():
     assert (speed[1:-1] ** 2 <= speed[2:] ** 2 + 2 * a * np.abs(d[1:]) + 1e-12).all()     # brakeable
     assert (v ** 2 <= 2 * a * (hi - up) + 1e-12).all()                                     # stops before hi
     # the arm coming from above a target that turns back up would have to swing below it and back: 0
-    v = er.waypoint_velocities(np.array([[0.0] * 7, [0.1] * 7]), np.full(7, 0.2), zero, dt, v_max, a, lo, hi)
+    v = hw.waypoint_velocities(np.array([[0.0] * 7, [0.1] * 7]), np.full(7, 0.2), zero, dt, v_max, a, lo, hi)
     assert (v == 0).all()
     # already moving along the path at 0.4 rad/s: the first waypoint keeps that speed (central difference capped)
     path = np.linspace(0.02, 0.2, 10)[:, None] * np.ones(7)
-    v = er.waypoint_velocities(path, zero, np.full(7, 0.4), dt, v_max, a, lo, hi)
+    v = hw.waypoint_velocities(path, zero, np.full(7, 0.4), dt, v_max, a, lo, hi)
     assert v[0, 0] == pytest.approx(0.4) and v[-1, 0] == 0 and (np.diff(v[-4:, 0]) < 0).all()
 
 
@@ -390,10 +391,10 @@ def test_mujoco_robot_and_record_refuse_a_task_the_twin_lacks(capsys):
 def test_nothing_listening_fails_fast(capsys):
     t = time.monotonic()
     with pytest.raises(er.RobotError, match="refused"):
-        er.check_reachable("127.77.66.55")             # loopback address with no server behind it
+        hw.check_reachable("127.77.66.55")             # loopback address with no server behind it
     pytest.importorskip("franky")
     with pytest.raises(er.RobotError, match="refused"):
-        er.FrankyBackend("127.77.66.55")                # loopback, no server
+        hw.FrankyBackend("127.77.66.55")                # loopback, no server
     code = er.main(["--ip", "127.77.66.55", "--instruction", "x", "--ckpt", "nope.pt"])
     assert code == 2 and "127.77.66.55:1337" in capsys.readouterr().err
     assert time.monotonic() - t < 3
@@ -402,7 +403,7 @@ def test_nothing_listening_fails_fast(capsys):
 def test_unroutable_address_fails_within_the_probe_timeout():
     t = time.monotonic()
     with pytest.raises(er.RobotError, match="192.0.2.1"):
-        er.check_reachable("192.0.2.1", timeout=1.0)   # TEST-NET-1: timeout or 'unreachable', never a hang
+        hw.check_reachable("192.0.2.1", timeout=1.0)   # TEST-NET-1: timeout or 'unreachable', never a hang
     assert time.monotonic() - t < 3
 
 
@@ -410,7 +411,7 @@ def test_franky_not_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "franky", None)
     t = time.monotonic()
     with pytest.raises(er.RobotError, match="pip install -r requirements-robot.txt"):
-        er.FrankyBackend("127.0.0.1")
+        hw.FrankyBackend("127.0.0.1")
     assert time.monotonic() - t < 1
 
 
@@ -418,11 +419,11 @@ def test_camera_library_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyrealsense2", None)
     monkeypatch.setitem(sys.modules, "cv2", None)
     with pytest.raises(er.RobotError, match="pip install pyrealsense2"):
-        er.open_cameras("realsense", ["front"], 1.0)
+        hw.open_cameras("realsense", ["front"], 1.0)
     with pytest.raises(er.RobotError, match="pip install opencv-python-headless"):
-        er.open_cameras("opencv:0", ["front"], 1.0)
+        hw.open_cameras("opencv:0", ["front"], 1.0)
     with pytest.raises(er.RobotError, match="checkpoint uses 2"):
-        er.open_cameras("opencv:0", ["front", "wrist"], 1.0)
+        hw.open_cameras("opencv:0", ["front", "wrist"], 1.0)
 
 
 def test_stalled_camera_is_an_error_within_its_timeout():
@@ -434,7 +435,7 @@ def test_stalled_camera_is_an_error_within_its_timeout():
         except StopIteration:
             release.wait(5)
             raise RuntimeError("released")
-    cam = er.Camera("front", grab, timeout=0.3)
+    cam = hw.Camera("front", grab, timeout=0.3)
     cam.read()
     t = time.monotonic()
     with pytest.raises(er.RobotError, match="stalled"):
@@ -446,7 +447,7 @@ def test_stalled_camera_is_an_error_within_its_timeout():
     cam.close()
     hang = threading.Event()
     with pytest.raises(er.RobotError, match="no frame within"):
-        er.Camera("dead", lambda: hang.wait(5), timeout=0.2)
+        hw.Camera("dead", lambda: hang.wait(5), timeout=0.2)
     hang.set()
 
 
@@ -584,8 +585,8 @@ def fake_franky(monkeypatch, clock, **robot_kw):
         f.hand = SlowHand(clock)
         return f.hand
     f.Robot, f.Gripper = robot, gripper
-    monkeypatch.setattr(er, "require", lambda *a: f)
-    monkeypatch.setattr(er, "check_reachable", lambda ip: None)
+    monkeypatch.setattr(hw, "require", lambda *a: f)
+    monkeypatch.setattr(hw, "check_reachable", lambda ip: None)
     return f
 
 
@@ -602,7 +603,7 @@ def test_slow_gripper_never_stalls_the_loop(monkeypatch):
     at 20 Hz on the injected clock, and the commands still reach the hand, the newest last."""
     clock = FakeClock()
     f = fake_franky(monkeypatch, clock)
-    backend = er.FrankyBackend("fake", log=lambda *a: None)
+    backend = hw.FrankyBackend("fake", log=lambda *a: None)
     f.hand.main_thread_s = 0.0                           # connecting read the width once; the loop must not
     rec = {"images": {}, "qpos": [], "action": [], "instruction": "x"}
     ended = er.run_episode(gripper_policy(), backend, {}, opts(max_steps=200, fps=20.0), rec, clock, clock.sleep,
@@ -700,19 +701,19 @@ def test_homing_that_fails_says_why_at_once(monkeypatch, tmp_path):
 def test_failed_recovery_stops_with_what_to_do(monkeypatch):
     fake_franky(monkeypatch, FakeClock(), has_errors=True, recover_ok=False)
     with pytest.raises(er.RobotError, match="automatic recovery failed"):
-        er.FrankyBackend("fake", log=lambda *a: None)
+        hw.FrankyBackend("fake", log=lambda *a: None)
 
 
 def test_fr3_plans_with_fr3_limits(monkeypatch):
     """franky 2.0.0 plans with the Panda's accelerations and jerks: --arm fr3 lowers them to the FR3's at connect
     (franky accepts only values below its own), and the waypoint speed cap follows franky's velocity limit."""
     f = fake_franky(monkeypatch, FakeClock())
-    b = er.FrankyBackend("fake", arm="fr3", dynamics=0.5, log=lambda *a: None)
+    b = hw.FrankyBackend("fake", arm="fr3", dynamics=0.5, log=lambda *a: None)
     assert np.allclose(f.robot.joint_acceleration_limit.get(), [10, 7.5, 10, 10, 10, 10, 10])
     assert np.allclose(f.robot.joint_jerk_limit.get(), [5000, 3750, 5000, 5000, 5000, 5000, 5000])
     assert np.allclose(f.robot.joint_velocity_limit.get(), er.ARMS["panda"].dq_max)   # already below the FR3's
     assert np.allclose(b.v_max, 0.8 * 0.5 * np.array(er.ARMS["panda"].dq_max))
     assert np.allclose(b.a_brake, 0.5 * 0.5 * np.array([10, 7.5, 10, 10, 10, 10, 10]))
     b.close()
-    er.FrankyBackend("fake", arm="panda", log=lambda *a: None)
+    hw.FrankyBackend("fake", arm="panda", log=lambda *a: None)
     assert np.allclose(f.robot.joint_acceleration_limit.get(), er.ARMS["panda"].ddq_max)

@@ -1,4 +1,4 @@
-"""eval_real.py's franky backend against franky-sim, a MuJoCo server speaking the real robot's protocol: a
+"""hardware.py's franky backend (driven by eval_real.py) against franky-sim, a MuJoCo server speaking the real robot's protocol: a
 rollout, a dry run, an error mid-rollout, the FR3 limits in franky's planner, a rollout after a hard stop, and
 targets driven into the joint limits (commanded and measured joints read at 1 kHz). franky-sim enforces no
 limits and raises no reflexes, so these tests measure what a real arm would refuse.
@@ -27,6 +27,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import eval_real as er  # noqa: E402
+import hardware as hw  # noqa: E402
 
 franky = pytest.importorskip("franky", reason="franky-control not installed (pip install -r requirements-robot.txt)")
 if importlib.util.find_spec("franky_sim") is None:   # not imported: its pinocchio must stay out of this process
@@ -134,7 +135,7 @@ def retried(rollout, tmp_path, attempts=3):
     """rollout(out_dir), run again in a fresh folder when franky's trajectory generator fails to re-plan.
     franky re-plans a replaced motion from the velocity and acceleration the robot reports; franky-sim reports
     smoothed finite differences that lag the plan, and now and then (about one 90-step rollout in 15, with the
-    waypoint rule before eval_real.waypoint_velocities too) ruckig fails: 'Motion planner failed with error
+    waypoint rule before hardware.waypoint_velocities too) ruckig fails: 'Motion planner failed with error
     code -111'. Any other failure, or that one three times, fails the test."""
     for i in range(attempts):
         try:
@@ -199,7 +200,7 @@ def test_fr3_acceleration_limits_reach_the_planner(sim_ip):
     Connected with --arm fr3 at --dynamics 0.5, a 0.6 rad move of joints 6 and 7 (speed limit 0.5 x 2.61 rad/s)
     takes the time those limits allow: 0.6 / 1.305 + 1.305 / 5 = 0.72 s at the FR3's 10 rad/s^2, 0.59 s at the
     Panda's 20. Timed on franky's own motion clock, so a loaded CPU does not change it."""
-    b = er.FrankyBackend(sim_ip, arm="fr3", dynamics=0.5, realtime="ignore", log=print)
+    b = hw.FrankyBackend(sim_ip, arm="fr3", dynamics=0.5, realtime="ignore", log=print)
     try:
         f, robot, times = b.f, b.robot, []
         robot.move(f.JointMotion(er.READY))
@@ -246,7 +247,7 @@ def test_rollout_after_a_hard_stop_starts_cleanly(sim_ip, tmp_path):
 def test_unreachable_sim_port_is_fast():
     t = time.monotonic()
     with pytest.raises(er.RobotError, match="refused"):
-        er.FrankyBackend("127.77.66.55", realtime="ignore")
+        hw.FrankyBackend("127.77.66.55", realtime="ignore")
     assert time.monotonic() - t < 3
 
 
@@ -262,7 +263,7 @@ def near_arm(span=0.12):
     q_min, q_max = list(fr3.q_min), list(fr3.q_max)
     for j in LIMITED:
         q_min[j], q_max[j] = er.READY[j] - span, er.READY[j] + span
-    return er.Arm(tuple(q_min), tuple(q_max), fr3.dq_max, fr3.ddq_max, fr3.dddq_max)
+    return hw.Arm(tuple(q_min), tuple(q_max), fr3.dq_max, fr3.ddq_max, fr3.dddq_max)
 
 
 class PushPolicy:
@@ -306,7 +307,7 @@ def test_targets_at_the_limits_never_cross_them(sim_ip, tmp_path, monkeypatch, d
     """Targets driven into the limits and back at --dynamics 0.2 and 0.3. Every 1 kHz commanded and measured
     joint stays within 10 mrad of the clamped bound (limit - 0.05 rad), so at least 40 mrad inside the limit.
     (franky re-plans a replaced motion from the robot's reported velocity, which lags the plan: up to a few mrad;
-    the waypoint velocities before eval_real.waypoint_velocities went 41 and 57 mrad past the bound here.)"""
+    the waypoint velocities before hardware.waypoint_velocities went 41 and 57 mrad past the bound here.)"""
     monkeypatch.setitem(er.ARMS, "near", near_arm())
     o = options(sim_ip, tmp_path, arm="near", dynamics=dynamics, max_steps=90, fps=20.0)
 

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # module -> project modules it must never import (directly, or through a function body)
 WORLD = ("sim", "twin", "franka", "world", "experts")
-ABOVE_WORLD = ("model", "train", "ground", "eval_sim", "eval_real", "record", "ablation", "plots")
+ABOVE_WORLD = ("model", "train", "ground", "eval_sim", "hardware", "eval_real", "record", "ablation", "plots")
 FORBIDDEN = {
     **{w: ABOVE_WORLD + ("data", "segment") for w in WORLD},
     "franka": ABOVE_WORLD + ("data", "segment", "sim", "twin", "world", "experts"),
@@ -24,6 +24,9 @@ FORBIDDEN = {
     "train": ("eval_sim", "eval_real", "record", "ablation", "sim", "twin", "experts"),
     "eval_sim": ("eval_real", "record", "ablation"),
     "eval_real": ("record", "ablation"),
+    # the real arm's drivers know the Franka facts only: no policy, no simulator
+    "hardware": tuple(m for m in ABOVE_WORLD + WORLD + ("data", "dataset", "segment", "stats", "recipe")
+                      if m not in ("franka", "hardware")),
 }
 
 

@@ -17,6 +17,7 @@ import train  # noqa: E402,F401  first: importing torch after a MuJoCo EGL rende
 import data  # noqa: E402
 import stats  # noqa: E402
 import eval_real as er  # noqa: E402
+import hardware as hw  # noqa: E402
 import eval_sim  # noqa: E402
 import experts  # noqa: E402
 import record  # noqa: E402
@@ -398,8 +399,8 @@ def test_franky_guide_toggles_the_gripper_from_keys(monkeypatch):
             return True
     fake = types.SimpleNamespace(Robot=Robot, Gripper=Gripper, Exception=RuntimeError,
                                  RealtimeConfig=types.SimpleNamespace(Ignore=0, Enforce=1))
-    monkeypatch.setattr(er, "require", lambda *a: fake)
-    monkeypatch.setattr(er, "check_reachable", lambda ip: None)
+    monkeypatch.setattr(hw, "require", lambda *a: fake)
+    monkeypatch.setattr(hw, "check_reachable", lambda ip: None)
     keys = iter(["", " ", "", " ", "q"])
     g = record.FrankyGuide("1.2.3.4", keys=lambda: next(keys), log=lambda *a: None)
     g.start()

@@ -1,0 +1,413 @@
+"""The real Franka's hardware for eval_real.py and record.py: the franky backend, the gripper worker and cameras.
+
+numpy at import; franky, pyrealsense2 and OpenCV are imported when used (requirements-robot.txt), each failing
+with the command that installs it. The safety layers these take part in, and why each exists, are listed in
+eval_real.py's docstring; the numbers measured for them in docs/real_robot.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+import socket
+import threading
+import time
+
+import numpy as np
+
+from franka import ARMS, GRIPPER_MAX_WIDTH, Arm
+
+
+FCI_PORT = 1337           # libfranka's TCP command port (the gripper uses 1338)
+FRANKY_HINT = ("pip install -r requirements-robot.txt (or: pip install franky-control; for a robot server other "
+               "than version 10, franky's wheel index for it: docs/real_robot.md)")
+STALE_WIDTH_S = 1.0       # s; a gripper width older than this is reported (the hand does not answer)
+
+
+class RobotError(RuntimeError):
+    """A set-up or safety problem with a message for the operator (printed without a traceback)."""
+
+
+def require(module: str, hint: str):
+    """Import an optional dependency or fail with the command that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        missing = isinstance(e, ModuleNotFoundError) and (e.name or module).split(".")[0] == module.split(".")[0]
+        why = "is not installed" if missing else f"is installed but does not import ({e})"
+        raise RobotError(f"{module} {why}: {hint}") from None
+
+
+# ----------------------------------------------------------------------------- robot backends
+
+def check_reachable(ip: str, port: int = FCI_PORT, timeout: float = 2.0) -> None:
+    """Probe the FCI port: libfranka itself needs about a minute to give up on an address with nobody behind it."""
+    try:
+        with socket.create_connection((ip, port), timeout=timeout):
+            pass
+    except ConnectionRefusedError:
+        raise RobotError(f"nothing accepts connections at {ip}:{port} (refused): the robot is up but FCI is not "
+                         "active (Desk: unlock the joints, activate FCI), --ip names another machine, or "
+                         "franky-sim is not running (use the address it prints)") from None
+    except socket.timeout:
+        raise RobotError(f"no answer from {ip}:{port} within {timeout:g} s: check the cable to the Control box "
+                         f"(not the arm base), this PC's static address in the robot's subnet, `ping {ip}`") from None
+    except OSError as e:
+        raise RobotError(f"cannot reach {ip}:{port} ({e}); check --ip and this PC's network set-up") from None
+
+
+class GripperWorker:
+    """The Franka Hand off the control thread. One thread keeps reading the width (latest() returns the newest
+    value and its age, never waiting); another runs the newest requested command with franky's blocking calls.
+    A request made while a command runs replaces any request still waiting: only the latest intent is sent, and
+    request() itself never blocks. The width is read at most every `period` s (franky-sim answers in about 1 ms).
+    Commands use franky's blocking calls on the worker's own thread: their futures need no keeping."""
+
+    def __init__(self, gripper, speed=0.05, force=20.0, log=print, period=0.02):
+        self.gripper, self.speed, self.force, self.log, self.period = gripper, speed, force, log, period
+        self.cond = threading.Condition()                # guards everything below; never held across a gripper call
+        self.width, self.t_width = float(gripper.width), time.monotonic()   # m, s: the first read, at connect
+        self.pending, self.busy, self.running, self.error = None, False, True, None
+        self.threads = [threading.Thread(target=fn, daemon=True, name=name)  # daemon: a hung call cannot block exit
+                        for fn, name in ((self._read, "gripper-width"), (self._command, "gripper-command"))]
+        for t in self.threads:
+            t.start()
+
+    def _read(self):
+        while self.running:
+            t0 = time.monotonic()
+            try:
+                w = float(self.gripper.width)            # about 100 ms on a real hand
+            except Exception as e:
+                self.error = e
+                return
+            with self.cond:
+                self.width, self.t_width = w, time.monotonic()
+            time.sleep(max(0.0, self.period - (time.monotonic() - t0)))
+
+    def _command(self):
+        while True:
+            with self.cond:
+                while self.pending is None and self.running:
+                    self.cond.wait()
+                if not self.running:
+                    return
+                closed, self.pending, self.busy = self.pending, None, True
+            try:                                         # blocking: up to a full stroke (1.6 s at 0.05 m/s)
+                if closed:
+                    ok = self.gripper.grasp(0.0, self.speed, self.force, epsilon_inner=1.0, epsilon_outer=1.0)
+                else:
+                    ok = self.gripper.open(self.speed)
+                if not ok:
+                    self.log(f"gripper {'close' if closed else 'open'}: the hand reports failure")
+            except Exception as e:
+                self.log(f"gripper {'close' if closed else 'open'} failed: {type(e).__name__}: {e}")
+            with self.cond:
+                self.busy = False
+                self.cond.notify_all()
+
+    def latest(self) -> tuple:
+        """(width in m, its age in s), without waiting."""
+        if self.error is not None:
+            raise RobotError(f"the gripper width cannot be read: {type(self.error).__name__}: {self.error}")
+        with self.cond:
+            return self.width, time.monotonic() - self.t_width
+
+    def request(self, closed: bool) -> None:
+        with self.cond:
+            self.pending = bool(closed)
+            self.cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait (bounded) until no command runs or waits; True when idle."""
+        with self.cond:
+            return self.cond.wait_for(lambda: self.pending is None and not self.busy, timeout)
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Stop both threads once the last command requested has reached the hand (bounded wait), so the
+        connection is released with nothing under way."""
+        self.wait_idle(timeout)
+        with self.cond:
+            self.running, self.pending = False, None
+            self.cond.notify_all()
+        for t in self.threads:
+            t.join(timeout)
+        self.gripper = None
+
+
+def plan_with_arm_limits(robot, arm: Arm) -> tuple:
+    """franky 2.0.0 plans with the Panda's joint acceleration and jerk limits on every robot (its limit defaults,
+    src/robot.cpp; read back in franky-sim: accelerations [15, 7.5, 10, 12.5, 15, 20, 20] rad/s^2), up to twice an
+    FR3's (10 rad/s^2, 5000 rad/s^3). Lower franky's limits to the arm's (franky refuses values above its own,
+    so the smaller of the two; settable only while no motion runs: at connect). Returns the velocity and
+    acceleration limits the planner now scales by the dynamics factor, (7,) rad/s and rad/s^2."""
+    out = []
+    for limit, ours in ((robot.joint_velocity_limit, arm.dq_max), (robot.joint_acceleration_limit, arm.ddq_max),
+                        (robot.joint_jerk_limit, arm.dddq_max)):
+        value = np.minimum(np.asarray(limit.get(), float).ravel(), ours)
+        limit.set(value)
+        out.append(value)
+    return out[0], out[1]
+
+
+def clear_errors(robot, f, log=print) -> None:
+    """Start a rollout clean: a finished motion's pending error is raised and dropped here (after franky's hard
+    stop, 'Move command preempted' would otherwise fail the next move at once), then a reflex is recovered from;
+    a recovery that fails stops with what to do."""
+    try:
+        robot.join_motion(timeout=1.0)                   # returns at once when no motion runs
+    except f.Exception as e:
+        log(f"the last motion ended with: {type(e).__name__}: {e} (cleared)")
+    if robot.has_errors:
+        log("robot reports errors; recovering")
+        if not robot.recover_from_errors() or robot.has_errors:
+            raise RobotError("the robot reports errors and automatic recovery failed: read the error in Desk and "
+                             "clear it (e.g. guide a joint off its limit), then run again")
+
+
+def waypoint_velocities(targets, q_from, v_from, dt, v_max, a_brake, lo, hi) -> np.ndarray:
+    """(n, 7) rad/s: the velocity the arm passes each waypoint of a chunk with.
+
+    franky's planner meets every waypoint at exactly its position and velocity: where a velocity cannot be
+    reached from the waypoint before, it backs up for a run-up; where it cannot be braked to the next one's,
+    it swings past and comes back (past a clamped target at a limit: 41 mrad at --dynamics 0.2). So:
+    the central difference of the path q_from -> targets[0] -> ... (q_from, v_from: where the arm is and how
+    it moves when the chunk replaces the running motion), 0 where a joint reverses or holds (so at a clamped
+    target) and at the last waypoint (at rest if no chunk follows), at most v_max; then at most what can be
+    reached from the waypoint before and braked to the next one's at a_brake (forward and backward passes),
+    and toward a bound at most what brakes to rest before lo / hi."""
+    t = np.asarray(targets, float)
+    d = np.diff(np.vstack([q_from, t]), axis=0)          # d[k] = targets[k] - the point before it
+    v = np.zeros_like(t)
+    if len(t) > 1:
+        d_in, d_out = d[:-1], d[1:]
+        v[:-1] = np.where(d_in * d_out > 0, (d_in + d_out) / (2 * dt), 0.0)
+    v = np.clip(v, -v_max, v_max)
+    room = np.maximum(np.where(v > 0, hi - t, t - lo), 0.0)   # rad before the bound, in the direction of motion
+    v = np.clip(v, -np.sqrt(2 * a_brake * room), np.sqrt(2 * a_brake * room))
+    speed = np.where(np.asarray(v_from) * d[0] > 0, np.abs(v_from), 0.0)   # along the first segment
+    for k in range(len(t)):                              # reachable from the waypoint before
+        cap = np.sqrt(speed ** 2 + 2 * a_brake * np.abs(d[k]))
+        v[k] = np.clip(v[k], -cap, cap)
+        speed = np.abs(v[k])
+    for k in range(len(t) - 2, -1, -1):                  # brakes to the next waypoint's velocity
+        cap = np.sqrt(v[k + 1] ** 2 + 2 * a_brake * np.abs(d[k + 1]))
+        v[k] = np.clip(v[k], -cap, cap)
+    return v
+
+
+class FrankyBackend:
+    """FR3 / Panda through franky. The backend interface: read_state, send_chunk, set_gripper, stop, close, and
+    optionally begin (before a rollout), motion_finished (homing) and gripper_stroke_s (the gate's cooldown)."""
+
+    def __init__(self, ip, arm="fr3", dynamics=0.2, realtime="enforce", gripper_speed=0.05, gripper_force=20.0,
+                 recover=True, joint_margin=0.05, log=print):
+        f = self.f = require("franky", FRANKY_HINT)      # cheapest check first: no network needed
+        check_reachable(ip)
+        rt = f.RealtimeConfig.Ignore if realtime == "ignore" else f.RealtimeConfig.Enforce
+        limits = ARMS[arm]
+        try:
+            self.robot = f.Robot(ip, realtime_config=rt)
+            self.robot.relative_dynamics_factor = dynamics
+            vel, acc = plan_with_arm_limits(self.robot, limits)
+            if recover:                                  # e.g. a reflex from the last session; never moves the arm
+                clear_errors(self.robot, f, log)
+            gripper = f.Gripper(ip)
+        except f.RealtimeException as e:
+            raise RobotError(f"{e} -- set up a PREEMPT_RT kernel (docs/real_robot.md) or pass --realtime ignore") from None
+        except f.IncompatibleVersionException as e:
+            raise RobotError(f"{e} -- install the franky wheel built for your robot's server version: {FRANKY_HINT}") from None
+        except f.Exception as e:
+            raise RobotError(f"cannot connect to the Franka at {ip}: {type(e).__name__}: {e}") from None
+        self.hand = GripperWorker(gripper, gripper_speed, gripper_force, log)
+        self.v_max = 0.8 * dynamics * vel                # franky's planner rejects waypoint velocities above its scaled limits
+        self.a_brake = 0.5 * dynamics * acc              # rad/s^2: half the planner's deceleration, for waypoint_velocities
+        self.lo, self.hi = np.add(limits.q_min, joint_margin), np.subtract(limits.q_max, joint_margin)
+        self.gripper_stroke_s = GRIPPER_MAX_WIDTH / gripper_speed   # s, a full open or close
+        self.log, self.stale, self.goal = log, False, None          # goal: where the last motion sent ends (rad)
+
+    def begin(self):
+        self.goal = None
+        clear_errors(self.robot, self.f, self.log)
+
+    def read_state(self):
+        q = np.asarray(self.robot.current_joint_state.position, float)
+        width, age = self.hand.latest()                  # never waits on the hand
+        if age > STALE_WIDTH_S and not self.stale:
+            self.log(f"WARNING: the gripper width was last read {age:.1f} s ago (does the hand answer?)")
+        self.stale = age > STALE_WIDTH_S
+        return q, float(np.clip(width / GRIPPER_MAX_WIDTH, 0.0, 1.0))
+
+    def send_chunk(self, targets, dt):
+        """All targets as one waypoint motion replacing the running one; intermediate ones passed with velocity.
+        A chunk that only holds the pose the last motion ends at (at rest) is not sent: re-planning it from the
+        robot's reported velocity, which lags the plan, would only add overshoot (a joint held at a limit)."""
+        f, t = self.f, np.asarray(targets, float)
+        if self.goal is not None and np.abs(t - self.goal).max() < 1e-9:
+            self.robot.poll_motion()                     # nothing new to send; a failed motion still raises here
+            return
+        s = self.robot.state                             # the commanded state the new motion starts from
+        v = waypoint_velocities(t, np.asarray(s.q_d, float), np.asarray(s.dq_d, float), dt, self.v_max,
+                                self.a_brake, self.lo, self.hi)
+        ms = f.Duration(max(1, int(round(dt * 1000))))
+        wps = [f.JointWaypoint(f.JointState(t[k], v[k]), minimum_time=ms) for k in range(len(t))]
+        self.goal = None
+        self.robot.move(f.JointWaypointMotion(wps), asynchronous=True)   # errors of the last one surface here
+        self.goal = t[-1]
+
+    def set_gripper(self, closed: bool):
+        self.hand.request(closed)                        # the worker sends it; the loop goes on at once
+
+    def motion_finished(self) -> bool:
+        """Whether the running motion has ended, without waiting; one that failed raises why (reflex, limit).
+        franky 2.0.0's poll_motion() is join_motion(0): True once finished (its docstring says the reverse)."""
+        try:
+            return bool(self.robot.poll_motion())
+        except self.f.Exception as e:
+            raise RobotError(f"the motion failed: {type(e).__name__}: {e} (see Desk; the next rollout recovers)") from None
+
+    def stop(self):
+        """Bring the arm to rest; never raises (it runs in `finally`), but says loudly when it fails."""
+        self.goal = None
+        try:
+            self.robot.move(self.f.JointStopMotion(), asynchronous=True)
+            if self.robot.join_motion(timeout=5.0):
+                return
+            self.log("stop: the stop motion did not end within 5 s; using franky's hard stop")
+        except BaseException as e:                       # a failed previous motion surfaces here
+            self.log(f"stop: {type(e).__name__}: {e}; using franky's hard stop")
+        try:
+            self.robot.stop()
+        except BaseException as e:
+            self.log(f"WARNING: could not stop the robot ({type(e).__name__}: {e}); use the user stop")
+            return
+        try:                                             # the hard stop leaves an error pending for the next move
+            clear_errors(self.robot, self.f, self.log)
+        except BaseException as e:
+            self.log(f"WARNING: after the hard stop: {e}")
+
+    def close(self):
+        self.hand.close()
+        self.robot = self.hand = None                    # dropping franky's objects closes the connections
+
+
+class DryRunBackend:
+    """Reads the real robot, sends nothing: prints what would have been sent."""
+
+    def __init__(self, backend, log=print):
+        self.backend, self.log = backend, log
+        self.gripper_stroke_s = getattr(backend, "gripper_stroke_s", 0.0)
+
+    def read_state(self):
+        return self.backend.read_state()
+
+    def send_chunk(self, targets, dt):
+        fmt = lambda a: np.array2string(np.asarray(a), precision=3, suppress_small=True)
+        self.log(f"[dry-run] {len(targets)} targets at {1 / dt:.1f} Hz: first {fmt(targets[0])} last {fmt(targets[-1])}")
+
+    def set_gripper(self, closed):
+        self.log(f"[dry-run] gripper {'close' if closed else 'open'}")
+
+    def stop(self):
+        pass                                             # nothing was sent, nothing to stop
+
+    def close(self):
+        self.backend.close()
+
+
+# ----------------------------------------------------------------------------- cameras
+
+class Camera:
+    """The newest frame of a capture thread; read() fails when it is older than `timeout` (stalled, unplugged),
+    so the control loop never blocks on a camera."""
+
+    def __init__(self, name, grab, close=lambda: None, timeout=1.5):
+        self.name, self.grab, self._close, self.timeout = name, grab, close, timeout
+        self.frame, self.t, self.error, self.running = None, -math.inf, None, True
+        self.first = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()  # daemon: a hung driver call cannot block exit
+        if not self.first.wait(timeout) or self.error is not None:
+            self.close()
+            raise RobotError(f"camera {name}: " + (f"failed ({self.error})" if self.error else
+                                                   f"no frame within {timeout:g} s (stalled or unplugged)"))
+
+    def _run(self):
+        while self.running:
+            try:
+                frame = np.asarray(self.grab())
+            except Exception as e:
+                self.error = e
+                self.first.set()
+                return
+            self.frame, self.t = frame, time.monotonic()
+            self.first.set()
+
+    def read(self) -> np.ndarray:
+        if self.error is not None:
+            raise RobotError(f"camera {self.name} failed: {self.error}")
+        age = time.monotonic() - self.t
+        if age > self.timeout:
+            raise RobotError(f"camera {self.name}: no new frame for {age:.1f} s (stalled or unplugged)")
+        return self.frame
+
+    def close(self):
+        self.running = False
+        with contextlib.suppress(Exception):
+            self._close()
+
+
+def open_camera(spec: str, timeout: float, used: set) -> Camera:
+    kind, _, arg = spec.partition(":")
+    if kind == "realsense":
+        rs = require("pyrealsense2", "pip install pyrealsense2 (needs libusb-1.0 on the system)")
+        serials = [d.get_info(rs.camera_info.serial_number) for d in rs.context().query_devices()]
+        free = [s for s in serials if s not in used]     # checked first: pipeline.start needs 15 s to fail
+        if not free or (arg and arg not in free):
+            raise RobotError(f"RealSense {arg or 'camera'} not found (connected: {serials or 'none'}); check the USB 3 cable")
+        serial = arg or free[0]
+        used.add(serial)
+        pipe, cfg = rs.pipeline(), rs.config()
+        cfg.enable_device(serial)
+        cfg.enable_stream(rs.stream.color, 640, 480, rs.format.rgb8, 30)
+        pipe.start(cfg)
+        grab = lambda: np.asanyarray(pipe.wait_for_frames(int(timeout * 1000)).get_color_frame().get_data()).copy()
+        return Camera(spec, grab, pipe.stop, timeout)
+    if kind == "opencv":
+        cv2 = require("cv2", "pip install opencv-python-headless")
+        cap = cv2.VideoCapture(int(arg or 0))
+        if not cap.isOpened():
+            raise RobotError(f"OpenCV cannot open camera {arg or 0} (/dev/video{arg or 0}; `v4l2-ctl --list-devices`)")
+
+        def grab():
+            ok, frame = cap.read()
+            if not ok:
+                raise RuntimeError("cv2.VideoCapture.read failed")
+            return frame[..., ::-1].copy()               # BGR -> RGB
+        return Camera(spec, grab, cap.release, timeout)
+    raise RobotError(f"unknown camera '{spec}': use realsense[:SERIAL], opencv:N or none")
+
+
+def open_cameras(spec: str, names: list, timeout: float) -> dict:
+    """{checkpoint camera name: Camera}, in the checkpoint's camera order; {} for 'none'."""
+    if spec == "none":
+        return {}
+    specs = [s.strip() for s in spec.split(",")]
+    if len(specs) != len(names):
+        raise RobotError(f"--camera gives {len(specs)} camera(s) but the checkpoint uses {len(names)}: {names}")
+    cams, used = {}, set()
+    try:
+        for name, s in zip(names, specs):
+            cams[name] = open_camera(s, timeout, used)
+    except BaseException:
+        for c in cams.values():
+            c.close()
+        raise
+    return cams
+
+
+def resize(img, hw) -> np.ndarray:
+    img = np.asarray(img, np.uint8)
+    if img.shape[:2] == tuple(hw):
+        return img
+    from PIL import Image                                # Pillow comes with torchvision
+    return np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR))
