@@ -4,7 +4,7 @@
   python eval_sim.py compare DIR [DIR ...] --out REPORT_DIR      # markdown table + PNG charts + paired test
   python eval_sim.py compare none=D1,D2 stake=D3,D4 --out R      # several training seeds per variant
   python eval_sim.py probe --ckpt RUN/ckpt.pt --task T --out probe.png   # StaKe heads along a rollout
-  python eval_sim.py openloop --ckpt RUN/ckpt.pt --data DIR       # chunk error on demonstrations, by step
+  python eval_sim.py openloop --ckpt RUN/ckpt.pt --data DIR       # chunk error on demonstrations, by step and phase
   python eval_sim.py bench --ckpt RUN/ckpt.pt [--task T]           # episodes/min, as evaluation was and as it is
 
 Evaluation seeds are sim.EVAL_SEED_OFFSET + seed * 100_000 + i: disjoint from demonstration seeds (which
@@ -505,34 +505,65 @@ def bench(ckpt: str, task: str = "lift_block", episodes: int = 10, batch: int = 
 
 # ============================================================================ open-loop check
 
-def openloop(ckpt: str, folder: str, steps=(0, 5, 10, 20, 30, 45), episodes=10, device="cpu") -> dict:
+def openloop(ckpt: str, folder: str, steps=(0, 5, 10, 20, 30, 45), episodes=10, device="cpu",
+             noise_scale: float = 1.0) -> dict:
     """Open-loop check on recorded episodes: the policy's chunk at step t against the demonstration's next
     actions. Per t: mean over episodes of the worst joint's error (rad), averaged over the executed steps, beside
     how far the demonstration moves over them. Error ~ motion at t = 0 means the first decision (which object,
-    which arm) was not learned even on these episodes; later steps can be fit by continuing the motion."""
+    which arm) was not learned even on these episodes; later steps can be fit by continuing the motion.
+
+    By phase: the chunk at every chunk boundary (where a closed-loop rollout queries), grouped by the gripper
+    events the demonstration has made by then (phase k: after event k, before event k + 1, from segment.py on
+    the commanded gripper). Per phase: the arm joints' error as above, the gripper's (mean |policy - demo| of
+    its command in [0, 1], worst gripper), and the demonstration's motion. A phase the policy cannot follow even
+    on its training episodes is where a rollout departs from them for lack of fit, not of closed-loop drift."""
     import torch
     from model import Policy
     policy = Policy.load(ckpt, device=device)
     policy.binary_gripper = False  # a close one step late counts by how far it is, not as 1; as before
+    policy.noise_scale = noise_scale
+    meta = data.load_meta(folder)
     paths = data.episode_paths(folder)[:episodes]
     if not paths:
         raise data.DataError(f"{folder}: no episode_*.npz files")
     eps, n, rows = [data.load_episode(p) for p in paths], policy.cfg.n_action_steps, {}
+    grip = [int(i) for i in meta["gripper_indices"]]
+    joints = [i for i in range(eps[0]["action"].shape[1]) if i not in grip]
+
+    def obs(ep, t):
+        return {"images": {c: ep["images"][c][t] for c in policy.cameras}, "qpos": ep["qpos"][t],
+                "prev_qpos": ep["qpos"][max(t - 1, 0)], "instruction": ep["instruction"]}
+
     for t in steps:
         err, move = [], []
         for ep in eps:
             if t + n > len(ep["action"]):
                 continue
-            obs = {"images": {c: ep["images"][c][t] for c in policy.cameras}, "qpos": ep["qpos"][t],
-                   "prev_qpos": ep["qpos"][max(t - 1, 0)],
-                   "instruction": ep["instruction"]}
-            chunk = policy.predict_chunk([obs], generator=torch.Generator().manual_seed(t))[0][:n]  # (n, A)
+            chunk = policy.predict_chunk([obs(ep, t)], generator=torch.Generator().manual_seed(t))[0][:n]  # (n, A)
             demo = ep["action"][t:t + n]
             err.append(float(np.abs(chunk - demo).max(1).mean()))
             move.append(float(np.abs(demo - ep["qpos"][t]).max(1).mean()))
         if err:
             rows[t] = {"error_rad": float(np.mean(err)), "demo_motion_rad": float(np.mean(move)), "episodes": len(err)}
-    return {"ckpt": ckpt, "data": folder, "steps": rows}
+
+    high = segment.open_is_high(meta["gripper_convention"])
+    by_phase = {}                                        # phase -> [(joint error, gripper error, demo motion)]
+    for i, ep in enumerate(eps):
+        seg = segment.segment(ep["action"][:, grip], open_is_high=high, levels=(0.0, 1.0) if high else (1.0, 0.0))
+        events = np.array([e for e, _, _ in seg.events], int)
+        ts = list(range(0, len(ep["action"]) - n + 1, n))
+        chunks = policy.predict_chunk([obs(ep, t) for t in ts], generator=torch.Generator().manual_seed(i))[:, :n]
+        for t, chunk in zip(ts, chunks):                 # chunk: (n, A)
+            demo = ep["action"][t:t + n]
+            by_phase.setdefault(int((events <= t).sum()), []).append((
+                float(np.abs(chunk[:, joints] - demo[:, joints]).max(1).mean()),
+                float(np.abs(chunk[:, grip] - demo[:, grip]).max(1).mean()),
+                float(np.abs(demo[:, joints] - ep["qpos"][t][joints]).max(1).mean())))
+    phases = {k: {"joint_error_rad": float(np.mean([r[0] for r in v])),
+                  "gripper_error": float(np.mean([r[1] for r in v])),
+                  "demo_motion_rad": float(np.mean([r[2] for r in v])), "queries": len(v)}
+              for k, v in sorted(by_phase.items())}
+    return {"ckpt": ckpt, "data": folder, "noise_scale": noise_scale, "steps": rows, "phases": phases}
 
 
 # ============================================================================ CLI
@@ -564,12 +595,17 @@ def main(argv=None):
             p.add_argument("--ckpt", required=True)
             p.add_argument("--data", required=True, help="episode folder (e.g. the training demonstrations)")
             p.add_argument("--episodes", type=int, default=10)
+            p.add_argument("--noise-scale", type=float, default=1.0, help="the flow's starting noise times this "
+                           "(the recipes evaluate at 0)")
             p.add_argument("--out", default="", help="JSON file to write")
             a = p.parse_args(argv[1:])
             res = {"command": "python eval_sim.py " + " ".join(argv), "git_revision": data.git_revision()} | \
-                openloop(a.ckpt, a.data, episodes=a.episodes)
+                openloop(a.ckpt, a.data, episodes=a.episodes, noise_scale=a.noise_scale)
             for t, r in res["steps"].items():
                 print(f"t={t:3d}  open-loop error {r['error_rad']:.3f} rad  (the demonstration moves {r['demo_motion_rad']:.3f})")
+            for k, r in res["phases"].items():
+                print(f"after {k} gripper event(s): joints {r['joint_error_rad']:.3f} rad (the demonstration moves "
+                      f"{r['demo_motion_rad']:.3f}), gripper {r['gripper_error']:.3f}, {r['queries']} queries")
             if a.out:
                 data.atomic_write_bytes(Path(a.out), lambda f: f.write(json.dumps(res, indent=1).encode()))
         elif argv[:1] == ["bench"]:

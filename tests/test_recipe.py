@@ -60,8 +60,12 @@ def test_recipe_end_to_end_tiny_then_resumes(tmp_path, capsys):
     assert not (tmp_path / "other" / "results.json").exists()
     eval_sim.main(["openloop", "--ckpt", str(out / "policy" / "ckpt.pt"), "--data", str(out / "data"), "--episodes", "2",
                    "--out", str(tmp_path / "ol.json")])
-    ol = json.loads((tmp_path / "ol.json").read_text())["steps"]
-    assert "0" in ol and all(np.isfinite(v["error_rad"]) and v["demo_motion_rad"] > 0 for v in ol.values())
+    ol = json.loads((tmp_path / "ol.json").read_text())
+    assert "0" in ol["steps"] and all(np.isfinite(v["error_rad"]) and v["demo_motion_rad"] > 0 for v in ol["steps"].values())
+    # by phase: lift_block's demonstrations close once, so every chunk boundary is before or after that close
+    assert set(ol["phases"]) == {"0", "1"}, ol["phases"]
+    assert all(v["queries"] > 0 and np.isfinite(v["joint_error_rad"]) and 0 <= v["gripper_error"] <= 1
+               for v in ol["phases"].values())
     eval_sim.main(["--ckpt", str(out / "policy" / "ckpt.pt"), "--task", "lift_block", "--episodes", "2",
                    "--demo-seeds", "--max-steps", "10", "--out", str(tmp_path / "demo")])
     seeds = [e["seed"] for e in json.loads((tmp_path / "demo" / "results.json").read_text())["tasks"]["lift_block"]["per_episode"]]
