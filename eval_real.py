@@ -72,6 +72,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -398,6 +399,9 @@ def load_policy(o: Options):
         raise RobotError(f"--ckpt: no checkpoint at '{o.ckpt}'")
     import torch
     torch.manual_seed(o.seed)
+    # half the cores, as train.cpu_threads: OpenMP threads spin, so torch on every core stalls beside another
+    # busy process (200 twin episodes beside a 1-thread training on 2 cores: 555-563 s with 2 threads, 189 with 1)
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     from model import Policy                             # here, so tests and --help need no torch
     policy = Policy.load(o.ckpt, device=o.device)
     policy.noise_scale = o.noise_scale
