@@ -155,7 +155,7 @@ def _attempt(args):
     """Run the expert once (in a worker); returns (seed, success, stage, steps, episode or None)."""
     import experts
     import world
-    task, seed, cameras, image_size, grasp_natural, action_noise = args
+    task, seed, cameras, image_size, grasp_natural = args
     key = (task, tuple(cameras), tuple(image_size))
     if key not in _worker_env:
         _worker_env.clear()
@@ -163,8 +163,7 @@ def _attempt(args):
     env = _worker_env[key]
     # One recorded pass; a failed attempt's frames are dropped (experts fail rarely, so re-running a
     # successful seed to record it would cost more than rendering the odd failure).
-    ok, stage, steps, ep = experts.run_expert(task, seed, env, record=True, grasp_natural=grasp_natural,
-                                              action_noise=action_noise)
+    ok, stage, steps, ep = experts.run_expert(task, seed, env, record=True, grasp_natural=grasp_natural)
     return seed, ok, stage, steps, ep if ok else None
 
 
@@ -188,10 +187,9 @@ class Progress:
 
 
 def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(96, 96), quiet=False,
-             grasp_natural: bool = False, action_noise: float = 0.0) -> dict:
+             grasp_natural: bool = False) -> dict:
     """Record `episodes` successful expert episodes of `task` into `out` (resumes a partial run).
     `grasp_natural`: blocks are pinched along the arm's natural finger direction whatever their yaw.
-    `action_noise`: SD (rad) of noise on the executed joint targets, the recorded actions clean (run_expert).
 
     Seeds are tried in order seed, seed+1, ...; the k-th successful one becomes episode_k. Failed attempts
     are counted (by furthest stage) and reported, never saved. Returns the generation summary.
@@ -208,10 +206,6 @@ def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(9
     gen = {"task": task, "seed": seed, "cameras": cameras, "image_size": list(image_size)}
     if grasp_natural:
         gen["grasp_natural"] = True
-    if action_noise < 0:
-        raise DataError(f"--action-noise must be >= 0, got {action_noise}")
-    if action_noise > 0:
-        gen["action_noise"] = action_noise
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -252,7 +246,7 @@ def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(9
         pool = mp.get_context("spawn").Pool(workers)
     try:
         while k < episodes:
-            batch = [(task, s, cameras, tuple(image_size), grasp_natural, action_noise) for s in range(next_seed, next_seed + max(workers, min(8, episodes - k)))]
+            batch = [(task, s, cameras, tuple(image_size), grasp_natural) for s in range(next_seed, next_seed + max(workers, min(8, episodes - k)))]
             results = pool.imap(_attempt, batch) if pool else map(_attempt, batch)
             for s, ok, stage, steps, ep in results:
                 next_seed = s + 1
@@ -470,8 +464,6 @@ def main(argv=None):
     g.add_argument("--grasp-natural", action="store_true", help="the expert pinches blocks along the arm's natural "
                    "finger direction whatever the block's yaw (experts.Expert.GRASP_YAW off): the wrist no longer "
                    "turns with a yaw that a --grounded-only policy cannot see; default: the pair of faces nearest it")
-    g.add_argument("--action-noise", type=float, default=0.0, help="SD (rad) of Gaussian noise on the executed "
-                   "joint targets; the recorded actions stay the expert's (states off its path, labels back to it)")
     s = sub.add_parser("show", help="write an episode as an mp4 with the gripper state drawn")
     s.add_argument("dir")
     s.add_argument("--episode", type=int, default=0)
@@ -499,7 +491,7 @@ def main(argv=None):
             if a.episodes < 1:
                 raise DataError(f"--episodes must be >= 1, got {a.episodes}")
             st = generate(a.task, a.episodes, a.out, a.seed, a.workers, a.cameras, a.image_size,
-                          grasp_natural=a.grasp_natural, action_noise=a.action_noise)
+                          grasp_natural=a.grasp_natural)
             print(f"{a.out}: {st['saved']} episodes saved, {st['attempts']} attempts, "
                   f"{len(st['failures'])} expert failures " + (f"(seeds {[f['seed'] for f in st['failures']]})" if st["failures"] else ""))
         elif a.cmd == "show":

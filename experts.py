@@ -293,22 +293,14 @@ def make_expert(env) -> Expert:
     return FrankaExpert(env) if env.task.name in FRANKA_PLANS else Expert(env)
 
 
-def run_expert(task: str, seed: int, env: Env | None = None, record=False, grasp_natural: bool = False,
-               action_noise: float = 0.0):
-    """Roll out the expert once. Returns (success, furthest stage, steps, episode-or-None).
-
-    action_noise (rad): Gaussian noise of this SD on the executed joint targets (not the grippers), seeded by
-    `seed`; the recorded action stays the expert's. The arm then visits states off the expert's path with
-    labels leading back to it (DART, Laskey et al. 2017), which a policy rolling out on its own needs."""
-    import world  # above sim.py and twin.py
+def run_expert(task: str, seed: int, env: Env | None = None, record=False, grasp_natural: bool = False):
+    """Roll out the expert once. Returns (success, furthest stage, steps, episode-or-None)."""
     if env is None:
+        import world  # above sim.py and twin.py
         env = world.make_env(task, render=record)
     obs = env.reset(seed)
     x = make_expert(env)
     x.GRASP_YAW = not grasp_natural
-    rng = np.random.default_rng([seed, 271828])
-    joints = np.ones(len(world.suite_of(task).ACTION_NAMES), bool)
-    joints[world.suite_of(task).GRIPPER_INDICES] = False
     frames, qpos, actions = {c: [] for c in env.cameras}, [], []
     for act in x.actions():
         if record:
@@ -316,8 +308,6 @@ def run_expert(task: str, seed: int, env: Env | None = None, record=False, grasp
                 frames[c].append(img)
             qpos.append(obs["qpos"])
             actions.append(act)
-        if action_noise > 0:
-            act = act + joints * rng.normal(0.0, action_noise, act.shape)
         obs = env.step(act)
     ep = None
     if record:

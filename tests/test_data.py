@@ -29,23 +29,6 @@ def test_generate_is_deterministic_and_loads(tmp_path):
         assert set(np.unique(g)) <= {0.0, 1.0}, "commanded grippers are clean steps"
 
 
-
-def test_action_noise_moves_the_arm_not_the_labels(tmp_path):
-    """--action-noise: the executed joint targets are noisy, so the recorded states leave the expert's path,
-    while the recorded actions stay the expert's smooth ones; seeded, so reruns are identical."""
-    data.generate("lift_block", 1, tmp_path / "clean", seed=5, **SMALL)
-    for name in ("a", "b"):
-        data.generate("lift_block", 1, tmp_path / name, seed=5, action_noise=0.02, **SMALL)
-    clean, a, b = (data.load_episode(data.episode_paths(tmp_path / n)[0]) for n in ("clean", "a", "b"))
-    assert np.array_equal(a["qpos"], b["qpos"]) and np.array_equal(a["action"], b["action"])
-    T = min(len(clean["qpos"]), len(a["qpos"]))
-    assert np.abs(a["qpos"][:T] - clean["qpos"][:T]).max() > 0.005, "the noise reaches the arm"
-    jerk = lambda ep: np.abs(np.diff(np.delete(ep["action"], [6, 13], 1), 2, axis=0)).max()  # noqa: E731
-    assert jerk(a) < 1.5 * jerk(clean) + 1e-3, "recorded actions carry no noise"
-    assert data.load_meta(tmp_path / "a")["generation"]["action_noise"] == 0.02
-    with pytest.raises(data.DataError, match="not an unfinished run"):  # other noise: another folder
-        data.generate("lift_block", 2, tmp_path / "a", seed=5, **SMALL)
-
 def test_resume_skips_finished_episodes_and_ignores_half_files(tmp_path):
     out = tmp_path / "d"
     data.generate("lift_block", 2, out, seed=0, **SMALL)
