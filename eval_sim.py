@@ -123,7 +123,7 @@ def rollout_batch(policy, task: str, seeds: list, cfg: EvalConfig, instructions=
             o["instruction"] = ins
     limit = cfg.max_steps or sim.TASKS[task].max_steps
     n_exec = max(1, min(cfg.n_action_steps or policy.n_action_steps, policy.horizon))
-    actions = [[] for _ in seeds]
+    actions, closes = [[] for _ in seeds], [[] for _ in seeds]
     frames = [[] for _ in range(min(record_video, len(seeds)))]
     latency, calls = 0.0, 0
     done = [False] * len(seeds)
@@ -153,6 +153,7 @@ def rollout_batch(policy, task: str, seeds: list, cfg: EvalConfig, instructions=
             if i < len(frames):
                 frames[i].append(data.annotate(np.concatenate([obs[i]["images"][c] for c in cams], 1),
                                                obs[i]["instruction"], a[sim.GRIPPER_INDICES]))
+            closes[i] += close_offsets(envs[i], actions[i][-1] if actions[i] else None, a, t)
             ins = obs[i]["instruction"]
             # cameras only where they are read: the next query step, and every step of a recorded episode
             obs[i] = envs[i].step(a, render=render_every_step or (t + 1) % n_exec == 0 or i < len(frames))
@@ -161,8 +162,25 @@ def rollout_batch(policy, task: str, seeds: list, cfg: EvalConfig, instructions=
             if envs[i].success:
                 done[i] = True
     return [{**episode_record(e, s, obs[i]["instruction"], np.stack(actions[i]), sim.GRIPPER_INDICES),
-             "latency_ms_per_batched_call": 1000 * latency / max(calls, 1), "batch": len(seeds),
+             "closes": closes[i], "latency_ms_per_batched_call": 1000 * latency / max(calls, 1), "batch": len(seeds),
              "video_frames": frames[i] if i < len(frames) else None} for i, (e, s) in enumerate(zip(envs, seeds))]
+
+
+def close_offsets(env, prev, action, t: int) -> list:
+    """Where each gripper the policy commands to close (1 -> 0 across 0.5; open at the start) is against the
+    nearest object the task names (layout.roles, pads left out): the horizontal and vertical offset of its tcp
+    from the object's centre, cm, at the step the command is given. A grasp needs the fingers around the
+    object, so the offsets of failed rollouts' closes tell a missed grasp from one that never came."""
+    out = []
+    for arm, g in zip(sim.ARMS, sim.GRIPPER_INDICES):
+        if (1.0 if prev is None else prev[g]) >= 0.5 > action[g]:
+            names = [(r, n) for r, n in env.layout.roles.items() if not r.startswith("pad")]
+            tcp = env.tcp_pos(arm)
+            role, name = min(names, key=lambda rn: np.linalg.norm((tcp - env.obj_pos(rn[1]))[:2]))
+            d = 100 * (tcp - env.obj_pos(name))
+            out.append({"t": t, "arm": arm, "role": role, "xy_cm": round(float(np.linalg.norm(d[:2])), 2),
+                        "dz_cm": round(float(d[2]), 2)})
+    return out
 
 
 def episode_record(env, seed: int, instruction: str, actions: np.ndarray, gripper_indices) -> dict:
@@ -272,6 +290,10 @@ def _evaluate_task(cfg: EvalConfig, task: str, policy, pool, out: Path, results:
     r = results["tasks"][task]
     print(f"{task:12s} success {r['success_rate']:.2f} [{r['wilson95'][0]:.2f}, {r['wilson95'][1]:.2f}] "
           f"({r['successes']}/{r['episodes']})  failures {r['failure_types']}  {r['episodes_per_min']:.1f} episodes/min")
+    for key in ("success", "failure"):
+        if f"first_close_xy_cm_{key}" in r:
+            print(f"{'':12s} first close, {key}: {r[f'first_close_xy_cm_{key}'][1]:.1f} cm from the nearest object "
+                  f"(quartiles {r[f'first_close_xy_cm_{key}'][0]:.1f} - {r[f'first_close_xy_cm_{key}'][2]:.1f})")
 
 
 def summarise(task, eps, wall):
@@ -284,7 +306,18 @@ def summarise(task, eps, wall):
             "failure_types": {t: sum(e["failure_type"] == t for e in eps) for t in ("motion-fail", "skill-fail", "timeout")},
             "failure_to_nearest_event_mean": float(np.mean(near)) if near else None,
             "uniform_step_to_nearest_event_mean": float(np.mean(unif)) if unif else None,
-            "episodes_per_min": 60 * n / max(wall, 1e-9), "per_episode": eps}
+            "episodes_per_min": 60 * n / max(wall, 1e-9), **first_close_quartiles(eps), "per_episode": eps}
+
+
+def first_close_quartiles(eps) -> dict:
+    """Quartiles (cm) of the horizontal offset of each rollout's first close from the nearest object, for the
+    successful and the failed rollouts (bimanual evaluations record closes; the twin's do not)."""
+    out = {}
+    for key, group in (("success", [e for e in eps if e["success"]]), ("failure", [e for e in eps if not e["success"]])):
+        xy = [e["closes"][0]["xy_cm"] for e in group if e.get("closes")]
+        if xy:
+            out[f"first_close_xy_cm_{key}"] = [round(float(q), 2) for q in np.percentile(xy, (25, 50, 75))]
+    return out
 
 
 # ============================================================================ compare

@@ -125,6 +125,10 @@ def test_rollout_batch_with_replayed_expert_succeeds_and_reports():
     assert eps[0]["video_frames"] and eps[1]["video_frames"] is None
     blind = eval_sim.rollout_batch(ReplayPolicy("lift_block", seeds[::-1]), "lift_block", seeds, cfg)
     assert sum(e["success"] for e in blind) <= 1, "another seed's actions should not solve this seed"
+    # where the closes land: the expert's on its block, another seed's plan beside it
+    assert all(len(e["closes"]) == 1 and e["closes"][0]["xy_cm"] < 1.5 for e in eps), [e["closes"] for e in eps]
+    q = eval_sim.first_close_quartiles(eps + blind)
+    assert q["first_close_xy_cm_success"][2] < 1.5 and q["first_close_xy_cm_failure"][0] > 3, q
 
 
 def test_shuffled_instructions_ask_for_another_target():
