@@ -74,6 +74,9 @@ class Options:
     image_size: list = opt([96, 96], "rendered image size H W (must equal the demonstrations')")
     expert_frac: float = opt(0.0, "fraction of layouts rendered at a random step of the scripted expert's rollout "
                              "(arms in view, objects moved) instead of at reset with the arms at home")
+    expert_steps: int = opt(0, "--expert-frac frames from the expert's first this many steps (0: the task's "
+                                "max_steps): the reach to the first grasp, where a policy needs its objects most")
+    grasp_natural: bool = opt(False, "the expert of --expert-frac frames grasps as data.py generate --grasp-natural")
     workers: int = opt(1, "processes that render (each renders every workers-th layout)")
     init_from: str = opt("", "start from this ground.py checkpoint or shipped front end: of the same task, its "
                          "weights, head and tokenizer (a curriculum: ground at reset first, then with --expert-frac "
@@ -115,12 +118,14 @@ def located(env) -> tuple:
     return names, np.concatenate(xy)
 
 
-def render(task: str, seeds, cameras, image_size, expert_frac: float = 0.0) -> tuple:
+def render(task: str, seeds, cameras, image_size, expert_frac: float = 0.0, expert_steps: int = 0,
+           grasp_natural: bool = False) -> tuple:
     """(images (N, C, H, W, 3) uint8, targets (N, 2R) metres, instructions, role names) of the seeds' layouts.
 
     A fraction `expert_frac` of the layouts (chosen by each seed) is rendered at a random step of the scripted
     expert's rollout instead of at reset: arms over the table, held objects moved (targets are the objects'
-    positions at that step), as the policy will see them."""
+    positions at that step), as the policy will see them: a step below `expert_steps` (0: the task's max_steps),
+    of an expert grasping as `data.py generate --grasp-natural` does when `grasp_natural`."""
     import experts
     env = world.make_env(task, cameras=tuple(cameras), image_size=tuple(image_size))
     images, targets, texts, roles = [], [], [], None
@@ -128,8 +133,10 @@ def render(task: str, seeds, cameras, image_size, expert_frac: float = 0.0) -> t
         obs = env.reset(s)
         rng = np.random.default_rng(s)
         if rng.random() < expert_frac:
-            k = int(rng.integers(1, env.task.max_steps))
-            for t, action in enumerate(experts.make_expert(env).actions()):
+            k = int(rng.integers(1, expert_steps or env.task.max_steps))
+            x = experts.make_expert(env)
+            x.GRASP_YAW = not grasp_natural
+            for t, action in enumerate(x.actions()):
                 if t >= k:
                     break
                 env.apply(action)  # physics only; one render below
@@ -141,14 +148,15 @@ def render(task: str, seeds, cameras, image_size, expert_frac: float = 0.0) -> t
     return torch.from_numpy(np.stack(images)), torch.tensor(np.array(targets), dtype=torch.float32), texts, roles
 
 
-def render_parallel(task, seeds, cameras, image_size, expert_frac, workers) -> tuple:
+def render_parallel(task, seeds, cameras, image_size, expert_frac, workers, expert_steps=0, grasp_natural=False) -> tuple:
     """render() split over `workers` processes (each with its own renderer); same result as one process."""
     seeds = list(seeds)
     if workers <= 1:
-        return render(task, seeds, cameras, image_size, expert_frac)
+        return render(task, seeds, cameras, image_size, expert_frac, expert_steps, grasp_natural)
     chunks = [seeds[i::workers] for i in range(workers)]
     with mp.get_context("spawn").Pool(workers) as pool:
-        parts = pool.starmap(render, [(task, c, cameras, image_size, expert_frac) for c in chunks])
+        parts = pool.starmap(render, [(task, c, cameras, image_size, expert_frac, expert_steps, grasp_natural)
+                                      for c in chunks])
     order = np.argsort(np.concatenate([np.arange(i, len(seeds), workers) for i in range(workers)]))
     images, targets = torch.cat([p[0] for p in parts])[order], torch.cat([p[1] for p in parts])[order]
     texts = [t for p in parts for t in p[2]]
@@ -178,9 +186,9 @@ def ground(o: Options, command: str = "") -> dict:
 
     t0 = time.perf_counter()
     X, Y, texts, roles = render_parallel(o.task, range(GROUND_SEED_OFFSET, GROUND_SEED_OFFSET + o.layouts), cams,
-                                         o.image_size, o.expert_frac, o.workers)
+                                         o.image_size, o.expert_frac, o.workers, o.expert_steps, o.grasp_natural)
     Xh, Yh, texts_h, _ = render_parallel(o.task, range(HOLDOUT_SEED_OFFSET, HOLDOUT_SEED_OFFSET + o.holdout), cams,
-                                         o.image_size, o.expert_frac, o.workers)
+                                         o.image_size, o.expert_frac, o.workers, o.expert_steps, o.grasp_natural)
     print(f"rendered {o.layouts} + {o.holdout} layouts of {o.task} ({cams}) in {time.perf_counter() - t0:.0f} s; "
           f"targets: (x, y) of {roles}")
 

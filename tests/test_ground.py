@@ -53,6 +53,9 @@ def test_expert_frames_and_parallel_render():
     assert all(not torch.equal(a, b) for a, b in zip(home[0], moved[0]))
     assert moved[2] == home[2] and (moved[1] - home[1]).abs().max() < 0.3  # the same objects, maybe carried
     both = render_parallel("lift_block", seeds, ["top"], (32, 32), 0.5, workers=2)
+    # --expert-steps 15: frames from the reach, before lift_block's grasp (step ~20): arms moved, block still put
+    early = render("lift_block", seeds, ["top"], (32, 32), expert_frac=1.0, expert_steps=15, grasp_natural=True)
+    assert all(not torch.equal(a, b) for a, b in zip(home[0], early[0])) and (early[1] - home[1]).abs().max() < 1e-3
     one = render("lift_block", seeds, ["top"], (32, 32), expert_frac=0.5)
     assert torch.equal(both[0], one[0]) and torch.equal(both[1], one[1]) and both[2] == one[2]
 
