@@ -212,7 +212,8 @@ def test_fr3_acceleration_limits_reach_the_planner(sim_ip):
         b.close()
     v, a = 0.5 * 2.61, 0.5 * 10.0
     print(f"0.6 rad of joints 6, 7 at --dynamics 0.5 took {times[-1]:.3f} s (FR3 limits: {0.6 / v + v / a:.3f} s)")
-    assert times[-1] == pytest.approx(0.6 / v + v / a, abs=0.03)
+    # 0.05: a full suite on 2 cores once measured 0.757 s (0.721 expected); the Panda's limits give 0.59
+    assert times[-1] == pytest.approx(0.6 / v + v / a, abs=0.05)
 
 
 class NoStopMotion:
