@@ -546,8 +546,8 @@ def openloop(ckpt: str, folder: str, steps=(0, 5, 10, 20, 30, 45), episodes=10, 
     which arm) was not learned even on these episodes; later steps can be fit by continuing the motion.
 
     By phase: the chunk at every chunk boundary (where a closed-loop rollout queries), grouped by the gripper
-    events the demonstration has made by then (phase k: after event k, before event k + 1, from segment.py on
-    the commanded gripper). Per phase: the arm joints' error as above, the gripper's (mean |policy - demo| of
+    events the demonstration has made by then (phase k: after event k, before event k + 1, as gripper_events
+    reads them). Per phase: the arm joints' error as above, the gripper's (mean |policy - demo| of
     its command in [0, 1], worst gripper), and the demonstration's motion. A phase the policy cannot follow even
     on its training episodes is where a rollout departs from them for lack of fit, not of closed-loop drift."""
     import torch
@@ -555,12 +555,11 @@ def openloop(ckpt: str, folder: str, steps=(0, 5, 10, 20, 30, 45), episodes=10, 
     policy = Policy.load(ckpt, device=device)
     policy.binary_gripper = False  # a close one step late counts by how far it is, not as 1; as before
     policy.noise_scale = noise_scale
-    meta = data.load_meta(folder)
     paths = data.episode_paths(folder)[:episodes]
     if not paths:
         raise data.DataError(f"{folder}: no episode_*.npz files")
     eps, n, rows = [data.load_episode(p) for p in paths], policy.cfg.n_action_steps, {}
-    grip = [int(i) for i in meta["gripper_indices"]]
+    grip = [int(i) for i in policy.gripper_indices]
     joints = [i for i in range(eps[0]["action"].shape[1]) if i not in grip]
 
     def obs(ep, t):
@@ -579,11 +578,9 @@ def openloop(ckpt: str, folder: str, steps=(0, 5, 10, 20, 30, 45), episodes=10, 
         if err:
             rows[t] = {"error_rad": float(np.mean(err)), "demo_motion_rad": float(np.mean(move)), "episodes": len(err)}
 
-    high = segment.open_is_high(meta["gripper_convention"])
     by_phase = {}                                        # phase -> [(joint error, gripper error, demo motion)]
     for i, ep in enumerate(eps):
-        seg = segment.segment(ep["action"][:, grip], open_is_high=high, levels=(0.0, 1.0) if high else (1.0, 0.0))
-        events = np.array([e for e, _, _ in seg.events], int)
+        events = np.array(gripper_events(ep["action"], grip), int)
         ts = list(range(0, len(ep["action"]) - n + 1, n))
         chunks = policy.predict_chunk([obs(ep, t) for t in ts], generator=torch.Generator().manual_seed(i))[:, :n]
         for t, chunk in zip(ts, chunks):                 # chunk: (n, A)
