@@ -41,7 +41,10 @@ Deviations from pi0 (openpi), on purpose:
      `grounded_only`, in place of the keypoints): 50 demonstrations show only 50 layouts to learn that
      readout again from. Measured on lift_block it changes little (48-55 of 100 against 49; docs/experiments.md).
      With grounded_only, train.py can move a sample's scene without re-rendering it (--symmetry: the joints
-     in the batch, the positions here through ground_matrix / ground_offset).
+     in the batch, the positions here through ground_matrix / ground_offset). Optional (`ground_distances`,
+     train.py --object-distances): the distances between the R positions join them, because a step done and
+     one not begun can differ only there (stack_two reaches its second block from the same home pose as its
+     first, with the first block now on the pad; docs/experiments_recipe.md).
   12. The Policy snaps each gripper output to 0 or 1 before a chunk leaves (pi0 sends its continuous output):
      the demonstrations command only those two, and a partly closed gripper in the state reads as a close under
      way. Optional (train.py --velocity): the state also holds qpos[t] - qpos[t-1] (pi0's state is qpos alone).
@@ -106,6 +109,7 @@ class ModelConfig:
     grounded_only: bool = False          # with grounded: the policy sees those coordinates and not the keypoints themselves
     ground_mean: tuple = ()              # with grounded: world (x, y) = coordinate * ground_std + ground_mean (ground.py's
     ground_std: tuple = ()               #   target normalisation), which train.py's scene augmentations use
+    ground_distances: bool = False       # with grounded: the R(R-1)/2 distances between those R points join them
     width: int = 128                     # backbone width = attention width of every stream
     depth: int = 4                       # backbone depth = action-expert depth
     heads: int = 4
@@ -140,6 +144,7 @@ class ModelConfig:
             (self.grounded >= 0 and (not self.grounded or (self.keypoints and self.n_cameras)),
              "grounded needs keypoints and cameras (it reads the keypoints)"),
             (not self.grounded_only or self.grounded, "grounded_only needs grounded > 0"),
+            (not self.ground_distances or self.grounded, "ground_distances needs grounded > 0"),
             (len(self.ground_mean) == len(self.ground_std) in (0, self.grounded),
              f"ground_mean and ground_std need {self.grounded} values each (or none)"),
         ]
@@ -269,10 +274,12 @@ class VLA(nn.Module):
                 # from-scratch backbone learned to ignore them (a scratch probe, not committed: a query readout
                 # of the red block on 52 layouts stayed at chance; with the coordinates added to it, 1.4 cm)
                 n_kp = cfg.n_cameras * cfg.keypoints * 2
-                self.kp_direct = nn.Linear(cfg.grounded if cfg.grounded_only else n_kp + cfg.grounded, We)
+                R = cfg.grounded // 2
+                n_ground = cfg.grounded + (R * (R - 1) // 2 if cfg.ground_distances else 0)
+                self.kp_direct = nn.Linear(n_ground if cfg.grounded_only else n_kp + n_ground, We)
                 if cfg.grounded:  # ground.py's object readout (loaded by train.py --grounded) and its token
                     self.ground_head = nn.Linear(n_kp, cfg.grounded)
-                    self.ground_proj = nn.Linear(cfg.grounded, W)
+                    self.ground_proj = nn.Linear(n_ground, W)
                 self.kp_proj = nn.Linear(2, W)  # a keypoint's expected (x, y) in [-1, 1] -> one token
                 self.kp_emb = nn.Parameter(torch.zeros(cfg.keypoints, W))
                 ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid[0]), torch.linspace(-1, 1, grid[1]), indexing="ij")
@@ -342,6 +349,14 @@ class VLA(nn.Module):
         pos = self.ground_head(xy)
         return pos * pos.new_tensor(self.cfg.ground_std) + pos.new_tensor(self.cfg.ground_mean)
 
+    def object_distances(self, pos):
+        """(B, 2R) normalised grounded positions -> (B, R(R-1)/2) the distances between them, in 10 cm: the same
+        under the scene's symmetry (a turn or a mirror), so train.py --symmetry needs nothing more."""
+        mu, sd = pos.new_tensor(self.cfg.ground_mean), pos.new_tensor(self.cfg.ground_std)
+        world = (pos * sd + mu).unflatten(1, (-1, 2))                        # (B, R, 2) metres
+        i, j = torch.triu_indices(world.shape[1], world.shape[1], 1)
+        return (world[:, i] - world[:, j]).norm(dim=-1) / 0.1                # (B, R(R-1)/2)
+
     def encode_prefix(self, images, lang_ids, lang_mask, state, ground_matrix=None, ground_offset=None, ground=None):
         """images (B, C, 3, H, W) in [-1, 1]; lang_ids, lang_mask (B, L); state (B, D) normalised.
         Training only, with grounded: each object's world (x, y) becomes ground_matrix (B, 2, 2) @ (x, y) +
@@ -372,6 +387,8 @@ class VLA(nn.Module):
                         moved = torch.einsum("bij,brj->bri", ground_matrix, world.unflatten(1, (-1, 2)))
                         world = (moved + ground_offset[:, None]).flatten(1)  # (B, R, 2) -> (B, 2R)
                         pos = (world - mu) / sd
+                    if self.cfg.ground_distances:
+                        pos = torch.cat([pos, self.object_distances(pos)], 1)  # (B, 2R + R(R-1)/2)
                     g = self.ground_proj(pos)[:, None]                      # (B, 1, W)
                     if self.cfg.grounded_only:  # nothing else of the scene: no layout detail to memorise
                         x, xy = g, pos                                      # (B, 1, W), (B, 2R)

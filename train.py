@@ -76,6 +76,9 @@ class Options:
                          "and give those positions to the policy (model.ModelConfig.grounded)")
     grounded_only: bool = opt(False, "with --grounded: the policy sees only those positions (one token), not the "
                               "keypoints they are read from")
+    object_distances: bool = opt(False, "with --grounded: the distances between the named objects join their "
+                                 "positions (model.ModelConfig.ground_distances): a block already on the pad and "
+                                 "one still to pick differ there")
     symmetry: bool = opt(False, "with --grounded-only: half the samples see the scene under its symmetry (the suite's "
                          "SYMMETRY: bimanual table turned half a turn, arms exchanged; twin mirrored in y), objects' "
                          "positions and joints alike: a demonstration of a layout the data does not hold")
@@ -103,6 +106,7 @@ class Options:
                    "--freeze-vision needs --vision-from or --init-from"),
                   (not self.grounded or self.vision_from, "--grounded needs --vision-from"),
                   (not self.grounded_only or self.grounded, "--grounded-only needs --grounded"),
+                  (not self.object_distances or self.grounded, "--object-distances needs --grounded"),
                   (not self.symmetry or self.grounded_only, "--symmetry needs --grounded-only (the images are not "
                    "transformed, so the policy may see only the positions)"),
                   (self.shift >= 0, "--shift must be >= 0"),
@@ -266,6 +270,7 @@ def train(opts: Options) -> dict:
                                      "n_cameras": len(D["cameras"]),
                                      "grounded": grounding["head"]["bias"].shape[0] if opts.grounded else 0,
                                      "grounded_only": opts.grounded_only,
+                                     "ground_distances": opts.object_distances,
                                      "ground_mean": gm["target_mean"] if opts.grounded else (),
                                      "ground_std": gm["target_std"] if opts.grounded else ()})
     else:  # from scratch: the preset's ViT on patch tokens

@@ -246,3 +246,24 @@ def test_word_order_reaches_the_keypoints_only_with_kp_word_order():
             c = model.encode_keypoints(b["images"], model.embed_instruction(swapped), mask)
         assert torch.allclose(a, c, atol=1e-6) != order, f"kp_word_order={order}"
     assert "kp_text.qkv.weight" in model.state_dict()
+
+
+def test_object_distances_join_the_grounded_positions():
+    """ground_distances: the R(R-1)/2 distances between the grounded points, in 10 cm, same under a half turn
+    (train.py --symmetry); the prefix reads them (moving one point changes the cache only through them too)."""
+    with pytest.raises(ValueError, match="ground_distances needs grounded"):
+        tiny_cfg(ground_distances=True)
+    cfg = tiny_cfg(keypoints=3, grounded=6, grounded_only=True, ground_distances=True,
+                   ground_mean=(0.1, 0.0) * 3, ground_std=(0.2, 0.1) * 3)
+    model = new_model(cfg, 0).eval()
+    world = torch.tensor([[0.0, 0.0, 0.3, 0.4, 0.0, 0.1]])                   # (1, 2R) metres: 3 points
+    pos = (world - torch.tensor(cfg.ground_mean)) / torch.tensor(cfg.ground_std)
+    d = model.object_distances(pos)
+    assert torch.allclose(d, torch.tensor([[5.0, 1.0, 0.18 ** 0.5 * 10]]), atol=1e-5)
+    turned = (-world - torch.tensor(cfg.ground_mean)) / torch.tensor(cfg.ground_std)
+    assert torch.allclose(model.object_distances(turned), d, atol=1e-5)
+    assert model.ground_proj.in_features == 6 + 3 and model.kp_direct.in_features == 6 + 3
+    b = fake_batch(cfg, B=1)
+    with torch.no_grad():
+        cache, _ = model.encode_prefix(b["images"], b["lang_ids"], b["lang_mask"], b["state"], ground=pos)
+    assert torch.allclose(cache[-1], torch.cat([pos, d], 1))                 # kp_direct's input
