@@ -44,7 +44,10 @@ Deviations from pi0 (openpi), on purpose:
      in the batch, the positions here through ground_matrix / ground_offset). Optional (`ground_distances`,
      train.py --object-distances): the distances between the R positions join them, because a step done and
      one not begun can differ only there (stack_two reaches its second block from the same home pose as its
-     first, with the first block now on the pad; docs/experiments_recipe.md).
+     first, with the first block now on the pad; docs/experiments_recipe.md). Optional (`object_tokens`,
+     train.py --object-tokens, with grounded_only): each object enters the prefix as its own token (its (x, y)
+     through one shared Linear, plus a learned role embedding) and the action tokens read them by attention
+     alone, without kp_direct: a policy choosing its object by attention, not through one linear map of all.
   12. The Policy snaps each gripper output to 0 or 1 before a chunk leaves (pi0 sends its continuous output):
      the demonstrations command only those two, and a partly closed gripper in the state reads as a close under
      way. Optional (train.py --velocity): the state also holds qpos[t] - qpos[t-1] (pi0's state is qpos alone).
@@ -110,6 +113,7 @@ class ModelConfig:
     ground_mean: tuple = ()              # with grounded: world (x, y) = coordinate * ground_std + ground_mean (ground.py's
     ground_std: tuple = ()               #   target normalisation), which train.py's scene augmentations use
     ground_distances: bool = False       # with grounded: the R(R-1)/2 distances between those R points join them
+    object_tokens: bool = False          # with grounded_only: one prefix token per object, read by attention only
     width: int = 128                     # backbone width = attention width of every stream
     depth: int = 4                       # backbone depth = action-expert depth
     heads: int = 4
@@ -145,6 +149,8 @@ class ModelConfig:
              "grounded needs keypoints and cameras (it reads the keypoints)"),
             (not self.grounded_only or self.grounded, "grounded_only needs grounded > 0"),
             (not self.ground_distances or self.grounded, "ground_distances needs grounded > 0"),
+            (not self.object_tokens or (self.grounded_only and not self.ground_distances),
+             "object_tokens needs grounded_only, and not ground_distances"),
             (len(self.ground_mean) == len(self.ground_std) in (0, self.grounded),
              f"ground_mean and ground_std need {self.grounded} values each (or none)"),
         ]
@@ -276,10 +282,15 @@ class VLA(nn.Module):
                 n_kp = cfg.n_cameras * cfg.keypoints * 2
                 R = cfg.grounded // 2
                 n_ground = cfg.grounded + (R * (R - 1) // 2 if cfg.ground_distances else 0)
-                self.kp_direct = nn.Linear(n_ground if cfg.grounded_only else n_kp + n_ground, We)
+                if cfg.object_tokens:  # one token per object: (x, y) -> W, plus the object's role
+                    self.obj_proj = nn.Linear(2, W)
+                    self.obj_role = nn.Parameter(torch.zeros(R, W))
+                else:
+                    self.kp_direct = nn.Linear(n_ground if cfg.grounded_only else n_kp + n_ground, We)
                 if cfg.grounded:  # ground.py's object readout (loaded by train.py --grounded) and its token
                     self.ground_head = nn.Linear(n_kp, cfg.grounded)
-                    self.ground_proj = nn.Linear(n_ground, W)
+                    if not cfg.object_tokens:
+                        self.ground_proj = nn.Linear(n_ground, W)
                 self.kp_proj = nn.Linear(2, W)  # a keypoint's expected (x, y) in [-1, 1] -> one token
                 self.kp_emb = nn.Parameter(torch.zeros(cfg.keypoints, W))
                 ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid[0]), torch.linspace(-1, 1, grid[1]), indexing="ij")
@@ -304,7 +315,8 @@ class VLA(nn.Module):
             if not name.startswith("vit"):  # timm initialises its own ViT
                 _init(m)
         for p in (self.lang_pos, self.action_pos) + ((self.cam_emb,) if cfg.n_cameras else ()) + \
-                ((self.kp_emb,) if cfg.n_cameras and cfg.keypoints else ()):
+                ((self.kp_emb,) if cfg.n_cameras and cfg.keypoints else ()) + \
+                ((self.obj_role,) if cfg.object_tokens else ()):
             nn.init.trunc_normal_(p, std=0.02)
 
         # StaKe: two learnable query tokens (backbone weights) and their heads, created only when enabled,
@@ -366,7 +378,7 @@ class VLA(nn.Module):
 
         Returns the per-layer (k, v) cache, each (B, heads, P, head), and the key validity (B, P). With
         keypoints the cache has one more entry after the layers: the keypoint coordinates (B, C*K*2), followed
-        by the grounded object coordinates (B, 2R) when cfg.grounded."""
+        by the grounded object coordinates (B, 2R) when cfg.grounded (none with cfg.object_tokens)."""
         B = state.shape[0]
         parts, valid, extra = [], [], []
         lang = self.embed_instruction(lang_ids)                             # (B, L, W)
@@ -389,12 +401,15 @@ class VLA(nn.Module):
                         pos = (world - mu) / sd
                     if self.cfg.ground_distances:
                         pos = torch.cat([pos, self.object_distances(pos)], 1)  # (B, 2R + R(R-1)/2)
-                    g = self.ground_proj(pos)[:, None]                      # (B, 1, W)
-                    if self.cfg.grounded_only:  # nothing else of the scene: no layout detail to memorise
-                        x, xy = g, pos                                      # (B, 1, W), (B, 2R)
+                    if self.cfg.object_tokens:  # one token per object, read by attention only (no kp_direct)
+                        x, xy = self.obj_proj(pos.unflatten(1, (-1, 2))) + self.obj_role, None  # (B, R, W)
+                    elif self.cfg.grounded_only:  # nothing else of the scene: no layout detail to memorise
+                        x, xy = self.ground_proj(pos)[:, None], pos                 # (B, 1, W), (B, 2R)
                     else:
+                        g = self.ground_proj(pos)[:, None]                      # (B, 1, W)
                         x, xy = torch.cat([x, g], 1), torch.cat([xy, pos], 1)  # (B, C*K+1, W), (B, C*K*2 + 2R)
-                extra.append(xy)                                            # for kp_direct
+                if xy is not None:
+                    extra.append(xy)                                        # for kp_direct
             else:
                 C = images.shape[1]
                 x = self.vit.forward_features(images.flatten(0, 1))        # (B*C, N, Wv)

@@ -79,6 +79,9 @@ class Options:
     object_distances: bool = opt(False, "with --grounded: the distances between the named objects join their "
                                  "positions (model.ModelConfig.ground_distances): a block already on the pad and "
                                  "one still to pick differ there")
+    object_tokens: bool = opt(False, "with --grounded-only: each named object is its own token, read by attention "
+                              "only (model.ModelConfig.object_tokens): the policy picks its object instead of "
+                              "blending them (stack_two's two reaches from one home pose)")
     symmetry: bool = opt(False, "with --grounded-only: half the samples see the scene under its symmetry (the suite's "
                          "SYMMETRY: bimanual table turned half a turn, arms exchanged; twin mirrored in y), objects' "
                          "positions and joints alike: a demonstration of a layout the data does not hold")
@@ -107,6 +110,8 @@ class Options:
                   (not self.grounded or self.vision_from, "--grounded needs --vision-from"),
                   (not self.grounded_only or self.grounded, "--grounded-only needs --grounded"),
                   (not self.object_distances or self.grounded, "--object-distances needs --grounded"),
+                  (not self.object_tokens or (self.grounded_only and not self.object_distances),
+                   "--object-tokens needs --grounded-only, and not --object-distances"),
                   (not self.symmetry or self.grounded_only, "--symmetry needs --grounded-only (the images are not "
                    "transformed, so the policy may see only the positions)"),
                   (self.shift >= 0, "--shift must be >= 0"),
@@ -271,6 +276,7 @@ def train(opts: Options) -> dict:
                                      "grounded": grounding["head"]["bias"].shape[0] if opts.grounded else 0,
                                      "grounded_only": opts.grounded_only,
                                      "ground_distances": opts.object_distances,
+                                     "object_tokens": opts.object_tokens,
                                      "ground_mean": gm["target_mean"] if opts.grounded else (),
                                      "ground_std": gm["target_std"] if opts.grounded else ()})
     else:  # from scratch: the preset's ViT on patch tokens

@@ -267,3 +267,27 @@ def test_object_distances_join_the_grounded_positions():
     with torch.no_grad():
         cache, _ = model.encode_prefix(b["images"], b["lang_ids"], b["lang_mask"], b["state"], ground=pos)
     assert torch.allclose(cache[-1], torch.cat([pos, d], 1))                 # kp_direct's input
+
+
+def test_object_tokens_are_read_by_attention_alone():
+    """object_tokens: one prefix token per grounded object and no kp_direct; the actions still depend on
+    where each object is, and on which role sits where (the role embeddings)."""
+    with pytest.raises(ValueError, match="object_tokens needs grounded_only"):
+        tiny_cfg(keypoints=3, grounded=4, object_tokens=True)
+    cfg = tiny_cfg(keypoints=3, grounded=4, grounded_only=True, object_tokens=True,
+                   ground_mean=(0.0, 0.0) * 2, ground_std=(0.1, 0.1) * 2)
+    model = new_model(cfg, 0).eval()
+    assert not hasattr(model, "kp_direct") and model.obj_role.shape == (2, cfg.width)
+    b = fake_batch(cfg, B=1)
+    x_t, t = torch.randn(1, cfg.horizon, cfg.action_dim, generator=torch.Generator().manual_seed(1)), torch.tensor([0.5])
+
+    def velocity(pos):
+        with torch.no_grad():
+            cache, valid = model.encode_prefix(None, b["lang_ids"], b["lang_mask"], b["state"], ground=pos)
+            assert len(cache) == cfg.depth and valid.shape[1] == 2 + cfg.lang_len + 1  # R objects, words, state
+            return model.velocity(cache, valid, x_t, t)
+
+    pos = torch.tensor([[0.5, -1.0, -0.3, 0.8]])
+    v = velocity(pos)
+    assert not torch.allclose(v, velocity(pos + torch.tensor([[0.0, 0.0, 0.5, 0.0]])), atol=1e-6)  # object 2 moved
+    assert not torch.allclose(v, velocity(pos[:, [2, 3, 0, 1]]), atol=1e-6)                       # roles exchanged
