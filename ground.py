@@ -337,33 +337,48 @@ def export(ckpt: str, out: str, layouts: int = 100) -> dict:
 
 def check(ckpt: str, folder: str, steps=(0, 10, 20, 30), out: str = "", command: str = "") -> dict:
     """The grounding head on a demonstration folder's own frames: the error (cm) per named object at each
-    step t of every episode. Labels are the objects' positions at reset (the episode's layout seed), so they
-    hold until an object is carried sideways. Shows whether a front end grounded on rendered layouts
-    transfers to the frames a policy sees, arms included."""
+    step t of every episode. Labels are the objects' positions at step t, found by resetting the episode's
+    layout seed and replaying its recorded actions (the simulator is deterministic), so they follow an object
+    the arms carry. Shows whether a front end grounded on rendered layouts transfers to the frames a policy
+    sees, arms included, through every phase; `moved_cm` says how far each object had moved by then."""
     model, head, tok, meta = load_front_end(ckpt)
     cfg, mu, sd = model.cfg, torch.tensor(meta["target_mean"]), torch.tensor(meta["target_std"])
-    env = world.make_env(meta["task"], render=False)  # the labels: the objects at reset, as located() reads them
-    errors = {t: [] for t in steps}
+    env = world.make_env(meta["task"], render=False)  # the labels: the objects at each step, as located() reads them
+    errors, moved = {t: [] for t in steps}, {t: [] for t in steps}
     for path in data.episode_paths(folder):
         ep = data.load_episode(path)
         if ep["task"] != meta["task"] or any(c not in ep["images"] for c in meta["cameras"]):
             raise data.DataError(f"{path}: task {ep['task']} / cameras {list(ep['images'])}; the grounding run "
                                  f"has {meta['task']} / {meta['cameras']}")
-        env.reset(int(ep["seed"]))
-        y = torch.tensor(located(env)[1], dtype=torch.float32)
+        obs = env.reset(int(ep["seed"]))
         ts = [t for t in steps if t < len(ep["qpos"])]
+        if not ts:
+            continue
+        labels = []  # the objects at every step up to the last one asked for: the actions replayed
+        for t in range(max(ts) + 1):
+            if np.abs(obs["qpos"] - ep["qpos"][t]).max() > 1e-3:
+                raise data.DataError(f"{path}: replaying its actions leaves its recorded qpos at step {t} (not made "
+                                     f"by this simulator version, or edited): no labels past that step")
+            labels.append(located(env)[1])
+            obs = env.step(ep["action"][t])
+        y = torch.tensor(np.stack([labels[t] for t in ts]), dtype=torch.float32)   # (len(ts), 2R)
         ids, mask = tok([ep["instruction"]] * len(ts), cfg.lang_len)
         x = images_to_input(torch.from_numpy(np.stack([ep["images"][c][ts] for c in meta["cameras"]], 1)), cfg.image_size)
         with torch.no_grad():  # one batch per episode: its frames at every requested step
             pred = locate(model, head, x, ids, mask) * sd + mu                    # (len(ts), 2R)
         for t, e in zip(ts, ((pred - y).view(len(ts), -1, 2).norm(dim=-1) * 100).tolist()):
             errors[t].append(e)
+        y0 = torch.tensor(labels[0], dtype=torch.float32)                           # at reset
+        for t, m in zip(ts, ((y - y0).view(len(ts), -1, 2).norm(dim=-1) * 100).tolist()):
+            moved[t].append(m)
     result = dict(ckpt=ckpt, data=folder, roles=meta["roles"],
                   error_cm={str(t): np.mean(e, 0).round(2).tolist() for t, e in errors.items() if e},
+                  moved_cm={str(t): np.mean(m, 0).round(1).tolist() for t, m in moved.items() if m},
                   episodes={str(t): len(e) for t, e in errors.items()},
                   command=command or "python ground.py " + " ".join(sys.argv[1:]), git=git_revision())
     for t, e in result["error_cm"].items():
-        print(f"t={int(t):3d}  {', '.join(f'{r} {c:.1f} cm' for r, c in zip(meta['roles'], e))}  ({result['episodes'][t]} episodes)")
+        print(f"t={int(t):3d}  {', '.join(f'{r} {c:.1f} cm' for r, c in zip(meta['roles'], e))}  ({result['episodes'][t]} "
+              f"episodes; moved {', '.join(f'{c:.1f}' for c in result['moved_cm'][t])} cm)")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         data.atomic_write_bytes(Path(out), lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))

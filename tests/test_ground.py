@@ -186,14 +186,24 @@ def test_long_objects_are_located_by_two_points():
 
 
 def test_check_on_demonstration_frames(grounded, tmp_path):
-    """`ground.py check` reads a demonstration folder's frames and labels them from each episode's layout seed."""
+    """`ground.py check` reads a demonstration folder's frames and labels them with the objects' positions at
+    each step, from the episode's layout seed and its actions replayed; an episode the replay does not
+    reproduce is refused."""
     from ground import check
     folder = tmp_path / "demos"
     data.generate("lift_block", 1, folder, cameras=["top"], image_size=(32, 32), quiet=True)
     res = check(str(grounded / "ckpt.pt"), str(folder), steps=(0, 5), out=str(tmp_path / "c.json"))
     assert res["episodes"] == {"0": 1, "5": 1} and res["roles"] == ["target"]
     assert all(1 < e[0] < 100 for e in res["error_cm"].values())  # cm (not metres) on a table under a metre wide
+    assert res["moved_cm"]["0"] == [0.0]
     assert json.loads((tmp_path / "c.json").read_text())["error_cm"] == res["error_cm"]
+    path = data.episode_paths(folder)[0]
+    with np.load(path) as z:
+        ep = dict(z)
+    ep["action"][:3, 0] += 0.5  # the first joint's targets edited: the replay leaves the recorded qpos
+    np.savez(path, **ep)
+    with pytest.raises(data.DataError, match="replaying its actions"):
+        check(str(grounded / "ckpt.pt"), str(folder), steps=(0, 5))
     other = tmp_path / "place"
     data.generate("place_block", 1, other, cameras=["top"], image_size=(32, 32), quiet=True)
     with pytest.raises(data.DataError, match="task place_block"):
