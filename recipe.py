@@ -152,7 +152,7 @@ RECIPES = {
         demos=DEMOS,
         front_end="frontends/handover.pt",  # the pad, and the stick by two points
         # then 1200 steps on frames of the demonstrations' own expert (natural grasp), the whole rollout: on the
-        # demonstrations the pad was at 2.6-3.8 cm during the place, 1.2-1.8 after (docs/experiments_recipe.md)
+        # demonstrations the pad was at 3.1-3.3 cm during the place, 1.7-1.8 after (docs/experiments_recipe.md)
         ground=from_front_end("frontends/lift_block.pt", "800") +
         (("--init-from", "{prev}", "--layouts", "2000", "--steps", "1200", "--expert-frac", "0.75", "--grasp-natural"),),
         # no --symmetry: the right arm always picks and the left always places
