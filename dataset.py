@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 import data
-import franka
 import segment
 from model import VISION_PREFIXES, VLA, ModelConfig, Normalizer, images_to_input
 
@@ -92,16 +91,6 @@ def with_velocity(qpos, qpos_prev):
     return qpos if qpos_prev is None else torch.cat([qpos, qpos - qpos_prev], -1)  # (..., 2 Dq)
 
 
-def tcp_positions(D) -> torch.Tensor:
-    """--tcp-state: each row's tcp (x, y, z) by the Franka's forward kinematics of its 7 arm joints (N, 3), m."""
-    return torch.from_numpy(franka.tcp_position(D["qpos"][:, :7].numpy())).float()
-
-
-def with_tcp(state, tcp):
-    """--tcp-state: the state also holds the tcp's (x, y, z)."""
-    return state if tcp is None else torch.cat([state, tcp], -1)                   # (..., S + 3)
-
-
 def compute_stats(D) -> dict:
     """z-score statistics per dimension, std floored at STD_FLOOR. The flow's noise is N(0, I), so unit-variance
     targets match it (quantiles, pi0.5, are noisy with a few dozen demonstrations); without the floor a joint
@@ -109,7 +98,6 @@ def compute_stats(D) -> dict:
     statistics, so the keyframe L1 is in action standard deviations."""
     s = lambda x: x.std(0, unbiased=False).clamp(min=STD_FLOOR).tolist()
     q = with_velocity(D["qpos"], D.get("qpos_prev"))
-    q = with_tcp(q, D.get("tcp"))
     return dict(qpos_mean=q.mean(0).tolist(), qpos_std=s(q),
                 action_mean=D["action"].mean(0).tolist(), action_std=s(D["action"]), std_floor=STD_FLOOR)
 
@@ -148,7 +136,6 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, cfg: Model
     qpos, actions, keyframe, stage = (to(D[k][i]) for k, i in (("qpos", idx), ("action", cidx),
                                                                ("keyframe", idx), ("stage", idx)))
     qprev = to(D["qpos_prev"][idx]) if "qpos_prev" in D else None  # --velocity: moved below as qpos is
-    tcp = to(D["tcp"][idx]) if "tcp" in D else None                # --tcp-state: (B, 3), mirrored below
     out = {}
     if scene is not None:  # --symmetry, on joints and positions alike
         S = scene
@@ -161,13 +148,11 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, cfg: Model
         if stage.shape[1] == len(S["stage_index"]):  # per gripper; "any" (one column over two arms) stays
             stage = torch.where(flip[:, None], stage[:, S["stage_index"]], stage)
         xy = torch.where(flip[:, None], S["xy_sign"], torch.ones_like(S["xy_sign"]))  # (B, 2)
-        if tcp is not None:  # the mirrored joints' tcp is the tcp mirrored (tests/test_twin.py)
-            tcp = torch.cat([tcp[:, :2] * xy, tcp[:, 2:]], 1)
         out["ground_matrix"] = xy[..., None] * torch.eye(2, device=device).expand(B, 2, 2)
         out["ground_offset"] = torch.zeros(B, 2, device=device)
     e = D["ep_id"][idx]
     return dict(**seen, lang_ids=to(lang[0][e]), lang_mask=to(lang[1][e]),
-                state=norm.state(with_tcp(with_velocity(qpos, qprev), tcp)), actions=norm.action(actions), action_valid=to(valid),
+                state=norm.state(with_velocity(qpos, qprev)), actions=norm.action(actions), action_valid=to(valid),
                 stage=stage, keyframe=norm.action(keyframe), gripper_qpos=qpos[:, D["meta"]["gripper_indices"]], **out)
 
 

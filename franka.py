@@ -33,30 +33,5 @@ ARMS = {
                  (2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973), (2.175,) * 4 + (2.61,) * 3,
                  (15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0), (7500.0, 3750.0, 5000.0, 6250.0, 7500.0, 10000.0, 10000.0)),
 }
-# Craig (modified) DH table of the arm, the flange and the hand (../shared/reference/franka.md)
-DH_A = (0.0, 0.0, 0.0, 0.0825, -0.0825, 0.0, 0.088)  # m, Craig: a_{i-1}
-DH_D = (0.333, 0.0, 0.316, 0.0, 0.384, 0.0, 0.0)  # m, d_i
-DH_ALPHA = (0.0, -math.pi / 2, math.pi / 2, math.pi / 2, -math.pi / 2, math.pi / 2, math.pi / 2)  # alpha_{i-1}
-FLANGE_D = 0.107  # m, link 7 -> flange along z
-HAND_YAW = -math.pi / 4  # the hand is mounted on the flange rotated -45 deg about z
-TCP_OFFSET = 0.1034  # m, hand -> between the fingertip pads
 READY = np.array([0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4])  # rad
 GRIPPER_MAX_WIDTH = 0.08  # m; qpos gripper = measured width / this
-
-
-def dh_transform(a, d, alpha, theta) -> np.ndarray:
-    """Craig (modified) DH: RotX(alpha) TransX(a) RotZ(theta) TransZ(d), as a 4x4 matrix."""
-    ca, sa, ct, st = math.cos(alpha), math.sin(alpha), math.cos(theta), math.sin(theta)
-    return np.array([[ct, -st, 0, a], [st * ca, ct * ca, -sa, -d * sa], [st * sa, ct * sa, ca, d * ca], [0, 0, 0, 1]])
-
-
-def tcp_position(q) -> np.ndarray:
-    """(..., 7) joint angles (rad) -> (..., 3) the tcp, between the fingertip pads, in the base frame (m)."""
-    q = np.asarray(q, np.float64)
-    out = np.empty(q.shape[:-1] + (3,))
-    for i in np.ndindex(q.shape[:-1]):
-        T = np.eye(4)
-        for a, d, alpha, theta in zip(DH_A, DH_D, DH_ALPHA, q[i]):
-            T = T @ dh_transform(a, d, alpha, theta)
-        out[i] = T[:3, 3] + T[:3, 2] * (FLANGE_D + TCP_OFFSET)  # the hand's yaw turns about this same z axis
-    return out

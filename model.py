@@ -74,8 +74,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-import franka  # the arm's forward kinematics (numpy only), for --tcp-state
-
 STAKE_SEED_OFFSET = 7919  # StaKe: heads and queries draw from Generator(seed + this), never the global RNG
 
 # the vision-language front end that ground.py pretrains and train.py --vision-from loads: everything
@@ -628,7 +626,6 @@ class Policy:
         self.n_action_steps = self.cfg.n_action_steps
         self._queue: list[np.ndarray] = []
         self.velocity = bool(meta.get("velocity"))  # train.py --velocity: obs["prev_qpos"] joins the state
-        self.tcp_state = bool(meta.get("tcp_state"))  # train.py --tcp-state: the Franka tcp joins the state
         # The demonstrations command each gripper fully open (1) or closed (0), never between, and the measured
         # opening is in the state. A sampled 0.9 would close the fingers a little, the next query would read
         # "closing has begun" and finish the close in mid-air (seen: lift_block, re-querying every step, 16/100).
@@ -672,9 +669,6 @@ class Policy:
             if prev.shape != qpos.shape:
                 raise ValueError(f"prev_qpos has shape {prev.shape[1:]}, qpos {qpos.shape[1:]}")
             qpos = np.concatenate([qpos, qpos - prev], 1)                                 # (B, 2 Dq)
-        if self.tcp_state:  # forward kinematics of the measured arm joints (franka.tcp_position)
-            arm = np.stack([np.asarray(o["qpos"], np.float32)[:7] for o in obs_batch])
-            qpos = np.concatenate([qpos, franka.tcp_position(arm).astype(np.float32)], 1)  # (B, S + 3)
         qpos = torch.from_numpy(qpos).to(dev)
         ids, mask = self.tokenizer([o["instruction"] for o in obs_batch], self.cfg.lang_len)
         n = max(1, int(mask.sum(1).max()))  # trailing padding is masked anyway: drop it, fewer tokens

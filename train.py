@@ -88,8 +88,6 @@ class Options:
                          "positions and joints alike: a demonstration of a layout the data does not hold")
     velocity: bool = opt(False, "the state also holds each joint's change over the last control step (qpos[t] - "
                          "qpos[t-1]; obs['prev_qpos'] at inference)")
-    tcp_state: bool = opt(False, "the state also holds the Franka tcp's (x, y, z), by forward kinematics of its "
-                          "joints (franka.tcp_position): where the hand is, in the frame of the objects' positions")
     batch_size: int = opt(32, "samples per step")
     lr: float = opt(3e-4, "peak learning rate (from scratch; pi0 fine-tunes at 2.5e-5)")
     warmup: int = opt(500, "linear warm-up steps (capped at 10%% of --steps), then cosine")
@@ -254,15 +252,6 @@ def train(opts: Options) -> dict:
         D["qpos_prev"] = dataset.previous_qpos(D)
         Dq = 2 * Dq
         meta["velocity"] = True
-    if src is not None and bool(src["meta"].get("tcp_state")) != opts.tcp_state:
-        raise ValueError(f"--tcp-state must match the checkpoint ({opts.init_from or ck_path})")
-    if opts.tcp_state:
-        if meta["qpos_names"] != [f"joint{i}" for i in range(1, 8)] + ["gripper"]:
-            raise data.DataError(f"--tcp-state needs a Franka's qpos (joint1 .. joint7, gripper); "
-                                 f"{opts.data[0]} has {meta['qpos_names']}")
-        D["tcp"] = dataset.tcp_positions(D)
-        Dq += 3
-        meta["tcp_state"] = True
     if src is not None:  # --init-from / --resume: the checkpoint's architecture, tokenizer and statistics
         mc = src["model_config"]
         if (mc["action_dim"], mc["state_dim"]) != (A, Dq):

@@ -24,10 +24,15 @@ import sim  # first: it sets MUJOCO_GL before mujoco is imported
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from franka import ARMS as FRANKA_ARMS, GRIPPER_MAX_WIDTH, READY  # noqa: E402
-from franka import DH_A, DH_ALPHA, DH_D, FLANGE_D, HAND_YAW, TCP_OFFSET  # noqa: E402, F401  (the DH table)
 
 # ============================================================================ Franka facts (franka.md)
+DH_A = (0.0, 0.0, 0.0, 0.0825, -0.0825, 0.0, 0.088)  # m, Craig: a_{i-1}
+DH_D = (0.333, 0.0, 0.316, 0.0, 0.384, 0.0, 0.0)  # m, d_i
+DH_ALPHA = (0.0, -math.pi / 2, math.pi / 2, math.pi / 2, -math.pi / 2, math.pi / 2, math.pi / 2)  # alpha_{i-1}
+FLANGE_D = 0.107  # m, link 7 -> flange along z
+HAND_YAW = -math.pi / 4  # the hand is mounted on the flange rotated -45 deg about z
 FINGER_OFFSET = 0.0584  # m, hand -> finger joints along the hand's z ("fingers about 0.058 m beyond the hand")
+TCP_OFFSET = 0.1034  # m, hand -> between the fingertip pads
 LIMITS = FRANKA_ARMS["fr3"]  # FR3, system >= 5.9
 GRIPPER_SPEED = 0.1  # m/s of width (twin choice: a full open or close takes 0.8 s)
 
@@ -52,6 +57,12 @@ SYMMETRY = dict(xy_sign=(1.0, -1.0), joint_index=tuple(range(8)), joint_sign=(-1
 PAD_HALF = (0.05, 0.05, 0.001)
 BIN_HALF = (0.07, 0.07, 0.025)  # outer half sizes of the open box ("bin"); walls 8 mm thick
 BIN_WALL = 0.008
+
+
+def dh_transform(a, d, alpha, theta) -> np.ndarray:
+    """Craig (modified) DH: RotX(alpha) TransX(a) RotZ(theta) TransZ(d), as a 4x4 matrix."""
+    ca, sa, ct, st = math.cos(alpha), math.sin(alpha), math.cos(theta), math.sin(theta)
+    return np.array([[ct, -st, 0, a], [st * ca, ct * ca, -sa, -d * sa], [st * sa, ct * sa, ca, d * ca], [0, 0, 0, 1]])
 
 
 # ============================================================================ scene

@@ -80,24 +80,6 @@ def test_forward_kinematics_match_the_dh_table(env):
     assert np.allclose(env.jnt_range["arm"], np.c_[FR3_MIN, FR3_MAX])
 
 
-def test_tcp_position_is_the_twins_tcp_and_mirrors_with_the_joints(env):
-    """train.py --tcp-state: franka.tcp_position is the compiled tcp site, and the symmetry's mirrored joints put
-    it at (x, -y, z), which is how dataset.make_batch moves it."""
-    import franka
-    m, d = env.model, mujoco.MjData(env.model)
-    rng = np.random.default_rng(1)
-    qs = rng.uniform(FR3_MIN, FR3_MAX, (20, 7))
-    for q in qs:
-        d.qpos[env.arm_qadr["arm"]] = q
-        mujoco.mj_kinematics(m, d)
-        assert np.abs(franka.tcp_position(q) - d.site_xpos[env.tcp["arm"]]).max() < 1e-9
-    S = twin.SYMMETRY
-    full = np.c_[qs, np.ones(len(qs))]
-    mirrored = (full[:, list(S["joint_index"])] * S["joint_sign"] + S["joint_offset"])[:, :7]
-    assert np.allclose(franka.tcp_position(mirrored), franka.tcp_position(qs) * [*S["xy_sign"], 1.0], atol=1e-9)
-    assert not np.allclose(franka.tcp_position(qs)[:, 1], 0.0)  # a mirror that moves something
-
-
 def test_eight_d_layout_cameras_and_gripper_width(env):
     obs = env.reset(3)
     assert obs["qpos"].shape == (8,) and obs["qpos"][7] == pytest.approx(1.0)
