@@ -24,8 +24,9 @@ part is the grounding front end (ground.py, shipped in frontends/, frozen); the 
 task from its initial weights. A multi-task policy pretrained without the heads is not tried here.
 
 Each run executes in this process and is recorded in OUT/runs/NAME.json with the stand-alone command that
-reproduces it and the git revision. A recorded run whose output exists is skipped; a record made by another
-command is an error; a killed training continues from its checkpoint (train.py --resume). An invocation stops
+reproduces it and the git revision. A recorded run whose output exists is skipped, and so is one whose every
+user is done (a fresh clone has the evaluations but not the checkpoints); a record made by another command is an
+error; a killed training continues from its checkpoint (train.py --resume). An invocation stops
 starting runs once --budget-min minutes have passed, writes the report of what is done and prints one line of
 JSON. Checkpoints go to runs/ablation/PRESET, demonstrations to data/ablation/PRESET (git-ignored).
 """
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import shlex
 import sys
@@ -190,7 +192,10 @@ def plan(o: Options, out: Path, runs: Path, dat: Path) -> list:
 
 # ----------------------------------------------------------------------------- running
 
-def is_done(job: Job, records: Path) -> bool:
+def is_done(job: Job, records: Path, jobs: list = ()) -> bool:
+    """Recorded with this command, and its output is there or no longer needed: a fresh clone holds the records
+    and evaluations but not the git-ignored checkpoints and demonstrations, and redoes nothing whose every user
+    (the runs among `jobs` that need it) is done."""
     rec = records / f"{job.name}.json"
     if not rec.is_file():
         return False
@@ -199,7 +204,10 @@ def is_done(job: Job, records: Path) -> bool:
         raise AblationError(f"{rec} was recorded for another command:\n  was: {was['command']}\n  now: {job.command}\n"
                             f"delete {rec} and {job.output.parent} to redo it with these options, or pass another "
                             f"--out and --runs-dir")
-    return job.output.is_file()
+    if job.output.is_file():
+        return True
+    users = [j for j in jobs if any(n is job for n in j.needs)]
+    return bool(users) and all(is_done(u, records, jobs) for u in users)
 
 
 def run_job(job: Job, o: Options, records: Path) -> dict:
@@ -229,7 +237,7 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
     """report.md, compare.md / .json and charts (eval_sim.compare), summary.json: of the evaluations done."""
     import eval_sim
     import stats
-    done = {j.name for j in jobs if j.stage == "eval" and is_done(j, records)}
+    done = {j.name for j in jobs if j.stage == "eval" and is_done(j, records, jobs)}
     sections, per_task, missing = [], {}, [j.name for j in jobs if j.stage == "eval" and j.name not in done]
     for t in o.tasks:
         # seed s of a variant pairs with seed s of none; only seeds done for every variant count
@@ -334,8 +342,9 @@ def headline_gains(per_task: dict, out: Path) -> tuple:
     return gains, lines + (["", "![gain vs events](gain_vs_events.png)", ""] if points else [""])
 
 
-def inputs(jobs, records) -> dict:
-    return {j.name: j.output.stat().st_mtime_ns for j in jobs if j.stage == "eval" and is_done(j, records)}
+def inputs(jobs, records) -> dict:  # by content, not time: a fresh clone's files are as old as the clone
+    return {j.name: hashlib.sha1(j.output.read_bytes()).hexdigest()[:12] for j in jobs
+            if j.stage == "eval" and is_done(j, records, jobs)}
 
 
 def protocol(o: Options) -> dict:  # the options that shape the results (not which part this invocation runs)
@@ -352,10 +361,10 @@ def ablate(o: Options) -> dict:
     jobs = plan(o, out, runs, dat)
     chosen = [j for j in jobs if not o.only or j.stage == o.only]
     t0, ran, stopped = time.time(), [], False
-    skipped = [j.name for j in chosen if is_done(j, records)]
+    skipped = [j.name for j in chosen if is_done(j, records, jobs)]
     todo = [j for j in chosen if j.name not in skipped]
     if o.dry_run:
-        print("\n".join(("done  " if is_done(j, records) else "todo  ") + j.command for j in chosen))
+        print("\n".join(("done  " if is_done(j, records, jobs) else "todo  ") + j.command for j in chosen))
         todo = []
     elif any(j.stage != "data" for j in todo):
         import torch
@@ -366,7 +375,7 @@ def ablate(o: Options) -> dict:
         if ran and o.budget_min and time.time() - t0 > 60 * o.budget_min:  # at least one run per invocation
             stopped = True
             break
-        if not all(is_done(n, records) for n in job.needs):
+        if not all(is_done(n, records, jobs) for n in job.needs):
             raise AblationError(f"{job.name} needs {', '.join(n.name for n in job.needs)}: run "
                                 f"`python ablation.py --preset {o.preset}` without --only first")
         run_job(job, o, records)
@@ -378,7 +387,7 @@ def ablate(o: Options) -> dict:
             skipped.append("report")
         elif inputs(jobs, records):
             reported = bool(report(o, jobs, out, records))
-    progress = {s: f"{sum(is_done(j, records) for j in jobs if j.stage == s)}/{sum(j.stage == s for j in jobs)}" for s in STAGES}
+    progress = {s: f"{sum(is_done(j, records, jobs) for j in jobs if j.stage == s)}/{sum(j.stage == s for j in jobs)}" for s in STAGES}
     summary = dict(preset=o.preset, only=o.only or "all", ran=len(ran), skipped=len(skipped), reported=reported,
                    stopped_at_budget=stopped, progress=progress, wall_s=round(time.time() - t0, 1), out=str(out))
     if not ran and not reported and not o.dry_run:

@@ -60,6 +60,14 @@ def test_end_to_end_at_a_budget_then_everything_skipped(tmp_path):
     assert s["ran"] == 0 and not s["reported"] and "everything selected is done" in r.stdout
     assert mtimes(tmp_path) == before, "a second invocation must not touch anything"
 
+    # a fresh clone has the records and evaluations, not the git-ignored checkpoints and demonstrations: nothing reruns
+    (tmp_path / "runs").rename(tmp_path / "runs_away")
+    (tmp_path / "data").rename(tmp_path / "data_away")
+    r, s = run(tmp_path)
+    assert s["ran"] == 0 and "everything selected is done" in r.stdout and not (tmp_path / "runs").exists()
+    (tmp_path / "runs_away").rename(tmp_path / "runs")
+    (tmp_path / "data_away").rename(tmp_path / "data")
+
     # a run whose record is lost is done again (train.py --resume continues its finished checkpoint)
     (res / "runs" / "train__lift_block__none_s0.json").unlink()
     r, s = run(tmp_path, "--only", "train")
