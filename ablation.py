@@ -192,7 +192,7 @@ def plan(o: Options, out: Path, runs: Path, dat: Path) -> list:
 
 # ----------------------------------------------------------------------------- running
 
-def is_done(job: Job, records: Path, jobs: list = ()) -> bool:
+def is_done(job: Job, records: Path, jobs: list) -> bool:
     """Recorded with this command, and its output is there or no longer needed: a fresh clone holds the records
     and evaluations but not the git-ignored checkpoints and demonstrations, and redoes nothing whose every user
     (the runs among `jobs` that need it) is done."""

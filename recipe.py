@@ -147,8 +147,8 @@ RECIPES = {
         ground=from_front_end("frontends/stack_two.pt", "1000", "--word-order") +
         (("--init-from", "{prev}", "--layouts", "2000", "--steps", "1500", "--expert-frac", "0.75", "--grasp-natural",
           "--word-order"),),
-        # --object-tokens, as stack_two: with this front end first closes within 2 cm 12 -> 31 of 100 (without it
-        # 6; docs/experiments_recipe.md)
+        # --object-tokens, as stack_two: with this front end first closes within 2 cm 12 -> 31 of 100, 33 in the
+        # recipe's record (without it 6; docs/experiments_recipe.md)
         train=POLICY + ("--steps", "6000", "--symmetry", "--velocity", "--object-tokens"),
         evaluate=EVAL_SIM,
         evaluator="eval_sim"),
