@@ -13,72 +13,43 @@ The prefix is encoded once by the backbone and its per-layer keys/values are cac
 that cache, so removing the queries cannot change the actions: the action pass never sees them.
 
 Deviations from pi0 (openpi), on purpose:
-  1. Small from-scratch networks instead of pretrained PaliGemma: a timm ViT (shared across cameras, learned
-     camera embedding), a pre-norm transformer backbone with LayerNorm + GELU MLP (not RMSNorm + GeGLU),
-     learned position embeddings (not RoPE), and our own sentencepiece BPE tokenizer trained on the
-     dataset's instructions (not the 256k PaliGemma vocabulary).
+  1. Small from-scratch networks instead of PaliGemma: a pre-norm backbone with LayerNorm + GELU MLP (not
+     RMSNorm + GeGLU), learned positions (not RoPE), a BPE tokenizer of the dataset's instructions. The images,
+     and what replaces VLM pretraining (grounding on rendered layouts, ground.py), are frontend.py's.
   2. The state token sits in the prefix and is bidirectional with images and language; pi0 puts it first in
      the suffix, in its own attention block, processed by the expert. Ours lets the StaKe queries read it.
   3. Horizon 20 (1 s at 20 Hz; pi0: 50), executing 10 steps per chunk; 96 px images (pi0: 224).
   4. The expert has the backbone's depth (as in pi0) and its own width; its attention runs at the
      backbone's width so the two streams share keys/values per layer (pi0 shares head count and size).
-  5. Normalisation: z-score with a floor on the std (see train.py), not std + 1e-6 or quantiles.
-  6. Augmentation is a random shift (pad + crop, train.py); pi0 uses crop 95 % + resize, rotation, colour.
+  5. Normalisation: z-score with a floor on the std (dataset.py), not std + 1e-6 or quantiles.
+  6. Augmentation is a random shift (pad + crop, dataset.py); pi0 uses crop 95 % + resize, rotation, colour.
   7. The prefix's last backbone layer only computes keys/values (its output is never read), and the Policy
      drops trailing language padding before encoding (masked either way; fewer tokens on a CPU).
-  8. Optional (`vit_stem="conv"`): a stack of 3x3 convolutions in place of the ViT's patchify conv (conv_stem).
-  9. Optional (`vit_pos="sincos"`): the ViT's position embedding is a fixed 2-D sin-cos table, not learned.
-  10. Optional (`keypoints=K`): each camera enters the prefix as K spatial-softmax keypoints (Levine et al.
-     2016; expected (x, y) over the patch grid, one token each) instead of its patch tokens. The instruction
-     (mean language embedding) adds to the keypoint detectors, and the coordinates are also added to every
-     action token (`kp_direct`), because a from-scratch backbone read only through attention learns to
-     ignore them. None of pi0; all for 50-demonstration training (docs/experiments.md).
-  11. In place of pi0's VLM pretraining: ground.py pretrains the keypoint front end
-     (VISION_PREFIXES) to locate the objects the instruction names on thousands of rendered layouts, using
-     the simulator's object positions as labels; train.py --vision-from loads it, --freeze-vision fixes it.
-     With `grounded=2R` (train.py --grounded) its linear head, keypoints -> the (x, y) of R objects, comes
-     too, frozen, and those positions enter the policy as one more prefix token and in kp_direct (with
-     `grounded_only`, in place of the keypoints): 50 demonstrations show only 50 layouts to learn that
-     readout again from. Measured on lift_block it changes little (48-55 of 100 against 49; docs/experiments.md).
-     With grounded_only, train.py can move a sample's scene without re-rendering it (--symmetry: the joints
-     in the batch, the positions here through ground_matrix / ground_offset). Optional (`ground_distances`,
-     train.py --object-distances): the distances between the R positions join them, because a step done and
-     one not begun can differ only there (stack_two reaches its second block from the same home pose as its
-     first, with the first block now on the pad; docs/experiments_recipe.md). Optional (`object_tokens`,
-     train.py --object-tokens, with grounded_only): each object enters the prefix as its own token (its (x, y)
-     through one shared Linear, plus a learned role embedding) and the action tokens read them by attention
-     alone, without kp_direct: a policy choosing its object by attention, not through one linear map of all.
-  12. The Policy snaps each gripper output to 0 or 1 before a chunk leaves (pi0 sends its continuous output):
+  8. With keypoints, the front end's `direct` features are added to every action token (`kp_direct`).
+  9. The Policy snaps each gripper output to 0 or 1 before a chunk leaves (pi0 sends its continuous output):
      the demonstrations command only those two, and a partly closed gripper in the state reads as a close under
      way. Optional (train.py --velocity): the state also holds qpos[t] - qpos[t-1] (pi0's state is qpos alone).
-Presets: `small` uses depth 3 and an expert half as wide as the backbone (pi0's expert is also narrower)
-to keep one chunk (prefix + 10 Euler steps) near 15-20 ms on 2 CPU cores; `base` is for one GPU.
+Presets: `small` (depth 3, expert half as wide) keeps one chunk near 15-20 ms on 2 CPU cores; `base` is for a GPU.
 Kept from pi0: t = 1 is noise, x_t = t * noise + (1 - t) * actions, target u = noise - actions, MSE loss;
 t ~ Beta(1.5, 1) * 0.999 + 0.001; sine-cosine time embedding (periods 4e-3 .. 4) concatenated to each action
-token and mixed by Linear, swish, Linear; 10 Euler steps from t = 1 with dt = -0.1; action tokens
-bidirectional among themselves; AdamW (0.9, 0.95), clip 1.0, warm-up + cosine, EMA (train.py). Chunk steps
-past an episode's end are masked from the loss (as LeRobot's pi0 port does). Training from scratch takes a
-larger peak learning rate (3e-4, pi0 fine-tunes at 2.5e-5) and a slower EMA (0.999, pi0: 0.99).
+token and mixed by Linear, swish, Linear; 10 Euler steps from t = 1 with dt = -0.1; action tokens bidirectional;
+AdamW (0.9, 0.95), clip 1.0, warm-up + cosine, EMA (train.py). Chunk steps past an episode's end are masked
+from the loss (as LeRobot's pi0 port). From scratch: peak lr 3e-4 (pi0 fine-tunes at 2.5e-5), EMA 0.999 (0.99).
 """
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 from dataclasses import dataclass
 
 import numpy as np
-import sentencepiece as spm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer
+
+from frontend import VISION_PREFIXES, FrontEnd, Tokenizer, check_config, images_to_input, train_tokenizer  # noqa: F401
 
 STAKE_SEED_OFFSET = 7919  # StaKe: heads and queries draw from Generator(seed + this), never the global RNG
-
-# the vision-language front end that ground.py pretrains and train.py --vision-from loads: everything
-# encode_keypoints reads (the word embeddings also feed the backbone as the instruction tokens)
-VISION_PREFIXES = ("vit.", "kp_logits.", "kp_lang.", "kp_text.", "lang_emb.", "lang_pos", "ground_head.")
 
 # ModelConfig fields of retired options (docs/experiments.md) and the values that meant "off"
 RETIRED_OFF = {"image_pos": (False,)}
@@ -103,17 +74,16 @@ class ModelConfig:
     vit_width: int = 128
     vit_depth: int = 4
     vit_heads: int = 4
-    vit_stem: str = "patch"              # "patch": timm's one 16x16 patchify conv; "conv": a stack of 3x3 convs
-    vit_pos: str = "learned"             # the ViT's own position embedding: "learned" (timm) or "sincos" (fixed)
-    keypoints: int = 0                   # > 0: K spatial-softmax keypoint tokens per camera replace the patch tokens
-    kp_word_order: bool = False          # with keypoints: the instruction that shifts them passes one attention layer
-                                         #   first, so word order counts ("red on blue" is not "blue on red")
-    grounded: int = 0                    # > 0 (with keypoints): ground.py's head, keypoints -> this many object coordinates, feeds the policy
-    grounded_only: bool = False          # with grounded: the policy sees those coordinates and not the keypoints themselves
-    ground_mean: tuple = ()              # with grounded: world (x, y) = coordinate * ground_std + ground_mean (ground.py's
-    ground_std: tuple = ()               #   target normalisation), which train.py's scene augmentations use
-    ground_distances: bool = False       # with grounded: the R(R-1)/2 distances between those R points join them
-    object_tokens: bool = False          # with grounded_only: one prefix token per object, read by attention only
+    vit_stem: str = "patch"              # the front end's options (frontend.py): "patch" or "conv"
+    vit_pos: str = "learned"             # "learned" (timm) or "sincos" (fixed)
+    keypoints: int = 0                   # K > 0: K keypoint tokens per camera replace the patch tokens
+    kp_word_order: bool = False          # the instruction steering the keypoints passes one attention layer
+    grounded: int = 0                    # 2R > 0: the (x, y) of R named objects, read from the keypoints
+    grounded_only: bool = False          # the policy sees those positions and not the keypoints
+    ground_mean: tuple = ()              # world (x, y) = position * ground_std + ground_mean
+    ground_std: tuple = ()
+    ground_distances: bool = False       # the R(R-1)/2 distances between the objects join them
+    object_tokens: bool = False          # one token per object, read by attention only
     width: int = 128                     # backbone width = attention width of every stream
     depth: int = 4                       # backbone depth = action-expert depth
     heads: int = 4
@@ -142,19 +112,8 @@ class ModelConfig:
             (1 <= self.n_action_steps <= self.horizon, "need 1 <= n_action_steps <= horizon"),
             (self.depth >= 1 and self.num_steps >= 1 and self.lang_len >= 1, "depth, num_steps, lang_len >= 1"),
             (self.n_stage >= 0, "n_stage must be >= 0"),
-            (self.vit_stem in ("patch", "conv"), f"vit_stem must be 'patch' or 'conv', not '{self.vit_stem}'"),
-            (self.vit_pos in ("learned", "sincos"), f"vit_pos must be 'learned' or 'sincos', not '{self.vit_pos}'"),
-            (self.keypoints >= 0, "keypoints must be >= 0"),
-            (self.grounded >= 0 and (not self.grounded or (self.keypoints and self.n_cameras)),
-             "grounded needs keypoints and cameras (it reads the keypoints)"),
-            (not self.grounded_only or self.grounded, "grounded_only needs grounded > 0"),
-            (not self.ground_distances or self.grounded, "ground_distances needs grounded > 0"),
-            (not self.object_tokens or (self.grounded_only and not self.ground_distances),
-             "object_tokens needs grounded_only, and not ground_distances"),
-            (len(self.ground_mean) == len(self.ground_std) in (0, self.grounded),
-             f"ground_mean and ground_std need {self.grounded} values each (or none)"),
         ]
-        for ok, msg in checks:
+        for ok, msg in checks + check_config(self):  # + the front end's (frontend.py)
             if not ok:
                 raise ValueError(f"ModelConfig: {msg}")
 
@@ -224,79 +183,15 @@ def _init(m: nn.Module, generator=None):
         nn.init.normal_(m.weight, std=0.02, generator=generator)
 
 
-def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
-    """Fixed 2-D sine-cosine positions (MAE): (h * w, dim), half the channels rows, half columns."""
-    def axis(pos, d):
-        x = pos[:, None] / 10000 ** (torch.arange(d // 2, dtype=torch.float32) / (d / 2))[None]
-        return torch.cat([torch.sin(x), torch.cos(x)], 1)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    return torch.cat([axis(ys.flatten(), dim // 2), axis(xs.flatten(), dim // 2)], 1)
-
-
-def conv_stem(patch_size: int, width: int) -> nn.Sequential:
-    """A convolutional stem in place of the ViT's patchify conv (Xiao et al. 2021, "Early convolutions help
-    transformers see better"): 3x3 stride-2 convs while the stride left is even, then one conv of the stride
-    left (1x1 for patch 16), so the token grid is the same as with patches. An option, off by default: what it
-    changes here is in docs/experiments.md; ground.py's front end always uses it.
-    """
-    layers, c, stride, c_out = [], 3, patch_size, 32  # channels 32, 64, 128, ... capped at width
-    while stride % 2 == 0 and stride > 1:
-        c_out = min(width, c_out)
-        layers += [nn.Conv2d(c, c_out, 3, 2, 1), nn.GELU()]
-        c, stride, c_out = c_out, stride // 2, c_out * 2
-    layers.append(nn.Conv2d(c, width, stride, stride))
-    return nn.Sequential(*layers)
-
-
 # ----------------------------------------------------------------------------- the model
 
-class VLA(nn.Module):
+class VLA(FrontEnd):
     def __init__(self, cfg: ModelConfig, seed: int = 0):
         super().__init__()
         self.cfg = cfg
         W, We, A = cfg.width, cfg.expert_width, cfg.action_dim
-        # vision: one ViT for all cameras, learned camera embedding
-        if cfg.n_cameras:
-            self.vit = VisionTransformer(img_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=0,
-                                         global_pool="", class_token=False, embed_dim=cfg.vit_width,
-                                         depth=cfg.vit_depth, num_heads=cfg.vit_heads, mlp_ratio=cfg.mlp_ratio)
-            if cfg.vit_stem == "conv":
-                self.vit.patch_embed.proj = conv_stem(cfg.patch_size, cfg.vit_width)
-            grid = (cfg.image_size[0] // cfg.patch_size, cfg.image_size[1] // cfg.patch_size)
-            if cfg.vit_pos == "sincos":  # fixed: nothing per patch to memorise a layout with
-                self.vit.pos_embed.data.copy_(sincos_2d(*grid, cfg.vit_width)[None])
-                self.vit.pos_embed.requires_grad_(False)
-            self.cam_emb = nn.Parameter(torch.zeros(cfg.n_cameras, W))
-            if cfg.keypoints:  # spatial softmax (Levine et al. 2016): per-keypoint softmax over the patch grid
-                self.kp_logits = nn.Linear(cfg.vit_width, cfg.keypoints)
-                # the instruction shifts what each keypoint looks for (mean language embedding -> logit weights),
-                # so a keypoint can follow "the red block" when red is named
-                self.kp_lang = nn.Linear(W, cfg.keypoints * cfg.vit_width)
-                # a mean of word + position embeddings is a bag of words (the positions' mean is the same for
-                # any order); the stacking tasks name their objects' roles by order alone
-                if cfg.kp_word_order:
-                    self.kp_text = Block(W, W, cfg.heads, 2.0)
-                # the coordinates also enter every action token directly: read only through attention, a
-                # from-scratch backbone learned to ignore them (a scratch probe, not committed: a query readout
-                # of the red block on 52 layouts stayed at chance; with the coordinates added to it, 1.4 cm)
-                n_kp = cfg.n_cameras * cfg.keypoints * 2
-                R = cfg.grounded // 2
-                n_ground = cfg.grounded + (R * (R - 1) // 2 if cfg.ground_distances else 0)
-                if cfg.object_tokens:  # one token per object: (x, y) -> W, plus the object's role
-                    self.obj_proj = nn.Linear(2, W)
-                    self.obj_role = nn.Parameter(torch.zeros(R, W))
-                else:
-                    self.kp_direct = nn.Linear(n_ground if cfg.grounded_only else n_kp + n_ground, We)
-                if cfg.grounded:  # ground.py's object readout (loaded by train.py --grounded) and its token
-                    self.ground_head = nn.Linear(n_kp, cfg.grounded)
-                    if not cfg.object_tokens:
-                        self.ground_proj = nn.Linear(n_ground, W)
-                self.kp_proj = nn.Linear(2, W)  # a keypoint's expected (x, y) in [-1, 1] -> one token
-                self.kp_emb = nn.Parameter(torch.zeros(cfg.keypoints, W))
-                ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid[0]), torch.linspace(-1, 1, grid[1]), indexing="ij")
-                self.register_buffer("kp_grid", torch.stack([xs.flatten(), ys.flatten()], 1), persistent=False)
-            else:
-                self.img_proj = nn.Linear(cfg.vit_width, W)
+        if cfg.n_cameras:  # vision (frontend.py): a ViT shared by the cameras -> patch or keypoint tokens
+            self.build_vision(cfg, Block)
         # language and state
         self.lang_emb = nn.Embedding(cfg.vocab_size, W)
         self.lang_pos = nn.Parameter(torch.zeros(cfg.lang_len, W))
@@ -314,9 +209,7 @@ class VLA(nn.Module):
         for name, m in self.named_modules():
             if not name.startswith("vit"):  # timm initialises its own ViT
                 _init(m)
-        for p in (self.lang_pos, self.action_pos) + ((self.cam_emb,) if cfg.n_cameras else ()) + \
-                ((self.kp_emb,) if cfg.n_cameras and cfg.keypoints else ()) + \
-                ((self.obj_role,) if cfg.object_tokens else ()):
+        for p in (self.lang_pos, self.action_pos) + self.vision_tokens():
             nn.init.trunc_normal_(p, std=0.02)
 
         # StaKe: two learnable query tokens (backbone weights) and their heads, created only when enabled,
@@ -339,82 +232,17 @@ class VLA(nn.Module):
         keypoint detectors' language shift both read it (ground.py too)."""
         return self.lang_emb(lang_ids) + self.lang_pos[:lang_ids.shape[1]]
 
-    def encode_keypoints(self, images, lang, lang_mask):
-        """images (B, C, 3, H, W); lang (B, L, W) embedded instruction, lang_mask (B, L) -> (B, C, K, 2): each
-        keypoint's expected (x, y) in [-1, 1] over the patch grid (spatial softmax). ground.py pretrains this."""
-        B, C = images.shape[:2]
-        x = self.vit.forward_features(images.flatten(0, 1)).unflatten(0, (B, C))  # (B, C, N, Wv)
-        if self.cfg.kp_word_order:  # one attention layer over the valid tokens, with their positions
-            q, k, v = self.kp_text.project(lang)
-            lang = self.kp_text.finish(lang, q, k, v, additive_mask(lang_mask[:, None, None, :]))  # (B, L, W)
-        m = lang_mask[..., None].to(lang.dtype)
-        l = (lang * m).sum(1) / m.sum(1).clamp(min=1)                       # (B, W) mean instruction embedding
-        wk = self.kp_logits.weight + self.kp_lang(l).view(B, *self.kp_logits.weight.shape)  # (B, K, Wv)
-        logits = torch.einsum("bcnv,bkv->bcnk", x, wk) + self.kp_logits.bias  # (B, C, N, K)
-        w = logits.float().softmax(2)                                       # over the N patches
-        return torch.einsum("bcnk,nd->bckd", w, self.kp_grid).to(x.dtype)   # (B, C, K, 2)
-
-    def grounded_world(self, images, lang_ids, lang_mask):
-        """(B, 2R) the grounded objects' world (x, y) in metres, as encode_prefix reads them before any training
-        augmentation."""
-        xy = self.encode_keypoints(images, self.embed_instruction(lang_ids), lang_mask).flatten(1)   # (B, C*K*2)
-        pos = self.ground_head(xy)
-        return pos * pos.new_tensor(self.cfg.ground_std) + pos.new_tensor(self.cfg.ground_mean)
-
-    def object_distances(self, pos):
-        """(B, 2R) normalised grounded positions -> (B, R(R-1)/2) the distances between them, in 10 cm: the same
-        under the scene's symmetry (a turn or a mirror), so train.py --symmetry needs nothing more."""
-        mu, sd = pos.new_tensor(self.cfg.ground_mean), pos.new_tensor(self.cfg.ground_std)
-        world = (pos * sd + mu).unflatten(1, (-1, 2))                        # (B, R, 2) metres
-        i, j = torch.triu_indices(world.shape[1], world.shape[1], 1)
-        return (world[:, i] - world[:, j]).norm(dim=-1) / 0.1                # (B, R(R-1)/2)
-
     def encode_prefix(self, images, lang_ids, lang_mask, state, ground_matrix=None, ground_offset=None, ground=None):
-        """images (B, C, 3, H, W) in [-1, 1]; lang_ids, lang_mask (B, L); state (B, D) normalised.
-        Training only, with grounded: each object's world (x, y) becomes ground_matrix (B, 2, 2) @ (x, y) +
-        ground_offset (B, 2) (train.py --symmetry, which moves state and actions alike); with grounded_only,
-        `ground` (B, 2R) may hold the frozen front end's normalised output precomputed for these images
-        (train.py's cache), and the images are not read.
-
-        Returns the per-layer (k, v) cache, each (B, heads, P, head), and the key validity (B, P). With
-        keypoints the cache has one more entry after the layers: the keypoint coordinates (B, C*K*2), followed
-        by the grounded object coordinates (B, 2R) when cfg.grounded (none with cfg.object_tokens)."""
+        """images (B, C, 3, H, W) in [-1, 1]; lang_ids, lang_mask (B, L); state (B, D) normalised; the ground_*
+        arguments are training's (frontend.FrontEnd.embed_images). Returns the per-layer (k, v) cache, each
+        (B, heads, P, head), and the key validity (B, P); with the front end's `direct` features, one more cache
+        entry after the layers holds them (B, F)."""
         B = state.shape[0]
         parts, valid, extra = [], [], []
         lang = self.embed_instruction(lang_ids)                             # (B, L, W)
-        if self.cfg.n_cameras:
-            if self.cfg.keypoints:  # K (x, y) per camera instead of N patch tokens
-                if ground is None:
-                    C = images.shape[1]
-                    xy = self.encode_keypoints(images, lang, lang_mask)      # (B, C, K, 2)
-                    x = (self.kp_proj(xy) + self.kp_emb + self.cam_emb[:C, None]).flatten(1, 2)  # (B, C*K, W)
-                    xy = xy.flatten(1)                                      # (B, C*K*2)
-                elif not self.cfg.grounded_only:
-                    raise ValueError("precomputed grounded positions stand in for the images only with grounded_only")
-                if self.cfg.grounded:
-                    pos = self.ground_head(xy) if ground is None else ground  # (B, 2R) objects' (x, y), normalised
-                    if ground_matrix is not None:
-                        mu, sd = pos.new_tensor(self.cfg.ground_mean), pos.new_tensor(self.cfg.ground_std)
-                        world = pos * sd + mu                                   # (B, 2R) metres
-                        moved = torch.einsum("bij,brj->bri", ground_matrix, world.unflatten(1, (-1, 2)))
-                        world = (moved + ground_offset[:, None]).flatten(1)  # (B, R, 2) -> (B, 2R)
-                        pos = (world - mu) / sd
-                    if self.cfg.ground_distances:
-                        pos = torch.cat([pos, self.object_distances(pos)], 1)  # (B, 2R + R(R-1)/2)
-                    if self.cfg.object_tokens:  # one token per object, read by attention only (no kp_direct)
-                        x, xy = self.obj_proj(pos.unflatten(1, (-1, 2))) + self.obj_role, None  # (B, R, W)
-                    elif self.cfg.grounded_only:  # nothing else of the scene: no layout detail to memorise
-                        x, xy = self.ground_proj(pos)[:, None], pos                 # (B, 1, W), (B, 2R)
-                    else:
-                        g = self.ground_proj(pos)[:, None]                      # (B, 1, W)
-                        x, xy = torch.cat([x, g], 1), torch.cat([xy, pos], 1)  # (B, C*K+1, W), (B, C*K*2 + 2R)
-                if xy is not None:
-                    extra.append(xy)                                        # for kp_direct
-            else:
-                C = images.shape[1]
-                x = self.vit.forward_features(images.flatten(0, 1))        # (B*C, N, Wv)
-                x = self.img_proj(x).unflatten(0, (B, C)) + self.cam_emb[:C, None]  # (B, C, N, W)
-                x = x.flatten(1, 2)                                         # (B, C*N, W)
+        if self.cfg.n_cameras:  # frontend.py
+            x, direct = self.embed_images(images, lang, lang_mask, ground_matrix, ground_offset, ground)
+            extra += [direct] if direct is not None else []
             parts.append(x)
             valid.append(torch.ones(B, x.shape[1], dtype=torch.bool, device=state.device))
         parts.append(lang)
@@ -441,9 +269,8 @@ class VLA(nn.Module):
 
     @staticmethod
     def _suffix(blocks, x, cache, mask):
-        """Run suffix tokens x (B, S, w) through `blocks`, attending to the cached prefix and to each other
-        as `mask` (from suffix_mask) allows. The prefix never attends to the suffix. (zip stops at the last
-        block: a keypoint entry after the layers' keys/values is not read here.)"""
+        """Suffix tokens x (B, S, w) through `blocks`, reading the cached prefix and each other as `mask` allows;
+        the prefix never reads the suffix (zip stops at the last block: a `direct` entry is not read here)."""
         for blk, (kp, vp) in zip(blocks, cache):
             q, k, v = blk.project(x)
             x = blk.finish(x, q, torch.cat([kp, k], 2), torch.cat([vp, v], 2), mask)
@@ -468,10 +295,9 @@ class VLA(nn.Module):
     def sample(self, images, lang_ids, lang_mask, state, noise):
         """10 Euler steps from noise at t = 1 to actions at t = 0; the prefix is encoded once."""
         cache, valid = self.encode_prefix(images, lang_ids, lang_mask, state)
-        x, n = noise, self.cfg.num_steps
+        x, dt = noise, -1.0 / self.cfg.num_steps
         mask = self.suffix_mask(valid, torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device))
-        dt = -1.0 / n
-        for i in range(n):
+        for i in range(self.cfg.num_steps):
             t = torch.full((x.shape[0],), 1.0 + i * dt, device=x.device)
             x = x + dt * self.velocity(cache, valid, x, t, mask)
         return x
@@ -495,15 +321,14 @@ class VLA(nn.Module):
         noise (B, H, A) ~ N(0, I); t (B,) in (0, 1]. Returns the losses (scalars) and the stage logits."""
         cache, valid = self.encode_prefix(batch.get("images"), batch["lang_ids"], batch["lang_mask"], batch["state"],
                                           batch.get("ground_matrix"), batch.get("ground_offset"), batch.get("ground"))
-        a = batch["actions"]
-        tt = t[:, None, None]
+        a, tt = batch["actions"], t[:, None, None]
         x_t = tt * noise + (1 - tt) * a                                      # t = 1 noise, t = 0 data
         u = noise - a
         v = self.velocity(cache, valid, x_t, t)
         m = batch["action_valid"].to(v.dtype)                                # (B, H): padded steps off
         per_step = ((v.float() - u.float()) ** 2).mean(-1)                   # (B, H)
         out = {"policy_loss": (per_step * m).sum() / m.sum().clamp(min=1)}
-        heads = self.stake(cache, valid)                                     # StaKe
+        heads = self.stake(cache, valid)                                     # StaKe: the auxiliary losses
         if "stage" in heads:
             logits = heads["stage"].float()
             out["stage_logits"] = logits
@@ -513,70 +338,7 @@ class VLA(nn.Module):
         return out
 
 
-def param_counts(model: VLA) -> dict:
-    groups = {"vision": 0, "language": 0, "backbone": 0, "expert": 0, "stake": 0}
-    for n, p in model.named_parameters():
-        if n.startswith(("vit", "img_proj", "cam_emb", "kp_")):
-            k = "vision"
-        elif n.startswith(("lang_",)):
-            k = "language"
-        elif n.startswith(("blocks", "state_proj")):
-            k = "backbone"
-        elif n.startswith(("stage_", "keyframe_")):
-            k = "stake"
-        else:
-            k = "expert"
-        groups[k] += p.numel()
-    groups["total"] = sum(groups.values())
-    return groups
-
-
-def format_counts(c: dict) -> str:
-    return "params: " + ", ".join(f"{k} {v / 1e6:.3f}M" for k, v in c.items())
-
-
-# ----------------------------------------------------------------------------- tokenizer, normalisation, images
-
-def train_tokenizer(texts: list[str], vocab_size: int) -> bytes:
-    """BPE with byte fallback on the instructions; returns the serialized model proto.
-
-    sentencepiece needs vocab >= 256 bytes + 2 specials (pad, unk) + every distinct character (spaces
-    become '\u2581'); we raise the request to that minimum and let it stop early on a tiny corpus."""
-    texts = [t.strip() for t in texts if t.strip()] or ["empty"]
-    chars = set("".join(t.lower() for t in texts).replace(" ", "\u2581"))
-    vocab = max(int(vocab_size), 256 + 2 + len(chars) + 1)
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=buf, model_type="bpe", vocab_size=vocab,
-        byte_fallback=True, hard_vocab_limit=False, character_coverage=1.0, normalization_rule_name="nmt_nfkc_cf",
-        pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, minloglevel=2, num_threads=1)
-    return buf.getvalue()
-
-
-class Tokenizer:
-    def __init__(self, proto: bytes):
-        self.proto = bytes(proto)
-        self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
-        self._cache: dict[str, list[int]] = {}
-
-    @property
-    def vocab_size(self) -> int:
-        return self.sp.vocab_size()
-
-    def ids(self, text: str) -> list[int]:
-        if text not in self._cache:
-            self._cache[text] = self.sp.encode(text)
-        return self._cache[text]
-
-    def __call__(self, texts: list[str], length: int):
-        """-> ids (B, length) int64, mask (B, length) bool; truncated and padded with id 0."""
-        ids = np.zeros((len(texts), length), np.int64)
-        mask = np.zeros((len(texts), length), bool)
-        for i, t in enumerate(texts):
-            x = self.ids(t)[:length]
-            ids[i, :len(x)], mask[i, :len(x)] = x, True
-        return torch.from_numpy(ids), torch.from_numpy(mask)
-
+# ----------------------------------------------------------------------------- the policy (sim and robot)
 
 class Normalizer:
     """z-score with the floor already applied to the stored std (stats come from train.py)."""
@@ -594,18 +356,6 @@ class Normalizer:
     def unaction(self, a):
         return a * self.as_ + self.am
 
-
-def images_to_input(images: torch.Tensor, size) -> torch.Tensor:
-    """uint8 (B, C, H, W, 3) on the device -> float (B, C, 3, h, w) in [-1, 1], resized to `size` if needed."""
-    B, C = images.shape[:2]
-    x = images.permute(0, 1, 4, 2, 3).flatten(0, 1).float()              # (B*C, 3, H, W)
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-    return (x / 127.5 - 1.0).unflatten(0, (B, C))
-
-
-# ----------------------------------------------------------------------------- the policy (sim and robot)
-
 class Policy:
     """Everything evaluation needs, rebuilt from one checkpoint: model, tokenizer, normalisation, names."""
 
@@ -621,20 +371,13 @@ class Policy:
         self.qpos_names = list(meta["qpos_names"])
         self.gripper_indices = [int(i) for i in meta["gripper_indices"]]
         self.cameras = list(meta["cameras"])
-        self.image_size = tuple(self.cfg.image_size)
-        self.horizon = self.cfg.horizon
-        self.n_action_steps = self.cfg.n_action_steps
+        self.image_size, self.horizon, self.n_action_steps = self.cfg.image_size, self.cfg.horizon, self.cfg.n_action_steps
         self._queue: list[np.ndarray] = []
         self.velocity = bool(meta.get("velocity"))  # train.py --velocity: obs["prev_qpos"] joins the state
-        # The demonstrations command each gripper fully open (1) or closed (0), never between, and the measured
-        # opening is in the state. A sampled 0.9 would close the fingers a little, the next query would read
-        # "closing has begun" and finish the close in mid-air (seen: lift_block, re-querying every step, 16/100).
-        # So chunks leave with each gripper snapped to 0 or 1 at 0.5, as eval_real.py's gate does on the robot.
-        # Off (False) only where the network's raw output is what is measured (eval_sim.py openloop).
+        # Grippers leave snapped to 0 or 1 (deviation 9: a sampled 0.9 closes the fingers a little, the next query
+        # reads "closing has begun" and finishes the close in mid-air). Off only in eval diagnostics (openloop).
         self.binary_gripper = True
-        # Flow matching samples a chunk from noise; scaling that noise below 1 (0 = the flow from the noise's mean)
-        # trades the chunk's spread for precision, as a temperature would. 1 = the trained distribution (pi0).
-        self.noise_scale = 1.0
+        self.noise_scale = 1.0  # the flow's starting noise times this: < 1 trades spread for precision (pi0: 1)
 
     @classmethod
     def load(cls, ckpt_path, device="cpu", use_ema=True) -> "Policy":
@@ -647,11 +390,8 @@ class Policy:
         self._queue = []
 
     def _inputs(self, obs_batch: list[dict]):
-        for cam in self.cameras:
-            for obs in obs_batch:
-                if cam not in obs.get("images", {}):
-                    raise KeyError(f"observation has no image for camera '{cam}' (policy cameras: {self.cameras}; "
-                                   f"got {sorted(obs.get('images', {}))})")
+        if missing := {c for o in obs_batch for c in self.cameras if c not in o.get("images", {})}:
+            raise KeyError(f"observation has no image for camera(s) {sorted(missing)} (policy cameras: {self.cameras})")
         dev = self.device
         if self.cameras:
             imgs = np.stack([np.stack([np.asarray(o["images"][c]) for c in self.cameras]) for o in obs_batch])
@@ -708,9 +448,3 @@ class Policy:
         if "keyframe" in heads:
             out["keyframe"] = self.norm.unaction(heads["keyframe"]).float()[0].cpu().numpy()  # (A,) absolute
         return out
-
-
-if __name__ == "__main__":  # parameter counts of the presets for the bimanual scene (14-D, 3 cameras, 96 px)
-    for name in PRESETS:
-        cfg = ModelConfig.from_preset(name, action_dim=14, state_dim=14, n_cameras=3, n_stage=2, keyframe_head=True)
-        print(f"{name:6s} {format_counts(param_counts(VLA(cfg)))}")

@@ -39,8 +39,7 @@ import data
 import dataset
 import segment
 from data import opt
-from model import (PRESETS, VISION_PREFIXES, VLA, ModelConfig, Normalizer, Policy, Tokenizer, format_counts,
-                   param_counts, train_tokenizer)
+from model import PRESETS, VISION_PREFIXES, VLA, ModelConfig, Normalizer, Policy, Tokenizer, train_tokenizer
 
 MIN_LR_RATIO = 0.1      # the cosine schedule ends at this fraction of --lr
 GRAD_CLIP = 1.0         # global gradient-norm clip (pi0)
@@ -121,6 +120,28 @@ class Options:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+
+
+def param_counts(model: VLA) -> dict:
+    groups = {"vision": 0, "language": 0, "backbone": 0, "expert": 0, "stake": 0}
+    for n, p in model.named_parameters():
+        if n.startswith(("vit", "img_proj", "cam_emb", "kp_")):
+            k = "vision"
+        elif n.startswith(("lang_",)):
+            k = "language"
+        elif n.startswith(("blocks", "state_proj")):
+            k = "backbone"
+        elif n.startswith(("stage_", "keyframe_")):
+            k = "stake"
+        else:
+            k = "expert"
+        groups[k] += p.numel()
+    groups["total"] = sum(groups.values())
+    return groups
+
+
+def format_counts(c: dict) -> str:
+    return "params: " + ", ".join(f"{k} {v / 1e6:.3f}M" for k, v in c.items())
 
 
 # ----------------------------------------------------------------------------- flow matching
@@ -210,9 +231,10 @@ def train_step(model, optimizer, batch, noise, t, opts: Options, amp: bool):
 
 # ----------------------------------------------------------------------------- training
 
-def train(opts: Options) -> dict:
-    out_dir = Path(opts.out)
-    ck_path = out_dir / "ckpt.pt"
+def sources(opts: Options):
+    """The checkpoints this run starts from: (resume, src, grounding). `src` is --resume's or --init-from's
+    checkpoint (its architecture, tokenizer and statistics are reused), `grounding` --vision-from's."""
+    ck_path = Path(opts.out) / "ckpt.pt"
     resume = load_checkpoint(ck_path) if opts.resume and ck_path.is_file() else None
     if opts.resume and resume is None:
         print(f"--resume: no {ck_path} yet, starting fresh")
@@ -226,42 +248,39 @@ def train(opts: Options) -> dict:
     grounding = load_checkpoint(opts.vision_from) if opts.vision_from and resume is None else None
     if grounding is not None and grounding.get("kind") != "grounding":
         raise ValueError(f"--vision-from {opts.vision_from}: not a ground.py checkpoint (use --init-from for a policy)")
+    return resume, src, grounding
 
-    # seeding: one block; the data generator depends on the seed alone
-    random.seed(opts.seed), np.random.seed(opts.seed), torch.manual_seed(opts.seed)
-    g_data = torch.Generator().manual_seed(opts.seed)
-    g_flow = torch.Generator().manual_seed(opts.seed + 1)
-    device = torch.device("cuda" if opts.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if opts.device == "auto" else opts.device))
-    amp = device.type == "cuda"  # bf16 autocast on CUDA; fp32 on the CPU
-    if amp:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    torch.set_num_threads(opts.threads or cpu_threads())
 
-    # data (validated before anything trains); with a frozen front end that only reports positions and no
-    # image augmentation, the images are read once, for the cache (grounded_positions)
+def load_data(opts: Options, src):
+    """The demonstrations (dataset.load_folders), validated against `src`. With a frozen front end that only
+    reports positions and no image augmentation, the images are read once, for the cache (grounded_positions):
+    returns (D, cached)."""
     cached = opts.freeze_vision and opts.shift == 0 and (src["model_config"].get("grounded_only") if src else
                                                          opts.grounded_only)
     D = dataset.load_folders(opts.data, opts.cameras or (src["meta"]["cameras"] if src else None), opts.stage_label,
-                     images=not cached)
-    meta, A, Dq = D["meta"], D["action"].shape[1], D["qpos"].shape[1]
+                             images=not cached)
     if src is not None and bool(src["meta"].get("velocity")) != opts.velocity:
         raise ValueError(f"--velocity must match the checkpoint, which was trained "
-                         f"{'with' if src['meta'].get('velocity') else 'without'} it ({opts.init_from or ck_path})")
+                         f"{'with' if src['meta'].get('velocity') else 'without'} it ({opts.init_from or Path(opts.out) / 'ckpt.pt'})")
     if opts.velocity:
         D["qpos_prev"] = dataset.previous_qpos(D)
-        Dq = 2 * Dq
-        meta["velocity"] = True
-    if src is not None:  # --init-from / --resume: the checkpoint's architecture, tokenizer and statistics
+        D["meta"]["velocity"] = True
+    return D, cached
+
+
+def configure(opts: Options, D: dict, src, grounding):
+    """(tokenizer, normalisation statistics, ModelConfig): the checkpoint's (--init-from, --resume), the grounding
+    run's front end with everything that acts new (--vision-from), or a preset from scratch."""
+    meta, A, Dq = D["meta"], D["action"].shape[1], D["qpos"].shape[1] * (2 if opts.velocity else 1)
+    if src is not None:
         mc = src["model_config"]
         if (mc["action_dim"], mc["state_dim"]) != (A, Dq):
             raise data.DataError(f"action/qpos dimension {A}/{Dq} of {opts.data} disagrees with the checkpoint's "
-                                 f"{mc['action_dim']}/{mc['state_dim']} ({opts.init_from or ck_path})")
+                                 f"{mc['action_dim']}/{mc['state_dim']} ({opts.init_from or Path(opts.out) / 'ckpt.pt'})")
         if mc["n_cameras"] != len(D["cameras"]):
             raise data.DataError(f"{len(D['cameras'])} cameras {D['cameras']} but the checkpoint has {mc['n_cameras']}")
-        tok, stats = Tokenizer(src["tokenizer"]), src["stats"]
-        cfg = model_config(opts, D, mc)
-    elif grounding is not None:  # the grounding run's front end; everything that acts is new
+        return Tokenizer(src["tokenizer"]), src["stats"], model_config(opts, D, mc)
+    if grounding is not None:
         gc, gm = grounding["model_config"], grounding["meta"]
         if tuple(gc["image_size"]) != tuple(meta["image_size"]):
             raise data.DataError(f"image size {list(meta['image_size'])} of {', '.join(opts.data)} differs from the "
@@ -271,31 +290,22 @@ def train(opts: Options) -> dict:
                                  f"order ({opts.vision_from}); this run has {D['cameras']} (set --cameras)")
         if unseen := [c for c in D["cameras"] if c not in gm["cameras"]]:
             print(f"warning: camera(s) {unseen} were not in grounding ({gm['cameras']})", file=sys.stderr)
-        tok, stats = Tokenizer(grounding["tokenizer"]), dataset.compute_stats(D)
-        cfg = model_config(opts, D, {**gc, "use_state": True, "action_dim": A, "state_dim": Dq,
-                                     "n_cameras": len(D["cameras"]),
-                                     "grounded": grounding["head"]["bias"].shape[0] if opts.grounded else 0,
-                                     "grounded_only": opts.grounded_only,
-                                     "ground_distances": opts.object_distances,
-                                     "object_tokens": opts.object_tokens,
-                                     "ground_mean": gm["target_mean"] if opts.grounded else (),
-                                     "ground_std": gm["target_std"] if opts.grounded else ()})
-    else:  # from scratch: the preset's ViT on patch tokens
-        tok = Tokenizer(train_tokenizer(sorted(set(D["texts"])), PRESETS[opts.preset]["vocab_size"]))
-        stats = dataset.compute_stats(D)
-        cfg = model_config(opts, D, dataclasses.asdict(ModelConfig.from_preset(
-            opts.preset, action_dim=A, state_dim=Dq, n_cameras=len(D["cameras"]),
-            image_size=tuple(meta["image_size"]), vocab_size=tok.vocab_size)))
-    lang = language(tok, D["texts"], cfg.lang_len)                                     # (E, L) ids, mask
-    if (long := [t for t in set(D["texts"]) if len(tok.ids(t)) > cfg.lang_len]):
-        print(f"warning: {len(long)} instruction(s) longer than {cfg.lang_len} tokens are truncated", file=sys.stderr)
-    norm = Normalizer(stats, device)
-    scene = {k: v.to(device) for k, v in dataset.scene_augmentation(meta).items()} if opts.symmetry else None
-    meta["tasks"] = {**(src["meta"].get("tasks", {}) if src else {}), **meta["tasks"]}
+        g = opts.grounded
+        return Tokenizer(grounding["tokenizer"]), dataset.compute_stats(D), model_config(opts, D, {
+            **gc, "use_state": True, "action_dim": A, "state_dim": Dq, "n_cameras": len(D["cameras"]),
+            "grounded": grounding["head"]["bias"].shape[0] if g else 0, "grounded_only": opts.grounded_only,
+            "ground_distances": opts.object_distances, "object_tokens": opts.object_tokens,
+            "ground_mean": gm["target_mean"] if g else (), "ground_std": gm["target_std"] if g else ()})
+    tok = Tokenizer(train_tokenizer(sorted(set(D["texts"])), PRESETS[opts.preset]["vocab_size"]))  # from scratch
+    return tok, dataset.compute_stats(D), model_config(opts, D, dataclasses.asdict(ModelConfig.from_preset(
+        opts.preset, action_dim=A, state_dim=Dq, n_cameras=len(D["cameras"]),
+        image_size=tuple(meta["image_size"]), vocab_size=tok.vocab_size)))
 
-    # model, EMA, optimiser
-    model = new_model(cfg, opts.seed).to(device)
-    if src is not None:  # --init-from: the EMA weights, strict for the base; --resume: everything, strict
+
+def load_weights(model: VLA, opts: Options, src, resume, grounding) -> None:
+    """--init-from: the EMA weights, strict for the base (StaKe heads the checkpoint lacks start fresh);
+    --resume: everything, strict; --vision-from: the front end (and with --grounded its head)."""
+    if src is not None:
         sd = src["ema"] if resume is None and src.get("ema") is not None else src["model"]
         allowed = (lambda k: False) if resume is not None else (lambda k: k.startswith(("stage_", "keyframe_")))
         own = model.state_dict()  # a StaKe head of another shape (per-arm vs any) starts fresh
@@ -305,8 +315,6 @@ def train(opts: Options) -> dict:
             raise ValueError(f"checkpoint does not fit the model (missing or unexpected): {bad}")
         if missing or unexpected:
             print(f"init-from: fresh StaKe parameters {missing}, dropped {unexpected}")
-        if src["meta"]["action_names"] != meta["action_names"]:
-            print(f"warning: action names differ from the checkpoint's: {src['meta']['action_names']}", file=sys.stderr)
     if grounding is not None:
         own, sd = model.state_dict(), dict(grounding["vision"])
         if opts.grounded:  # ground.py keeps its head apart from the model; here it is model.ground_head
@@ -318,10 +326,33 @@ def train(opts: Options) -> dict:
         for n, p in model.named_parameters():
             if n.startswith(VISION_PREFIXES):
                 p.requires_grad_(False)
+
+
+def build(opts: Options) -> dict:
+    """Everything the loop needs: data, model, EMA, optimiser, generators, step; resumed where --resume finds
+    a checkpoint. Seeding is one block; the data generator depends on the seed alone."""
+    resume, src, grounding = sources(opts)
+    random.seed(opts.seed), np.random.seed(opts.seed), torch.manual_seed(opts.seed)
+    g_data, g_flow = torch.Generator().manual_seed(opts.seed), torch.Generator().manual_seed(opts.seed + 1)
+    device = torch.device("cuda" if opts.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if opts.device == "auto" else opts.device))
+    if device.type == "cuda":  # bf16 autocast on CUDA; fp32 on the CPU
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.set_num_threads(opts.threads or cpu_threads())
+    D, cached = load_data(opts, src)
+    tok, stats, cfg = configure(opts, D, src, grounding)
+    if src is not None and src["meta"]["action_names"] != D["meta"]["action_names"]:
+        print(f"warning: action names differ from the checkpoint's: {src['meta']['action_names']}", file=sys.stderr)
+    lang = language(tok, D["texts"], cfg.lang_len)                                     # (E, L) ids, mask
+    if (long := [t for t in set(D["texts"]) if len(tok.ids(t)) > cfg.lang_len]):
+        print(f"warning: {len(long)} instruction(s) longer than {cfg.lang_len} tokens are truncated", file=sys.stderr)
+    scene = {k: v.to(device) for k, v in dataset.scene_augmentation(D["meta"]).items()} if opts.symmetry else None
+    D["meta"]["tasks"] = {**(src["meta"].get("tasks", {}) if src else {}), **D["meta"]["tasks"]}
+    model = new_model(cfg, opts.seed).to(device)
+    load_weights(model, opts, src, resume, grounding)
     if cached:
         D["ground"] = dataset.grounded_positions(model, D, opts.data, lang, device)
     ema = copy.deepcopy(model).requires_grad_(False)
-    ema_pairs = ema_pairs_of(ema, model)
     optimizer = make_optimizer(model, opts)
     step = 0
     if resume is not None:
@@ -331,45 +362,59 @@ def train(opts: Options) -> dict:
         g_data.set_state(resume["rng"]["data"]), g_flow.set_state(resume["rng"]["flow"])
         torch.set_rng_state(resume["rng"]["torch"])
     task = "+".join(sorted(set(D["ep_tasks"])))[:60] or "data"
-    run = f"{task}__ss{opts.stage_weight:g}_ks{opts.keyframe_weight:g}__{opts.seed}"
-    print(f"run {run} on {device} | {len(D['texts'])} episodes, {len(D['action'])} steps, cameras {D['cameras']}")
-    print(f"{format_counts(param_counts(model))} | vocab {tok.vocab_size} | start step {step}")
+    return dict(D=D, tok=tok, stats=stats, cfg=cfg, lang=lang, norm=Normalizer(stats, device), scene=scene,
+                model=model, ema=ema, optimizer=optimizer, step=step, g_data=g_data, g_flow=g_flow, device=device,
+                run=f"{task}__ss{opts.stage_weight:g}_ks{opts.keyframe_weight:g}__{opts.seed}")
+
+
+def batch_metrics(out: dict, batch: dict, loss, grad_norm, stage_label: str, high: bool) -> dict:
+    """One step's figures for metrics.jsonl (tensors; read back only when logging). stage_acc_threshold: a
+    threshold on the measured gripper opening as a stage classifier, the baseline for the stage head."""
+    grip = batch["gripper_qpos"]
+    closed = (grip < STAGE_THRESHOLD) if high else (grip > 1 - STAGE_THRESHOLD)
+    closed = closed.any(1, keepdim=True) if stage_label == "any" else closed
+    m = dict(loss=loss, policy_loss=out["policy_loss"], grad_norm=grad_norm,
+             stage_acc_threshold=(closed.float() == batch["stage"]).float().mean())
+    if "stage_loss" in out:
+        m["stage_loss"] = out["stage_loss"]
+        m["stage_acc"] = ((out["stage_logits"] > 0).float() == batch["stage"]).float().mean()
+    if "keyframe_l1" in out:
+        m["keyframe_l1"] = out["keyframe_l1"]
+    return m
+
+
+def train(opts: Options) -> dict:
+    b = build(opts)
+    D, cfg, model, ema, optimizer, step, run = b["D"], b["cfg"], b["model"], b["ema"], b["optimizer"], b["step"], b["run"]
+    out_dir, amp = Path(opts.out), b["device"].type == "cuda"
+    print(f"run {run} on {b['device']} | {len(D['texts'])} episodes, {len(D['action'])} steps, cameras {D['cameras']}")
+    print(f"{format_counts(param_counts(model))} | vocab {b['tok'].vocab_size} | start step {step}")
 
     def checkpoint(s):
-        save_checkpoint(ck_path, dict(
+        save_checkpoint(out_dir / "ckpt.pt", dict(
             model=model.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(), step=s,
-            options=dataclasses.asdict(opts), model_config=dataclasses.asdict(cfg), stats=stats,
-            tokenizer=tok.proto, meta=meta, git=data.git_revision(), run=run,
-            rng=dict(data=g_data.get_state(), flow=g_flow.get_state(), torch=torch.get_rng_state())))
+            options=dataclasses.asdict(opts), model_config=dataclasses.asdict(cfg), stats=b["stats"],
+            tokenizer=b["tok"].proto, meta=D["meta"], git=data.git_revision(), run=run,
+            rng=dict(data=b["g_data"].get_state(), flow=b["g_flow"].get_state(), torch=torch.get_rng_state())))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
     kept = [l for l in metrics_path.read_text().splitlines() if json.loads(l)["step"] <= step] if (
-        resume is not None and metrics_path.exists()) else []
+        step and metrics_path.exists()) else []
     metrics_path.write_text("".join(l + "\n" for l in kept))
     acc, t_log, t_bar, t_save, first, last = {}, time.perf_counter(), 0.0, time.perf_counter(), step, {}
-    high = segment.open_is_high(meta["gripper_convention"])
+    high, ema_pairs = segment.open_is_high(D["meta"]["gripper_convention"]), ema_pairs_of(ema, model)
     while step < opts.steps:
         step += 1
         lr = lr_at(step, opts)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = dataset.make_batch(D, lang, norm, g_data, opts.batch_size, cfg, opts.shift, device, scene)
-        noise, t = sample_noise_time(g_flow, opts.batch_size, cfg.horizon, A, device)
+        batch = dataset.make_batch(D, b["lang"], b["norm"], b["g_data"], opts.batch_size, cfg, opts.shift, b["device"],
+                                   b["scene"])
+        noise, t = sample_noise_time(b["g_flow"], opts.batch_size, cfg.horizon, cfg.action_dim, b["device"])
         out, loss, gn = train_step(model, optimizer, batch, noise, t, opts, amp)
         ema_update(ema_pairs, min(opts.ema_decay, (1 + step) / (10 + step)))
-        # metrics (summed as tensors; read back only when logging)
-        grip = batch["gripper_qpos"]
-        closed = (grip < STAGE_THRESHOLD) if high else (grip > 1 - STAGE_THRESHOLD)
-        closed = closed.any(1, keepdim=True) if opts.stage_label == "any" else closed
-        m = dict(loss=loss, policy_loss=out["policy_loss"], grad_norm=gn,
-                 stage_acc_threshold=(closed.float() == batch["stage"]).float().mean())
-        if "stage_loss" in out:
-            m["stage_loss"] = out["stage_loss"]
-            m["stage_acc"] = ((out["stage_logits"] > 0).float() == batch["stage"]).float().mean()
-        if "keyframe_l1" in out:
-            m["keyframe_l1"] = out["keyframe_l1"]
-        for k, v in m.items():
+        for k, v in batch_metrics(out, batch, loss, gn, opts.stage_label, high).items():
             acc[k] = acc.get(k, 0.0) + v.detach().float()
         stop = opts.stop_after and step - first >= opts.stop_after
         if step % opts.log_every == 0 or step == opts.steps or stop:

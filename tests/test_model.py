@@ -7,7 +7,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import VLA, ModelConfig, Tokenizer, param_counts, train_tokenizer  # noqa: E402
+from model import VLA, ModelConfig, Tokenizer, train_tokenizer  # noqa: E402
+from train import param_counts  # noqa: E402
 from train import new_model, sample_noise_time  # noqa: E402
 
 torch.set_num_threads(1)  # 2 shared cores: two threads on tiny ops mostly wait for each other
@@ -170,7 +171,7 @@ def test_no_state_model_ignores_the_state():
 def test_conv_stem_keeps_the_token_grid_and_sees_the_image():
     """vit_stem='conv' replaces timm's patchify conv: same number of tokens per camera for patch 16 and 12
     (12 = 2 * 2 * 3 ends in a stride-3 conv), and the tokens depend on the pixels."""
-    from model import conv_stem
+    from frontend import conv_stem
     for patch, size in ((16, 96), (12, 96), (8, 32)):
         assert conv_stem(patch, 24)(torch.zeros(1, 3, size, size)).shape == (1, 24, size // patch, size // patch)
     cfg = tiny_cfg(vit_stem="conv")
