@@ -12,7 +12,9 @@ drift, stop part-way on an object and ramp slowly. The recipe here, per gripper:
   2. state    hysteresis on the signal normalised to closed = 0, open = 1: closed below `close_below`,
               open above `open_above`, unchanged in between. A grasp that stops on an object sits well
               under `close_below`, so it is closed; noise around one level never reaches the other.
-  3. dwell    runs shorter than `min_dwell` steps are glitches and take the state before them.
+  3. dwell    runs with fewer than `min_dwell` steps past their own threshold are glitches and take the
+              state before them. Steps the hysteresis merely holds (in the band) do not count: a two-step
+              glitch whose next step's noise stops just short of `open_above` is still two steps long.
   4. timing   hysteresis decides THAT a transition happened; WHEN is the first step past the midpoint
               between the levels of the runs before and after it (the middle of a slow ramp).
 
@@ -134,12 +136,13 @@ def _hysteresis(u: np.ndarray, close_below: float, open_above: float) -> np.ndar
     return code[last]
 
 
-def _drop_short_runs(s: np.ndarray, min_dwell: int) -> np.ndarray:
-    """Runs shorter than min_dwell take the state of the last long run before them (or the first long
-    run, at the start). If no run is long enough, the majority state holds throughout."""
+def _drop_short_runs(s: np.ndarray, past: np.ndarray, min_dwell: int) -> np.ndarray:
+    """Runs with fewer than min_dwell steps `past` their state's threshold take the state of the last long
+    run before them (or the first long run, at the start); steps held in the hysteresis band do not count.
+    If no run is long enough, the majority state holds throughout."""
     starts = np.r_[0, np.flatnonzero(s[1:] != s[:-1]) + 1]
     lengths = np.diff(np.r_[starts, len(s)])
-    keep = lengths >= min_dwell
+    keep = np.add.reduceat(past, starts, dtype=np.int64) >= min_dwell
     if not keep.any():
         return np.full(len(s), int(s.mean() > 0.5), np.int8)
     src = np.where(keep, np.arange(len(starts)), -1)
@@ -197,7 +200,8 @@ def segment(gripper, *, open_is_high: bool = True, levels=None, close_below: flo
     close_below (0.6): closed once the signal drops below this fraction of the way from closed to open.
         High enough that a grasp stopped on an object (measured opening 0.3-0.5) counts as closed.
     open_above (0.8): open once above this fraction. The band between the two is the hysteresis.
-    min_dwell (3): a state held for fewer steps is a glitch and makes no event.
+    min_dwell (3): a state held for fewer steps (counting only steps past its threshold, not those left
+        in the band between the two) is a glitch and makes no event.
     level_percentile (1.0): percentile (and 100 minus it) for the rough levels; outliers held for less
         than this share of the episode are ignored.
     min_contrast (4.0): a gripper moves only if open - closed >= this many robust noise sigmas (from
@@ -242,7 +246,9 @@ def segment(gripper, *, open_is_high: bool = True, levels=None, close_below: flo
             stage[:, g] = int(constant_state == "closed")
             continue
         u = (y - c) / (o - c)
-        state = _drop_short_runs(_hysteresis(u, close_below, open_above), int(min_dwell))
+        raw = _hysteresis(u, close_below, open_above)
+        past = np.where(raw == 1, u < close_below, u > open_above)  # not merely held in the band
+        state = _drop_short_runs(raw, past, int(min_dwell))
         switches = np.flatnonzero(state[1:] != state[:-1]) + 1
         times = _event_times(u, state, switches)
         toggles = np.zeros(T, np.int8)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +134,20 @@ def test_noise_and_random_chatter_make_no_extra_events():
     spikes = rng.choice(np.r_[20:280, 320:580, 620:980], 30, replace=False)
     x[spikes] = 1 - np.round(x[spikes])  # one-step flips to the other level
     assert ev(S.segment(x)) == [(300, 0, "close"), (600, 0, "open")]
+
+
+def test_two_step_glitch_then_a_step_in_the_band_makes_no_event():
+    """A step the hysteresis only holds (between close_below and open_above) does not lengthen a glitch:
+    two steps closed, then 0.7 (in the band), then open is a two-step glitch, not a min_dwell = 3 grasp."""
+    x = steps((1, 30), (0, 30), (1, 30))
+    x[70:72] = 0.0
+    x[72] = 0.7                      # open again, but not yet above open_above = 0.8
+    x[40:42], x[42] = 1.0, 0.7       # the same from the closed side: not yet below close_below = 0.6
+    assert ev(S.segment(x, levels=(0, 1))) == [(30, 0, "close"), (60, 0, "open")]
+    assert ev(S.segment(x)) == [(30, 0, "close"), (60, 0, "open")]
+    x[72] = 0.0                      # a third step past close_below: a real (brief) grasp
+    assert ev(S.segment(x, levels=(0, 1))) == [(30, 0, "close"), (60, 0, "open"), (70, 0, "close"),
+                                                 (73, 0, "open")]
 
 
 def test_grasp_that_stops_on_an_object_is_closed():
@@ -278,32 +292,22 @@ def test_labels_for_episode_action_vs_qpos():
 RAMP_MAX, SIGMA_MAX, MIN_GAP = 30, 0.05, 16
 
 
-@st.composite
-def messy_episode(draw):
-    """Random piecewise-constant gripper signals, 1-2 arms, with random levels (incl. partial grasps),
-    units, orientation, Gaussian noise, one/two-step chatter and linear ramps. Returns the raw signal,
-    segment kwargs and the true (t, arm, kind) events, t = first step past the middle of the ramp."""
-    G = draw(st.integers(1, 2))
-    T = draw(st.integers(60, 700))
-    sync = draw(st.booleans())
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    scale = draw(st.sampled_from([0.08, 1.0, 255.0, 1000.0]))
-    offset = draw(st.floats(0, 1)) * scale
-    open_is_high = draw(st.booleans())
-    quantise = draw(st.booleans()) and scale >= 255
+def messy_signal(T, seed, arms, *, sync=False, scale=1.0, offset=0.0, open_is_high=True, quantise=False):
+    """The episode `messy_episode` draws, built from explicit parameters (so a failure found by Hypothesis
+    can be pinned with @example). arms: per arm (ramp, n_events, closed_level, start_closed, sigma,
+    n_chatter); seed drives the event times, chatter and noise. Returns the raw signal, segment kwargs,
+    the true (t, arm, kind) events (t = first step past the middle of the ramp), sigmas, ramps and the
+    initial stages."""
+    G = len(arms)
+    rng = np.random.default_rng(seed)
     cols, truth, sigmas, ramps, initial = [], [], [], [], []
-    for g in range(G):
-        ramp = int(draw(st.integers(0, RAMP_MAX)))
+    for g, (ramp, n, closed_level, start_closed, sigma, n_chatter) in enumerate(arms):
         gap = MIN_GAP + ramp
-        n = int(draw(st.integers(0, 5)))
         n = max(0, min(n, (T - gap) // gap))
         if sync and g == 1 and G == 2:
             times, ramp, gap = [t for t, _, _ in truth], ramps[0], MIN_GAP + ramps[0]
         else:
             times = list(gap * np.arange(1, n + 1) + np.sort(rng.integers(0, T - gap * (n + 1) + 1, n)))
-        closed_level = draw(st.floats(0, 0.45))          # 0 = fully closed; > 0 = stopped on an object
-        start_closed = draw(st.booleans())
-        sigma = draw(st.floats(0, SIGMA_MAX))
         lvl = lambda closed: closed_level if closed else 1.0
         t_ax, v, state = np.arange(T), np.full(T, lvl(start_closed)), start_closed
         for c in times:   # ramp crossing the middle between step c-1 and c
@@ -317,7 +321,7 @@ def messy_episode(draw):
             far[max(0, c - ramp - 6): c + ramp + 6] = False
         spots = np.flatnonzero(far & (t_ax % 10 == 0))  # 10 apart: glitches never merge into a longer run,
                                                          # and each level is held 2 * min_dwell + 1 steps
-        for p in rng.choice(spots, min(int(draw(st.integers(0, 6))), len(spots)), replace=False):
+        for p in rng.choice(spots, min(n_chatter, len(spots)), replace=False):
             v[p: p + rng.integers(1, 3)] = closed_level + 1.0 - v[p]
         v += rng.normal(0, sigma, T)
         cols.append(v)
@@ -331,8 +335,37 @@ def messy_episode(draw):
     return raw, dict(open_is_high=open_is_high), truth, sigmas, ramps, initial
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@st.composite
+def messy_episode(draw):
+    """Random piecewise-constant gripper signals, 1-2 arms, with random levels (incl. partial grasps),
+    units, orientation, Gaussian noise, one/two-step chatter and linear ramps (see messy_signal)."""
+    G = draw(st.integers(1, 2))
+    T = draw(st.integers(60, 700))
+    sync = draw(st.booleans())
+    seed = draw(st.integers(0, 2**32 - 1))
+    scale = draw(st.sampled_from([0.08, 1.0, 255.0, 1000.0]))
+    offset = draw(st.floats(0, 1)) * scale
+    open_is_high = draw(st.booleans())
+    quantise = draw(st.booleans()) and scale >= 255
+    arms = [(draw(st.integers(0, RAMP_MAX)), draw(st.integers(0, 5)),
+             draw(st.floats(0, 0.45)),      # closed level: 0 = fully closed; > 0 = stopped on an object
+             draw(st.booleans()), draw(st.floats(0, SIGMA_MAX)), draw(st.integers(0, 6))) for _ in range(G)]
+    return messy_signal(T, seed, arms, sync=sync, scale=scale, offset=offset, open_is_high=open_is_high,
+                        quantise=quantise)
+
+
+# The issue's case (within segment's contract: levels 0.55 apart = 11.7 noise sigmas, min_contrast is 4):
+# sigma 0.047, ramp 8, closed level 0.45, true events 126/197. Two-step chatter to the closed level at
+# 230-231; at 232 the noise left the signal at 0.853, 3.1 sigma under the open level and under open_above
+# (0.878 with the estimated levels), so the hysteresis held "closed" for a third step, the glitch passed
+# min_dwell = 3 and segment() made a close/open at 230/232. See also
+# test_two_step_glitch_then_a_step_in_the_band_makes_no_event.
+GLITCH_THEN_BAND = messy_signal(240, 18523277, [(8, 2, 0.45, False, 0.047, 5)])
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])  # examples, seed, database: tests/conftest.py
 @given(messy_episode())
+@example(GLITCH_THEN_BAND)
 def test_property_events_come_back(ep):
     """Same events per arm and kind; each time within tol = 0 for steps, 2 + 4*sigma*ramp/gap for ramps
     (noise moves the midpoint crossing by about sigma / slope); stage and keyframe_index follow from them."""
@@ -350,7 +383,6 @@ def test_property_events_come_back(ep):
     assert np.array_equal(seg.keyframe_index, expected_keyframes(seg.events, T))
 
 
-@settings(max_examples=100, deadline=None)
 @given(st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=60), st.integers(1, 5))
 def test_property_any_finite_signal_is_self_consistent(values, min_dwell):
     """Whatever the signal: events strictly alternate per arm, runs last >= min_dwell except where the
