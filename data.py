@@ -126,7 +126,7 @@ def episode_paths(folder) -> list[Path]:
 # ----------------------------------------------------------------------------- generation
 
 def make_meta(tasks: list[str], cameras, image_size) -> dict:
-    import sim
+    from world import sim
     import world
     suite = world.suite_of(tasks[0])
     if suite is not sim:  # another robot's suite (twin.py) writes its own layout
@@ -153,7 +153,7 @@ _worker_env = {}
 
 def _attempt(args):
     """Run the expert once (in a worker); returns (seed, success, stage, steps, episode or None)."""
-    import experts
+    from world import experts
     import world
     task, seed, cameras, image_size, grasp_natural = args
     key = (task, tuple(cameras), tuple(image_size))
@@ -194,7 +194,7 @@ def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(9
     Seeds are tried in order seed, seed+1, ...; the k-th successful one becomes episode_k. Failed attempts
     are counted (by furthest stage) and reported, never saved. Returns the generation summary.
     """
-    import sim
+    from world import sim
     import world
     try:
         suite = world.suite_of(task)
@@ -346,7 +346,7 @@ def parse_options(cls, argv=None, prog=None, description=None, defaults=None):
     return cls(**vars(p.parse_args(argv)))
 
 
-# ----------------------------------------------------------------------------- experts and benchmark
+# ----------------------------------------------------------------------------- provenance (experts and benchmarks: lab/diagnostics.py)
 
 def git_revision() -> str:
     import subprocess
@@ -359,89 +359,6 @@ def git_revision() -> str:
         return rev + ("-dirty" if dirty else "")
     except Exception:
         return "unknown"
-
-
-def _expert_stats(args):
-    import experts
-    import world
-    task, seeds = args
-    env = world.make_env(task, render=False)
-    rows = [(s, *experts.run_expert(task, s, env)[:3]) for s in seeds]
-    return task, rows
-
-
-def experts(tasks, n_seeds, workers=1) -> dict:
-    """Expert success over seeds 0..n-1 per task, without rendering; failures listed with their stage."""
-    import world
-    jobs = [(t, list(range(n_seeds))) for t in tasks]
-    if workers > 1:
-        import multiprocessing as mp
-        with mp.get_context("spawn").Pool(workers) as pool:
-            out = pool.map(_expert_stats, jobs)
-    else:
-        out = list(map(_expert_stats, jobs))
-    report = {}
-    for task, rows in out:
-        suite = world.suite_of(task)
-        stages = [s[0] for s in suite.STAGES[task]]
-        lengths = [r[3] for r in rows]
-        # failed_at_stage: the first stage the attempt did not reach ("all" = every stage reached, success
-        # condition not held long enough)
-        fails = [{"seed": r[0], "failed_at_stage": stages[r[2]] if r[2] < len(stages) else "all", "steps": r[3]}
-                 for r in rows if not r[1]]
-        report[task] = {"success": sum(r[1] for r in rows) / len(rows), "seeds": len(rows),
-                        "failures": fails, "failures_by_stage": {s: sum(f["failed_at_stage"] == s for f in fails) for s in stages + ["all"]},
-                        "episode_length_mean": float(np.mean(lengths)), "episode_length_max": int(max(lengths)),
-                        "max_steps": suite.TASKS[task].max_steps,
-                        "max_steps_over_longest": round(suite.TASKS[task].max_steps / max(lengths), 2),
-                        "gripper_events": suite.TASKS[task].gripper_events}
-    return report
-
-
-def bench(tasks, episodes=1, cameras=None, image_size=(96, 96)) -> dict:
-    """Per task: physics steps/s, ms per rendered frame per camera, episodes recorded per minute, and the
-    ratio of recording time (expert + physics + render + compression + write) to the floor (physics + render)."""
-    import time
-    import experts
-    import sim
-    import world
-    rows = {}
-    for task in tasks:
-        suite = world.suite_of(task)
-        cams = list(cameras or suite.CAMERAS)
-        env = world.make_env(task, cameras=cams, image_size=image_size, render=True)
-        t_phys = t_render = 0.0
-        n_steps = n_frames = 0
-        t_rec = 0.0
-        for s in range(episodes):
-            # instrumented rollout: time physics and rendering separately
-            env.reset(s)
-            x = experts.make_expert(env)
-            for act in x.actions():
-                t0 = time.perf_counter()
-                for c in cams:
-                    env.render(c)
-                t1 = time.perf_counter()
-                env.apply(act)  # physics only; the renders were timed above
-                t2 = time.perf_counter()
-                t_render += t1 - t0
-                t_phys += t2 - t1
-                n_steps += 1
-                n_frames += len(cams)
-            # the real recording path: expert check + recorded rollout + compressed atomic write
-            with tempfile.TemporaryDirectory() as d:
-                t0 = time.perf_counter()
-                _worker_env.clear()
-                _, ok, _, _, ep = _attempt((task, s, cams, tuple(image_size), False))
-                if ep is not None:
-                    save_episode(Path(d) / "ep.npz", ep)
-                t_rec += time.perf_counter() - t0
-        rows[task] = {"physics_steps_per_s": n_steps * sim.SUBSTEPS / t_phys,
-                      "ms_per_frame_per_camera": 1000 * t_render / n_frames,
-                      "episodes_per_min": 60 * episodes / t_rec,
-                      "record_over_floor": t_rec / (t_phys + t_render),
-                      "control_steps_per_episode": n_steps / episodes}
-    return rows
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -468,18 +385,9 @@ def main(argv=None):
     s.add_argument("dir")
     s.add_argument("--episode", type=int, default=0)
     s.add_argument("--out", required=True)
-    e = sub.add_parser("experts", help="expert success per task over seeds (no rendering)")
-    e.add_argument("--seeds", type=int, default=100)
-    e.add_argument("--tasks", nargs="+", default=None, help="default: the bimanual suite (twin tasks: franka_*)")
-    e.add_argument("--workers", type=int, default=2)
-    e.add_argument("--out", default=None, help="JSON file to write (e.g. results/experts.json)")
-    b = sub.add_parser("bench", help="simulation and recording speed per task on this machine")
-    b.add_argument("--tasks", nargs="+", default=None)
-    b.add_argument("--episodes", type=int, default=1)
-    b.add_argument("--out", default=None, help="JSON file to write")
     a = p.parse_args(argv)
     try:
-        import sim
+        from world import sim
         import world
         if a.cmd == "tasks":
             for suite in world.SUITES:
@@ -496,30 +404,6 @@ def main(argv=None):
                   f"{len(st['failures'])} expert failures " + (f"(seeds {[f['seed'] for f in st['failures']]})" if st["failures"] else ""))
         elif a.cmd == "show":
             print(show(a.dir, a.episode, a.out))
-        elif a.cmd in ("experts", "bench"):
-            tasks = a.tasks or list(sim.TASKS)
-            unknown = [t for t in tasks if t not in world.all_tasks()]
-            if unknown:
-                raise DataError(f"unknown task(s) {unknown}; known tasks: {', '.join(world.all_tasks())}")
-            if a.cmd == "experts":
-                rep = experts(tasks, a.seeds, a.workers)
-                for t, r in rep.items():
-                    print(f"{t:12s} success {r['success']:.2f} over {r['seeds']} seeds; failures by the stage not reached "
-                          f"{ {k: v for k, v in r['failures_by_stage'].items() if v} }; longest {r['episode_length_max']} "
-                          f"steps, limit {r['max_steps']} ({r['max_steps_over_longest']}x)")
-            else:
-                rep = bench(tasks, a.episodes)
-                print(f"{'task':12s} {'physics steps/s':>16s} {'ms/frame/cam':>13s} {'episodes/min':>13s} {'record/floor':>13s}")
-                for t, r in rep.items():
-                    print(f"{t:12s} {r['physics_steps_per_s']:16.0f} {r['ms_per_frame_per_camera']:13.1f} "
-                          f"{r['episodes_per_min']:13.1f} {r['record_over_floor']:13.2f}")
-            if a.out:
-                import platform
-                doc = {"command": "python " + " ".join(["data.py", *(argv if argv is not None else sys.argv[1:])]),
-                       "git_revision": git_revision(), "machine": f"{platform.processor() or platform.machine()}, "
-                       f"{os.cpu_count()} cores", "results": rep}
-                Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(Path(a.out), lambda f: f.write(json.dumps(doc, indent=1).encode()))
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

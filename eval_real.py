@@ -6,14 +6,14 @@
   python eval_real.py --ckpt CKPT --ip 127.0.0.1 --realtime ignore --camera none --instruction "..."
   python eval_real.py --ckpt CKPT --robot mujoco --task franka_pick_place --episodes 50   # the MuJoCo twin
 
-Demonstrations are recorded with record.py (`python record.py --robot franky|mujoco ...`). The hardware this loop
-drives (the franky backend, the gripper worker, cameras) is in hardware.py. Installation, the safety checklist
-and the numbers measured for it: docs/real_robot.md.
+Demonstrations are recorded with robot/record.py (`python robot/record.py --robot franky|mujoco ...`). The hardware this loop
+drives (the franky backend, the gripper worker, cameras) is in robot/hardware.py. Installation, the safety checklist
+and the numbers measured for it: robot/README.md.
 
 --robot mujoco (twin.py) runs the same loop, limits and caps on the simulated Franka with rendered cameras and
 a simulated clock (as fast as the CPU allows), over randomised evaluation seeds, scored by the task's success
 predicate; it writes OUT/results.json in eval_sim.py's schema (default OUT: results/twin/TASK), so that
-`python eval_sim.py compare` pairs twin runs by seed.
+`python lab/diagnostics.py compare` pairs twin runs by seed.
 
 Each rollout: connect (the address is probed first, so a wrong one fails in seconds), clear what the last one
 left (a hard stop's pending error; a reflex, recovered with its result checked), open the gripper and move to
@@ -84,8 +84,8 @@ import numpy as np
 
 import data
 from data import opt
-from franka import ARMS, READY
-from hardware import DryRunBackend, FrankyBackend, RobotError, open_cameras, resize
+from robot.franka import ARMS, READY
+from robot.hardware import DryRunBackend, FrankyBackend, RobotError, open_cameras, resize
 from stats import wilson  # noqa: F401  (Wilson score 95% interval, shared with eval_sim.py)
 
 
@@ -483,7 +483,7 @@ def evaluate_twin(o: Options, policy=None, log=print, command: str | None = None
     config (the options as run: caps, dynamics, arm, the task's max_steps), tasks: {task: eval_sim.summarise},
     wall_s}."""
     import eval_sim
-    import twin
+    from world import twin
     check_options(o)
     if o.task not in twin.TASKS:
         raise RobotError(f"--robot mujoco needs a twin task (--task): {', '.join(twin.TASKS)}; got '{o.task}'")

@@ -1,11 +1,11 @@
 """Every chart the project draws, with PIL only (no matplotlib).
 
   loss_curves    train.py's metrics.jsonl rows: one panel per group of curves, log scale for losses
-  bar_chart      grouped rates in [0, 1] with interval whiskers (eval_sim.py compare: success per task)
+  bar_chart      grouped rates in [0, 1] with interval whiskers (lab/diagnostics.py compare: success per task)
   scatter_chart  labelled points, optionally with vertical interval whiskers (gain vs gripper events)
   heatmap        a grid of rates in [0, 1] with a text per cell (ablation.py: the loss-weight sweep)
   timeline       panels over one time axis: curves, shaded stage, dashed levels, event lines, keyframe
-                 marks; stage_probe (eval_sim.py probe) and segmentation (segment.py --plot) are two uses
+                 marks; stage_probe (lab/diagnostics.py probe) and segmentation (segment.py --plot) are two uses
 
 Every function creates the parent folders and writes its PNG atomically (a temporary file in the same
 folder, then os.replace), so a killed run leaves no half image. Colours live in PALETTE and the names

@@ -3,7 +3,7 @@
     python train.py --data DIR [DIR ...] --out RUN --steps N [--stage-weight W --keyframe-weight W] [--resume]
     python train.py --data DIR --out RUN --vision-from GROUND_CKPT --freeze-vision --grounded --grounded-only \\
         --shift 0 --symmetry --velocity ...                      # the recipe that succeeds (README)
-    python train.py bench [--presets tiny small] [--json results/bench_train_cpu.json]
+    python lab/diagnostics.py train-bench [--presets tiny small] [--json results/bench_train_cpu.json]   # was train.py bench
 
 Several folders train one multi-task, language-conditioned policy. `--init-from` fine-tunes an earlier
 checkpoint (the paper's setting): its weights (the EMA copy), tokenizer and normalisation statistics are
@@ -443,100 +443,10 @@ def train(opts: Options) -> dict:
     return last
 
 
-# ----------------------------------------------------------------------------- benchmark
-
-def bench(argv=None) -> dict:
-    """Training samples/s on this machine, in one run: the recipe's policy on a frozen grounding front end (the
-    `small` front end, 3 cameras at 96 px) with its output computed from the images every step and cached,
-    and the from-scratch presets; plus inference ms per chunk. Synthetic data unless --data is given."""
-    import argparse
-    import tempfile
-    ap = argparse.ArgumentParser(prog="train.py bench", description=bench.__doc__.split("\n")[0])
-    ap.add_argument("--presets", nargs="*", default=["tiny", "small"], help="from-scratch presets to time too")
-    ap.add_argument("--data", nargs="+", default=None, help="episode folders (default: synthetic, 3 cameras 96 px)")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=3, help="at least this many timed steps (after 2 warm-up)")
-    ap.add_argument("--seconds", type=float, default=5.0, help="...and at least this long per measurement")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: train.cpu_threads)")
-    ap.add_argument("--json", default=None, help="write the results here")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads or cpu_threads())
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    tmp = tempfile.TemporaryDirectory()
-    folders = args.data
-    if folders is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
-        from synthetic import make_dataset
-        folders = [str(make_dataset(Path(tmp.name) / "synthetic", n_episodes=4, T=100, image_size=(96, 96),
-                                    cameras=("top", "left_wrist", "right_wrist")))]
-
-    def rate(fn):  # calls/s of fn, timed over at least --steps calls and --seconds
-        for _ in range(2):
-            fn()
-        sync()
-        n, t0 = 0, time.perf_counter()
-        while n < args.steps or time.perf_counter() - t0 < args.seconds:
-            fn()
-            n += 1
-            sync()
-        return n / (time.perf_counter() - t0)
-
-    D = dataset.load_folders(folders)
-    tok = Tokenizer(train_tokenizer(sorted(set(D["texts"])), PRESETS["small"]["vocab_size"]))
-    dims = dict(action_dim=D["action"].shape[1], state_dim=D["qpos"].shape[1], n_cameras=len(D["cameras"]),
-                image_size=tuple(D["meta"]["image_size"]), vocab_size=tok.vocab_size, n_stage=D["stage"].shape[1],
-                keyframe_head=True)
-    recipe = ModelConfig.from_preset("small", vit_stem="conv", vit_pos="sincos", keypoints=16, grounded=2,
-                                     grounded_only=True, ground_mean=(0.0, 0.0), ground_std=(1.0, 1.0), **dims)
-    runs = {"recipe, front end every step": (recipe, False), "recipe, front end cached": (recipe, True),
-            **{f"{p} from scratch": (ModelConfig.from_preset(p, **dims), False) for p in args.presets}}
-    dev_name = (torch.cuda.get_device_name() if device.type == "cuda" else
-                f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)")
-    res = dict(command="python train.py bench " + " ".join(argv or []), git=data.git_revision(), device=dev_name,
-               batch_size=args.batch_size, runs={})
-    print(f"{dev_name} | batch {args.batch_size}\n{'run':30s} {'params':>8s} {'train/s':>9s} {'infer ms':>9s}")
-    opts, stats = Options(data=folders, batch_size=args.batch_size, shift=0), dataset.compute_stats(D)
-    for name, (cfg, cached) in runs.items():
-        model = new_model(cfg, 0).to(device)
-        if cfg.keypoints:  # the recipe: the front end frozen
-            for n, p in model.named_parameters():
-                p.requires_grad_(not n.startswith(VISION_PREFIXES))
-        optimizer, norm, lang = make_optimizer(model, opts), Normalizer(stats, device), language(tok, D["texts"], cfg.lang_len)
-        ema = copy.deepcopy(model).requires_grad_(False)
-        pairs = ema_pairs_of(ema, model)
-        Dr = {**D, "ground": dataset.grounded_positions(model, D, folders, lang, device)} if cached else D
-        g = torch.Generator().manual_seed(0)
-        def step():  # as the training loop: batch, noise, loss, update, EMA
-            batch = dataset.make_batch(Dr, lang, norm, g, opts.batch_size, cfg, 0, device)
-            train_step(model, optimizer, batch, *sample_noise_time(g, opts.batch_size, cfg.horizon, cfg.action_dim,
-                                                                   device), opts, device.type == "cuda")
-            ema_update(pairs, opts.ema_decay)
-        obs = {"images": {c: D["images"][0, i].numpy() for i, c in enumerate(D["cameras"])},
-               "qpos": D["qpos"][0].numpy(), "instruction": D["texts"][0]}
-        policy = Policy(model, tok, stats, D["meta"], device)
-        infer_ms = 1000 / rate(lambda: policy.predict_chunk([obs]))
-        model.train()
-        r = dict(params=param_counts(model)["total"], train_samples_per_s=args.batch_size * rate(step), infer_ms=infer_ms)
-        res["runs"][name] = r
-        print(f"{name:30s} {r['params'] / 1e6:7.2f}M {r['train_samples_per_s']:9.1f} {infer_ms:9.1f}")
-    a, b = res["runs"]["recipe, front end cached"], res["runs"]["recipe, front end every step"]
-    res["cached_over_uncached"] = a["train_samples_per_s"] / b["train_samples_per_s"]
-    print(f"cached front end: {res['cached_over_uncached']:.1f}x the samples/s of running it every step")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        data.atomic_write_bytes(Path(args.json), lambda f: f.write(json.dumps(res, indent=1).encode()))
-        print(f"wrote {args.json}")
-    return res
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv[:1] == ["bench"]:
-            bench(argv[1:])
-        else:
-            train(data.parse_options(Options, argv, "train.py", __doc__.split("\n")[0]))
+        train(data.parse_options(Options, argv, "train.py", __doc__.split("\n")[0]))
     except (data.DataError, ValueError, FileNotFoundError) as e:
         print(f"\ntrain.py: error: {e}", file=sys.stderr)
         return 2

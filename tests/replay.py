@@ -4,7 +4,7 @@ import dataclasses
 
 import numpy as np
 
-import experts
+from world import experts
 
 
 def record_expert(env, seed: int):

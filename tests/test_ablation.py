@@ -1,6 +1,6 @@
-"""ablation.py: the protocol end to end on the tiny preset (the lift_block recipe, tiny numbers), stopping at
+"""lab/ablation.py: the protocol end to end on the tiny preset (the lift_block recipe, tiny numbers), stopping at
 its budget, skipping finished runs, and the pairing of the four variants (same initial weights, same batches,
-same flow noise); eval_sim.compare's seed-aware statistics on synthetic results."""
+same flow noise); diagnostics.compare's seed-aware statistics on synthetic results."""
 import hashlib
 import json
 import subprocess
@@ -13,11 +13,11 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tests"))
 import train  # noqa: E402,F401  at collection: importing timm/torchvision after a MuJoCo EGL context segfaults
-import ablation  # noqa: E402
+from lab import ablation  # noqa: E402
 
 
 def run(tmp, *args, check=True):
-    cmd = [sys.executable, "ablation.py", "--preset", "tiny", "--out", str(tmp / "res"), "--runs-dir",
+    cmd = [sys.executable, "lab/ablation.py", "--preset", "tiny", "--out", str(tmp / "res"), "--runs-dir",
            str(tmp / "runs"), "--data-dir", str(tmp / "data"), *args]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     if check:
@@ -152,11 +152,11 @@ def _results(folder: Path, outcomes: dict, task_events=None):
 
 
 def test_compare_pools_seeds_with_spread_and_pairs_by_seed(tmp_path):
-    import eval_sim
+    from lab import diagnostics
     none = [_results(tmp_path / f"none{s}", {"place_block": oc}) for s, oc in enumerate(([1, 0, 0, 0] * 5, [1, 1, 0, 0] * 5))]
     stake = [_results(tmp_path / f"stake{s}", {"place_block": oc}) for s, oc in enumerate(([1, 1, 0, 0] * 5, [1, 1, 1, 0] * 5))]
     base = _results(tmp_path / "base", {"place_block": [0] * 20})
-    md = eval_sim.compare([none, stake, [base]], str(tmp_path / "rep"), ["none", "SS+KS", "base"])
+    md = diagnostics.compare([none, stake, [base]], str(tmp_path / "rep"), ["none", "SS+KS", "base"])
     js = json.loads((tmp_path / "rep" / "compare.json").read_text())
     v = js["tasks"]["place_block"]["variants"]
     assert (v["none"]["successes"], v["none"]["episodes"], v["SS+KS"]["successes"]) == (15, 40, 25)
@@ -169,14 +169,13 @@ def test_compare_pools_seeds_with_spread_and_pairs_by_seed(tmp_path):
     assert p["seeds"]["bootstrap"]["seeds"] == 2 and p["seeds"]["p_sign_flip"] == 0.5  # both seeds gain: 2/2^2 * 2
     assert "with the training-seed spread" in md
     # more folders for one variant: the first min(count) pair, seed i with seed i
-    eval_sim.compare([none + [base], stake], str(tmp_path / "rep2"), ["none", "SS+KS"])
+    diagnostics.compare([none + [base], stake], str(tmp_path / "rep2"), ["none", "SS+KS"])
     js2 = json.loads((tmp_path / "rep2" / "compare.json").read_text())
     assert js2["paired"]["SS+KS"]["place_block"]["pairs"] == 40
 
 
 def test_headline_gains_by_events_on_synthetic_results(tmp_path):
-    import ablation
-    import eval_sim
+    from lab import ablation, diagnostics
     per_task = {}
     # place_block (2 events): SS+KS 0.5 / 0.75 against none 0.25 / 0.5, a known +67%; handover (4): none never
     # succeeds, so it has no relative gain and is left out rather than shown as NaN
@@ -184,7 +183,7 @@ def test_headline_gains_by_events_on_synthetic_results(tmp_path):
                                    "handover": (([0] * 20, [0] * 20), ([1, 0] * 10, [0] * 20))}.items():
         dirs = [[_results(tmp_path / t / f"{v}{s}", {t: oc}) for s, oc in enumerate(ocs)]
                 for v, ocs in (("none", none_oc), ("stake", stake_oc))]
-        eval_sim.compare(dirs, str(tmp_path / t / "rep"), ["none", "SS+KS"])
+        diagnostics.compare(dirs, str(tmp_path / t / "rep"), ["none", "SS+KS"])
         per_task[t] = {"compare": json.loads((tmp_path / t / "rep" / "compare.json").read_text())}
     gains, lines = ablation.headline_gains(per_task, tmp_path)
     assert [(g["task"], g["events"], g["variant"], g["seeds"]) for g in gains] == [("place_block", 2, "SS+KS", 2)]

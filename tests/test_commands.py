@@ -1,6 +1,6 @@
 """Every command the README and the usage docs show runs, as written, with tiny settings appended.
 
-The commands are read from the ```bash blocks of README.md, docs/pipeline.md and docs/real_robot.md (the
+The commands are read from the ```bash blocks of README.md, docs/pipeline.md and robot/README.md (the
 history in docs/experiments*.md ran at the commits it names). Each runs in this process through its script's
 `main(argv)`, in the order the documents give, with:
   - paths under data/, runs/, outputs/, results/, frontends/ (and bare output files) moved into a temporary folder;
@@ -16,33 +16,33 @@ import torch
 
 from conftest import ROOT
 
-DOCS = ["README.md", "docs/pipeline.md", "docs/real_robot.md"]
+DOCS = ["README.md", "docs/pipeline.md", "robot/README.md"]
 TINY = {  # (script, subcommand) -> appended flags
     ("data.py", "generate"): ["--episodes", "1", "--workers", "1"],
-    ("data.py", "experts"): ["--seeds", "1", "--workers", "1", "--tasks", "lift_block"],
-    ("data.py", "bench"): ["--tasks", "lift_block", "--episodes", "1"],
-    ("ground.py", None): ["--layouts", "8", "--holdout", "4", "--steps", "2", "--batch-size", "4", "--eval-every", "2",
+    ("lab/diagnostics.py", "experts"): ["--seeds", "1", "--workers", "1", "--tasks", "lift_block"],
+    ("lab/diagnostics.py", "data-bench"): ["--tasks", "lift_block", "--episodes", "1"],
+    ("lab/ground.py", None): ["--layouts", "8", "--holdout", "4", "--steps", "2", "--batch-size", "4", "--eval-every", "2",
                           "--preset", "tiny", "--keypoints", "4", "--workers", "1", "--threads", "1"],
-    ("ground.py", "check"): ["--steps", "0", "5"],
-    ("ground.py", "export"): ["--layouts", "2"],
+    ("lab/ground.py", "check"): ["--steps", "0", "5"],
+    ("lab/ground.py", "export"): ["--layouts", "2"],
     ("train.py", None): ["--steps", "2", "--batch-size", "4", "--save-every", "1", "--warmup", "1", "--threads", "1",
                          "--preset", "tiny"],
-    ("train.py", "bench"): ["--presets", "tiny", "--seconds", "0", "--steps", "1"],
+    ("lab/diagnostics.py", "train-bench"): ["--presets", "tiny", "--seconds", "0", "--steps", "1"],
     ("eval_sim.py", None): ["--episodes", "1", "--workers", "1", "--batch", "1", "--max-steps", "10"],
-    ("eval_sim.py", "openloop"): ["--episodes", "1"],
-    ("eval_sim.py", "bench"): ["--episodes", "1", "--batch", "1"],
+    ("lab/diagnostics.py", "openloop"): ["--episodes", "1"],
+    ("lab/diagnostics.py", "bench"): ["--episodes", "1", "--batch", "1"],
     ("eval_real.py", None): ["--episodes", "1", "--max-steps", "10"],
-    ("record.py", None): ["--episodes", "1"],
-    ("recipe.py", None): ["--demos", "1", "--steps", "2", "--episodes", "1", "--workers", "1"],
+    ("robot/record.py", None): ["--episodes", "1"],
+    ("lab/recipe.py", None): ["--demos", "1", "--steps", "2", "--episodes", "1", "--workers", "1"],
     ("stats.py", "power"): ["--sims", "10"],
 }
 SKIP = {  # a command's start -> the test that runs it instead
-    "python recipe.py lift_block": "tests/test_recipe.py::test_recipe_end_to_end_tiny_then_resumes",
+    "python lab/recipe.py lift_block": "tests/test_recipe.py::test_recipe_end_to_end_tiny_then_resumes",
     "python -m pytest": "the suite itself",
 }
 HARDWARE = "--ip"  # a real robot's address: tests/test_franky_sim.py runs the client against franky-sim
-SUBCOMMANDS = {"data.py": {"tasks", "generate", "show", "experts", "bench"}, "train.py": {"bench"},
-               "ground.py": {"check", "export"}, "eval_sim.py": {"compare", "probe", "openloop", "bench"},
+SUBCOMMANDS = {"data.py": {"tasks", "generate", "show"}, "lab/ground.py": {"check", "export"},
+               "lab/diagnostics.py": {"compare", "probe", "openloop", "bench", "train-bench", "experts", "data-bench"},
                "stats.py": {"power"}}
 INPUTS = {"--ckpt": "policy", "--init-from": "policy", "--vision-from": "grounding", "--data": "demos"}
 
@@ -65,7 +65,7 @@ def documented_commands() -> list:
 
 def test_the_documents_show_the_main_commands():
     cmds = [c for _, c in documented_commands()]
-    for start in ("python recipe.py lift_block", "python data.py generate", "python ground.py", "python train.py --data",
+    for start in ("python lab/recipe.py lift_block", "python data.py generate", "python lab/ground.py", "python train.py --data",
                   "python eval_sim.py --ckpt", "python eval_real.py --robot mujoco", "python -m pytest"):
         assert any(c.startswith(start) for c in cmds), f"no documented command starts with {start!r}"
     assert not [c for c in cmds if "..." in c], "a documented command has a '...' placeholder"
@@ -93,9 +93,9 @@ class Fixtures:
         return str(out)
 
     def _grounding(self, task):
-        import ground
+        from lab import ground
         out = self.tmp / "fixtures" / f"ground_{task}"
-        assert ground.main(["--task", task, "--out", str(out)] + TINY["ground.py", None]) == 0
+        assert ground.main(["--task", task, "--out", str(out)] + TINY["lab/ground.py", None]) == 0
         return str(out / "ckpt.pt")
 
     def _policy(self, task):
@@ -129,7 +129,7 @@ def localise(argv: list, tmp: Path, fx: Fixtures, script: str, sub) -> list:
             out.append(a)
             continue
         a = moved(a)
-        kind = "grounding" if (script, flag) == ("ground.py", "--init-from") else INPUTS.get(flag)
+        kind = "grounding" if (script, flag) == ("lab/ground.py", "--init-from") else INPUTS.get(flag)
         if flag is None and (sub == "compare" or (script, sub) in (("data.py", "show"), ("segment.py", None))):
             kind = "evaluation" if sub == "compare" else "demos"
         if kind and not Path(a).exists():
@@ -140,7 +140,7 @@ def localise(argv: list, tmp: Path, fx: Fixtures, script: str, sub) -> list:
 
 def run(script: str, argv: list) -> int:
     import importlib
-    mod = importlib.import_module(script[:-3])
+    mod = importlib.import_module(script[:-3].replace("/", "."))  # lab/ground.py: lab.ground
     try:
         return mod.main(argv) or 0
     except SystemExit as e:
@@ -163,7 +163,7 @@ def test_every_documented_command_runs(doc, tmp_path, monkeypatch):
         if script == "eval_real.py" and "--robot" in rest:
             sub = None
         argv = localise(rest, tmp_path, fx, script, sub) + TINY.get((script, sub), [])
-        if script == "ablation.py":  # the plan of every run; tests/test_ablation.py runs the tiny protocol
+        if script == "lab/ablation.py":  # the plan of every run; tests/test_ablation.py runs the tiny protocol
             argv += ["--dry-run", "--out", str(tmp_path / "ab"), "--runs-dir", str(tmp_path / "ab_runs"),
                      "--data-dir", str(tmp_path / "ab_data")]
         code = run(script, argv)

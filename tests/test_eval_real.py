@@ -17,8 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import eval_real as er  # noqa: E402
-import hardware as hw  # noqa: E402
-import record  # noqa: E402
+from robot import hardware as hw  # noqa: E402
+from robot import record  # noqa: E402
 
 
 class FakeClock:
@@ -410,7 +410,7 @@ def test_unroutable_address_fails_within_the_probe_timeout():
 def test_franky_not_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "franky", None)
     t = time.monotonic()
-    with pytest.raises(er.RobotError, match="pip install -r requirements-robot.txt"):
+    with pytest.raises(er.RobotError, match="pip install -r robot/requirements.txt"):
         hw.FrankyBackend("127.0.0.1")
     assert time.monotonic() - t < 1
 

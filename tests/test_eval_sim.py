@@ -1,12 +1,13 @@
-"""Evaluation: failure attribution on hand-made rollouts, Wilson intervals, compare and the paired test."""
+"""Evaluation: failure attribution on hand-made rollouts, Wilson intervals, compare (lab/diagnostics.py) and the paired test."""
 import json
 
 import numpy as np
 import pytest
 
 import eval_sim
-import experts
-import sim
+import stats
+from lab import diagnostics
+from world import experts, sim
 
 
 def _rollout(task, seed, edit):
@@ -54,10 +55,10 @@ def test_wilson_known_values():
 
 
 def test_mcnemar_exact():
-    assert eval_sim.mcnemar_exact(0, 0) == 1.0
-    assert abs(eval_sim.mcnemar_exact(0, 6) - 2 / 64) < 1e-12
-    assert abs(eval_sim.mcnemar_exact(3, 3) - 1.0) < 1e-12
-    assert eval_sim.mcnemar_exact(1, 9) < 0.05 < eval_sim.mcnemar_exact(2, 6)
+    assert stats.mcnemar_exact(0, 0) == 1.0
+    assert abs(stats.mcnemar_exact(0, 6) - 2 / 64) < 1e-12
+    assert abs(stats.mcnemar_exact(3, 3) - 1.0) < 1e-12
+    assert stats.mcnemar_exact(1, 9) < 0.05 < stats.mcnemar_exact(2, 6)
 
 
 def _fake_results(path, rates_by_task, seed_base=0):
@@ -76,7 +77,7 @@ def test_compare_table_paired_test_and_charts(tmp_path):
     var = {"lift_block": [1, 1] * 10, "stack_three": [1] + [0] * 19}
     _fake_results(tmp_path / "none", base)
     _fake_results(tmp_path / "stake", var)
-    md = eval_sim.compare([str(tmp_path / "none"), str(tmp_path / "stake")], str(tmp_path / "rep"))
+    md = diagnostics.compare([str(tmp_path / "none"), str(tmp_path / "stake")], str(tmp_path / "rep"))
     assert "0.50 [0.30, 0.70] (10/20)" in md and "1.00 [0.84, 1.00] (20/20)" in md
     row = next(l for l in md.splitlines() if l.startswith("| lift_block | stake |"))
     assert "| 20 | 0 | 10 |" in row and "0.00195" in row and "+1.00" in row  # p = 2 / 2**10

@@ -6,7 +6,7 @@ limits and raises no reflexes, so these tests measure what a real arm would refu
 The fixture starts `franky-sim -s mujoco` on loopback (it binds the first free 127.x.y.z, ports 1337 and 1338,
 and prints the address), and always stops it. Every wait is bounded: franky-sim runs at about half real time
 on 2 cores. Skipped, with the reason, when franky-control or franky-sim is not installed
-(pip install -r requirements-robot.txt).
+(pip install -r robot/requirements.txt).
 """
 import csv
 import dataclasses
@@ -27,11 +27,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import eval_real as er  # noqa: E402
-import hardware as hw  # noqa: E402
+from robot import hardware as hw  # noqa: E402
 
-franky = pytest.importorskip("franky", reason="franky-control not installed (pip install -r requirements-robot.txt)")
+franky = pytest.importorskip("franky", reason="franky-control not installed (pip install -r robot/requirements.txt)")
 if importlib.util.find_spec("franky_sim") is None:   # not imported: its pinocchio must stay out of this process
-    pytest.skip("franky-sim not installed (pip install -r requirements-robot.txt)", allow_module_level=True)
+    pytest.skip("franky-sim not installed (pip install -r robot/requirements.txt)", allow_module_level=True)
 
 START_TIMEOUT = 60.0
 

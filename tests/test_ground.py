@@ -1,4 +1,4 @@
-"""ground.py (grounding pretraining) and train.py --vision-from / --freeze-vision, on tiny settings."""
+"""lab/ground.py (grounding pretraining) and train.py --vision-from / --freeze-vision, on tiny settings."""
 import json
 import math
 import subprocess
@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 import data  # noqa: E402
-import sim  # noqa: E402
-from ground import GROUND_SEED_OFFSET, Options as GroundOptions, ground, render, render_parallel  # noqa: E402
+from world import sim  # noqa: E402
+from lab.ground import GROUND_SEED_OFFSET, Options as GroundOptions, ground, render, render_parallel  # noqa: E402
 from synthetic import make_dataset  # noqa: E402
 from train import Options, train  # noqa: E402
 
@@ -26,7 +26,7 @@ TINY = dict(task="lift_block", layouts=8, holdout=4, batch_size=4, preset="tiny"
 @pytest.fixture(scope="module")
 def grounded(tmp_path_factory):
     out = tmp_path_factory.mktemp("ground") / "g"
-    subprocess.run([sys.executable, str(ROOT / "ground.py"), "--out", str(out), "--task", "lift_block", "--layouts", "8",
+    subprocess.run([sys.executable, str(ROOT / "lab" / "ground.py"), "--out", str(out), "--task", "lift_block", "--layouts", "8",
                     "--holdout", "4", "--steps", "3", "--batch-size", "4", "--preset", "tiny", "--keypoints", "4",
                     "--image-size", "32", "32", "--cameras", "top", "--eval-every", "2", "--threads", "1"],
                    check=True, cwd=ROOT, capture_output=True, text=True)
@@ -153,7 +153,7 @@ def test_ground_init_from(grounded, tmp_path):
 def test_ground_init_from_another_task_of_the_scene(grounded, tmp_path):
     """From another task of the scene: the front end's weights, a new head for the new roles, a new tokenizer
     whose pieces the old one shares keep their embeddings (lr 0: unchanged), and export lists both chains."""
-    from ground import export
+    from lab.ground import export
     from model import Tokenizer
     ground(GroundOptions(out=str(tmp_path / "place"), steps=1, init_from=str(grounded / "ckpt.pt"),
                          **{**TINY, "lr": 0.0, "task": "place_block"}))
@@ -173,7 +173,7 @@ def test_ground_init_from_another_task_of_the_scene(grounded, tmp_path):
 
 def test_long_objects_are_located_by_two_points():
     """A rod or the bar: its centre and its end on the +x side, half its length along its axis."""
-    from ground import located
+    from lab.ground import located
     import world
     env = world.make_env("handover", render=False)
     env.reset(3)
@@ -189,7 +189,7 @@ def test_check_on_demonstration_frames(grounded, tmp_path):
     """`ground.py check` reads a demonstration folder's frames and labels them with the objects' positions at
     each step, from the episode's layout seed and its actions replayed; an episode the replay does not
     reproduce is refused."""
-    from ground import check
+    from lab.ground import check
     folder = tmp_path / "demos"
     data.generate("lift_block", 1, folder, cameras=["top"], image_size=(32, 32), quiet=True)
     res = check(str(grounded / "ckpt.pt"), str(folder), steps=(0, 5), out=str(tmp_path / "c.json"))

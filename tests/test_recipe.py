@@ -1,4 +1,4 @@
-"""The named recipes (recipe.py) end to end on tiny settings, and the shipped front ends (frontends/)."""
+"""The named recipes (lab/recipe.py) end to end on tiny settings, and the shipped front ends (frontends/)."""
 import json
 import subprocess
 import sys
@@ -9,8 +9,7 @@ import torch
 
 from conftest import ROOT
 import eval_sim  # noqa: E402
-import ground  # noqa: E402
-import recipe  # noqa: E402
+from lab import diagnostics, ground, recipe  # noqa: E402
 
 torch.set_num_threads(1)
 SHIPPED = sorted((ROOT / "frontends").glob("*.pt"))
@@ -21,7 +20,7 @@ def test_every_recipe_has_its_shipped_front_end():
         path = ROOT / r.front_end
         assert path.is_file(), f"recipe {name}: {r.front_end} is not shipped (ground.py export)"
         info = json.loads(path.with_suffix(".json").read_text())
-        assert info["task"] == r.task and info["stages"] and all(s["command"].startswith("python ground.py")
+        assert info["task"] == r.task and info["stages"] and all(s["command"].startswith(("python ground.py", "python lab/ground.py"))
                                                                  for s in info["stages"])
         assert path.stat().st_size < 10e6, "small enough for git"
 
@@ -37,7 +36,7 @@ def test_shipped_front_end_locates_the_named_objects(path):
 
 
 def test_recipe_end_to_end_tiny_then_resumes(tmp_path, capsys):
-    """`python recipe.py lift_block` with 2 demonstrations, 2 training steps, 2 episodes: every stage runs from
+    """`python lab/recipe.py lift_block` with 2 demonstrations, 2 training steps, 2 episodes: every stage runs from
     the shipped front end, the table and wall time are printed, a video is written; a rerun skips every stage.
     The run's checkpoint then serves the evaluator's own checks (a task it never trained on, open loop)."""
     out = tmp_path / "lift"
@@ -58,8 +57,8 @@ def test_recipe_end_to_end_tiny_then_resumes(tmp_path, capsys):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "was trained on lift_block" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "other" / "results.json").exists()
-    eval_sim.main(["openloop", "--ckpt", str(out / "policy" / "ckpt.pt"), "--data", str(out / "data"), "--episodes", "2",
-                   "--out", str(tmp_path / "ol.json")])
+    diagnostics.main(["openloop", "--ckpt", str(out / "policy" / "ckpt.pt"), "--data", str(out / "data"), "--episodes", "2",
+                      "--out", str(tmp_path / "ol.json")])
     ol = json.loads((tmp_path / "ol.json").read_text())
     assert "0" in ol["steps"] and all(np.isfinite(v["error_rad"]) and v["demo_motion_rad"] > 0 for v in ol["steps"].values())
     # by phase: lift_block's demonstrations close once, so every chunk boundary is before or after that close
@@ -84,7 +83,7 @@ def test_train_front_end_chains_the_ground_stages():
     """--train-front-end: the recipe's ground.py stages run in order, each from the previous one's checkpoint,
     and the policy starts from the last; without it, from the shipped file."""
     cmds = recipe.commands(recipe.Options(name="lift_block", out="o", train_front_end=True))
-    ground_runs = [argv for _, script, argv, _ in cmds if script == "ground.py"]
+    ground_runs = [argv for _, script, argv, _ in cmds if script == "lab/ground.py"]
     assert len(ground_runs) == 2 and "--init-from" not in ground_runs[0]
     first_ckpt = ground_runs[0][ground_runs[0].index("--out") + 1] + "/ckpt.pt"
     assert ground_runs[1][ground_runs[1].index("--init-from") + 1] == first_ckpt

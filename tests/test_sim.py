@@ -2,9 +2,8 @@
 import numpy as np
 import pytest
 
-import experts
-import sim
 import world
+from world import experts, sim
 from replay import record_expert, solves
 
 

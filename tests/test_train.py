@@ -191,8 +191,7 @@ def test_scene_augmentation_moves_joints_and_objects_alike(tmp_path, robot):
     SYMMETRY (bimanual: arms exchanged; Franka: joints 1, 3, 5, 7 reflected) and stage columns with their
     grippers. ground_matrix / ground_offset move the objects alike; everything else, and untouched samples,
     stay as they were."""
-    import sim
-    import twin
+    from world import sim, twin
     from model import Normalizer, Tokenizer, train_tokenizer
     from dataset import load_folders, make_batch, scene_augmentation
     suite = sim if robot == "bimanual_6dof" else twin
@@ -231,7 +230,7 @@ def test_scene_augmentation_moves_joints_and_objects_alike(tmp_path, robot):
 def test_velocity_state(tmp_path):
     """--velocity: the state is (qpos, qpos - previous qpos), the first row of an episode at rest; --symmetry moves
     both rows alike (so the change is the recorded one, re-indexed and signed); the Policy reads obs['prev_qpos'] and names it when it is missing."""
-    import sim
+    from world import sim
     from model import Normalizer, Tokenizer, train_tokenizer
     from dataset import load_folders, make_batch, previous_qpos, scene_augmentation
     names = list(sim.ACTION_NAMES)

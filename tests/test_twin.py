@@ -1,5 +1,5 @@
 """The MuJoCo Franka twin (twin.py): kinematics against the DH table, the 8-D layout, tasks and experts,
-`eval_real.py --robot mujoco` (its results.json paired by `eval_sim.py compare`), and `record.py` on the twin
+`eval_real.py --robot mujoco` (its results.json paired by `lab/diagnostics.py compare`), and `robot/record.py` on the twin
 (segmented, then trained)."""
 import json
 import math
@@ -17,12 +17,12 @@ import train  # noqa: E402,F401  first: importing torch after a MuJoCo EGL rende
 import data  # noqa: E402
 import stats  # noqa: E402
 import eval_real as er  # noqa: E402
-import hardware as hw  # noqa: E402
+from robot import hardware as hw  # noqa: E402
 import eval_sim  # noqa: E402
-import experts  # noqa: E402
-import record  # noqa: E402
+from lab import diagnostics  # noqa: E402
+from robot import record  # noqa: E402
 import segment  # noqa: E402
-import twin  # noqa: E402
+from world import experts, twin  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
 from replay import record_expert, solves  # noqa: E402
@@ -190,8 +190,8 @@ def test_eval_mujoco_scores_success_and_failure(tmp_path, monkeypatch):
     e = res["tasks"]["franka_pick_place"]["per_episode"][0]
     assert res["tasks"]["franka_pick_place"]["successes"] == 0 and e["failure_type"] == "motion-fail"
     assert e["length"] == 30 and e["failure_step"] == 0 and e["gripper_events"] == [] and res["config"]["max_steps"] == 30
-    # eval_sim.py compare pairs the two twin runs by seed (the first seed is in both)
-    md = eval_sim.compare([str(tmp_path / "ok"), str(tmp_path / "idle")], str(tmp_path / "cmp"), ["expert", "idle"])
+    # lab/diagnostics.py compare pairs the two twin runs by seed (the first seed is in both)
+    md = diagnostics.compare([str(tmp_path / "ok"), str(tmp_path / "idle")], str(tmp_path / "cmp"), ["expert", "idle"])
     paired = json.loads((tmp_path / "cmp" / "compare.json").read_text())["paired"]["idle"]["franka_pick_place"]
     assert (paired["pairs"], paired["b"], paired["c"]) == (1, 1, 0) and "franka_pick_place" in md
 
@@ -234,7 +234,7 @@ def test_eval_mujoco_renders_only_what_it_reads(tmp_path, monkeypatch):
 
 def test_compare_pairs_twin_results_folders(tmp_path):
     """Two twin results folders (per-episode rows written as eval_real.twin_episode writes them) are read and
-    paired by seed by eval_sim.compare."""
+    paired by seed by diagnostics.compare."""
     env = twin.FrankaEnv("franka_stack", render=False)
 
     def folder(name, outcomes):
@@ -252,7 +252,7 @@ def test_compare_pairs_twin_results_folders(tmp_path):
         return str(tmp_path / name)
     a = folder("a", {11: True, 12: True, 13: False, 14: False})
     b = folder("b", {11: True, 12: False, 13: True, 14: True, 15: True})   # seed 15: no partner
-    eval_sim.compare([a, b], str(tmp_path / "cmp"))
+    diagnostics.compare([a, b], str(tmp_path / "cmp"))
     summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     p = summary["paired"]["b"]["franka_stack"]
     assert (p["pairs"], p["b"], p["c"]) == (4, 1, 2)

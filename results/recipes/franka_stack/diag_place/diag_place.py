@@ -10,7 +10,8 @@ import json, sys
 from pathlib import Path
 import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
-import eval_real, eval_sim, twin
+import eval_real, eval_sim
+from world import twin
 
 EST = {}                                   # the front end's last estimate, metres: roles sorted (block0, block1)
 apply = twin.FrankaEnv.apply

@@ -1,9 +1,9 @@
 """The StaKe ablation on the recipes: do stage and keyframe supervision improve a policy that works, and more
 so on tasks with more gripper events?
 
-    python ablation.py --preset cpu              # runs for at most --budget-min minutes; rerun to continue
-    python ablation.py --preset cpu --dry-run    # every run's command, done or to do
-    python ablation.py --preset cpu --only report
+    python lab/ablation.py --preset cpu              # runs for at most --budget-min minutes; rerun to continue
+    python lab/ablation.py --preset cpu --dry-run    # every run's command, done or to do
+    python lab/ablation.py --preset cpu --only report
     python stats.py power --base 0.5 --seeds 5 --episodes 200   # the gain such a design can detect
 
 Protocol, per task (a recipe of recipe.py; the tasks whose base success lies in 0.15-0.9):
@@ -16,7 +16,7 @@ Protocol, per task (a recipe of recipe.py; the tasks whose base success lies in 
   sweep  SS+KS at the grid's other loss weights on `sweep_task`, training seed 0
   report per task and variant the success rate, its Wilson interval, the mean over training seeds and its
          spread; the gain over none with a hierarchical-bootstrap interval (training seeds, then episodes), the
-         paired tests (McNemar per seed and pooled, sign flips across seeds; stats.py through eval_sim.compare),
+         paired tests (McNemar per seed and pooled, sign flips across seeds; stats.py through diagnostics.compare),
          the gain against gripper events, failure types, and the gain the design could detect (stats.power)
 
 Deviation from the paper, whose base is a VLA pretrained on robot data and fine-tuned per task: our pretrained
@@ -43,9 +43,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import data
-from data import opt
-from recipe import HERE, RECIPES
+if __package__ in (None, ""): sys.path[0] = str(Path(__file__).resolve().parents[1])   # python lab/ablation.py
+
+import data  # noqa: E402
+from data import opt  # noqa: E402
+from lab.recipe import RECIPES, ROOT  # noqa: E402
 
 VARIANTS = ["none", "SS", "KS", "SS+KS"]
 PRESETS = {  # the protocol's numbers; "gpu" is the same protocol with more seeds
@@ -167,7 +169,7 @@ def plan(o: Options, out: Path, runs: Path, dat: Path) -> list:
     jobs = []
     for t in o.tasks:
         r = RECIPES[t]
-        front = r.front_end if Path.cwd() == HERE else HERE / r.front_end  # relative: the records hold across clones
+        front = r.front_end if Path.cwd() == ROOT else ROOT / r.front_end  # relative: the records hold across clones
         demos = Job(f"data__{t}", "data", "data.py",
                     ["generate", "--task", t, "--out", dat / t, "--workers", o.workers, *r.demos,
                      *(["--episodes", o.demos] if o.demos else [])], dat / t / "meta.json")
@@ -215,7 +217,7 @@ def run_job(job: Job, o: Options, records: Path) -> dict:
     print(f"\n== {job.name}\n$ {job.command}", flush=True)
     t0 = time.time()
     try:
-        code = importlib.import_module(job.script[:-3]).main([str(a) for a in job.argv])
+        code = importlib.import_module(job.script[:-3].replace("/", ".")).main([str(a) for a in job.argv])
     except SystemExit as e:
         code = e.code
     if code or not job.output.is_file():
@@ -234,9 +236,9 @@ def run_job(job: Job, o: Options, records: Path) -> dict:
 # ----------------------------------------------------------------------------- report
 
 def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
-    """report.md, compare.md / .json and charts (eval_sim.compare), summary.json: of the evaluations done."""
-    import eval_sim
+    """report.md, compare.md / .json and charts (diagnostics.compare), summary.json: of the evaluations done."""
     import stats
+    from lab.diagnostics import compare, probe
     done = {j.name for j in jobs if j.stage == "eval" and is_done(j, records, jobs)}
     sections, per_task, missing = [], {}, [j.name for j in jobs if j.stage == "eval" and j.name not in done]
     for t in o.tasks:
@@ -247,7 +249,7 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
         if "none" not in dirs or len(dirs) < 2:
             continue
         labels = list(dirs)
-        md = eval_sim.compare([dirs[v] for v in labels], str(out / t), labels)
+        md = compare([dirs[v] for v in labels], str(out / t), labels)
         cmp = json.loads((out / t / "compare.json").read_text())
         base = cmp["tasks"][t]["variants"]["none"]
         power = dict(base_rate=round(base["seed_mean"], 3), seeds=len(dirs["none"]), episodes=o.episodes)
@@ -274,7 +276,7 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
                  [("none", (0.0, 0.0)), ("SS+KS", o.weights()["SS+KS"])] + [("sweep", tuple(w)) for w in o.sweep]]
         cells = [(w, d) for w, d in cells if (d / "results.json").is_file()]
         if len(cells) > 2:
-            eval_sim.compare([d for _, d in cells], str(out / "sweep"), [f"ss{w[0]:g}_ks{w[1]:g}" for w, _ in cells])
+            compare([d for _, d in cells], str(out / "sweep"), [f"ss{w[0]:g}_ks{w[1]:g}" for w, _ in cells])
             sections += [f"## Loss-weight sweep on {t} (training seed 0)", "",
                          (out / "sweep" / "compare.md").read_text()]
     if not per_task:  # an error only when the report was asked for: a first invocation may end before it
@@ -282,7 +284,7 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
             raise AblationError("no task has none and another variant evaluated yet: run the protocol first")
         print("no report yet: no task has none and another variant evaluated", flush=True)
         return {}
-    # StaKe: what the heads read along one rollout (eval_sim.py probe; inference never uses them), on the
+    # StaKe: what the heads read along one rollout (lab/diagnostics.py probe; inference never uses them), on the
     # bimanual task with the most gripper events whose SS+KS seed 0 is evaluated; made once
     shown = [t for t in per_task if RECIPES[t].evaluator == "eval_sim" and f"eval__{t}__SS+KS_s0" in done]
     if shown:
@@ -290,8 +292,8 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
         png, ckpt = out / f"probe_{t}.png", next(j.output for j in jobs if j.name == f"train__{t}__SS+KS_s0")
         made = png.with_suffix(".json")  # written after the plot: a probe killed half-way is made again
         if not made.is_file() and ckpt.is_file():
-            res = eval_sim.probe(str(ckpt), t, 0, str(png))
-            cmd = f"python eval_sim.py probe --ckpt {ckpt} --task {t} --seed 0 --out {png}"
+            res = probe(str(ckpt), t, 0, str(png))
+            cmd = f"python lab/diagnostics.py probe --ckpt {ckpt} --task {t} --seed 0 --out {png}"
             data.atomic_write_bytes(made, lambda f: f.write(json.dumps(
                 dict(command=cmd, git_revision=data.git_revision()) | res, indent=1).encode()))
         if made.is_file():
@@ -377,7 +379,7 @@ def ablate(o: Options) -> dict:
             break
         if not all(is_done(n, records, jobs) for n in job.needs):
             raise AblationError(f"{job.name} needs {', '.join(n.name for n in job.needs)}: run "
-                                f"`python ablation.py --preset {o.preset}` without --only first")
+                                f"`python lab/ablation.py --preset {o.preset}` without --only first")
         run_job(job, o, records)
         ran.append(job.name)
     reported = False

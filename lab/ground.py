@@ -1,10 +1,10 @@
 """Grounding pretraining: teach the policy's vision-language front end where the instruction's objects are.
 
-    python ground.py --task lift_block --out runs/ground_lift --layouts 6000 --steps 1000
-    python ground.py --task lift_block --out runs/ground_arms --steps 2000 --expert-frac 0.5 --workers 2 --init-from runs/ground_lift/ckpt.pt
+    python lab/ground.py --task lift_block --out runs/ground_lift --layouts 6000 --steps 1000
+    python lab/ground.py --task lift_block --out runs/ground_arms --steps 2000 --expert-frac 0.5 --workers 2 --init-from runs/ground_lift/ckpt.pt
     python train.py --data data/lift_block --out runs/lift_grounded --vision-from runs/ground_arms/ckpt.pt --freeze-vision ...
-    python ground.py check --ckpt runs/ground_arms/ckpt.pt --data data/lift_block [--out X.json]  # on demo frames
-    python ground.py export --ckpt runs/ground_arms/ckpt.pt --out frontends/lift_block.pt   # fp16, to ship
+    python lab/ground.py check --ckpt runs/ground_arms/ckpt.pt --data data/lift_block [--out X.json]  # on demo frames
+    python lab/ground.py export --ckpt runs/ground_arms/ckpt.pt --out frontends/lift_block.pt   # fp16, to ship
 
 Why. pi0 fine-tunes a VLA whose vision-language backbone was pretrained on web data (PaliGemma, whose mix
 includes detection and referring expressions: "where is the red block"). Our VLA starts from scratch, and from
@@ -39,16 +39,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn as nn
+if __package__ in (None, ""): sys.path[0] = str(Path(__file__).resolve().parents[1])   # python lab/ground.py
 
-import data
-import world
-from data import git_revision, opt
-from model import PRESETS, VISION_PREFIXES, VLA, ModelConfig, Tokenizer, images_to_input, train_tokenizer
-from dataset import random_shift
-from train import cpu_threads, load_checkpoint, save_checkpoint
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+import data  # noqa: E402
+import world  # noqa: E402
+from data import git_revision, opt  # noqa: E402
+from model import PRESETS, VISION_PREFIXES, VLA, ModelConfig, Tokenizer, images_to_input, train_tokenizer  # noqa: E402
+from dataset import random_shift  # noqa: E402
+from train import cpu_threads, load_checkpoint, save_checkpoint  # noqa: E402
 
 GROUND_SEED_OFFSET = 50_000_000  # above every demonstration (< sim.EVAL_SEED_OFFSET) and evaluation seed in use
 HOLDOUT_SEED_OFFSET = 60_000_000
@@ -126,7 +128,7 @@ def render(task: str, seeds, cameras, image_size, expert_frac: float = 0.0, expe
     expert's rollout instead of at reset: arms over the table, held objects moved (targets are the objects'
     positions at that step), as the policy will see them: a step below `expert_steps` (0: the task's max_steps),
     of an expert grasping as `data.py generate --grasp-natural` does when `grasp_natural`."""
-    import experts
+    from world import experts
     env = world.make_env(task, cameras=tuple(cameras), image_size=tuple(image_size))
     images, targets, texts, roles = [], [], [], None
     for s in seeds:
@@ -273,7 +275,7 @@ def ground(o: Options, command: str = "") -> dict:
                 git=git_revision()))
     result = dict(task=o.task, cameras=cams, roles=roles, layouts=o.layouts, holdout=o.holdout,
                   mean_predictor_cm=[round(c, 2) for c in chance], curve=curve,
-                  command=command or "python ground.py " + " ".join(sys.argv[1:]), git=git_revision())
+                  command=command or "python lab/ground.py " + " ".join(sys.argv[1:]), git=git_revision())
     data.atomic_write_bytes(out / "ground.json", lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))
     return result
 
@@ -375,7 +377,7 @@ def check(ckpt: str, folder: str, steps=(0, 10, 20, 30), out: str = "", command:
                   error_cm={str(t): np.mean(e, 0).round(2).tolist() for t, e in errors.items() if e},
                   moved_cm={str(t): np.mean(m, 0).round(1).tolist() for t, m in moved.items() if m},
                   episodes={str(t): len(e) for t, e in errors.items()},
-                  command=command or "python ground.py " + " ".join(sys.argv[1:]), git=git_revision())
+                  command=command or "python lab/ground.py " + " ".join(sys.argv[1:]), git=git_revision())
     for t, e in result["error_cm"].items():
         print(f"t={int(t):3d}  {', '.join(f'{r} {c:.1f} cm' for r, c in zip(meta['roles'], e))}  ({result['episodes'][t]} "
               f"episodes; moved {', '.join(f'{c:.1f}' for c in result['moved_cm'][t])} cm)")
@@ -388,21 +390,21 @@ def check(ckpt: str, folder: str, steps=(0, 10, 20, 30), out: str = "", command:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        if argv[:1] == ["export"]:  # python ground.py export --ckpt RUN/ckpt.pt --out frontends/TASK.pt
+        if argv[:1] == ["export"]:  # python lab/ground.py export --ckpt RUN/ckpt.pt --out frontends/TASK.pt
             a = argparse.ArgumentParser(prog="ground.py export", description=export.__doc__.split("\n")[0])
             a.add_argument("--ckpt", required=True), a.add_argument("--out", required=True)
             a.add_argument("--layouts", type=int, default=100, help="fresh layouts for the shipped error")
             args = a.parse_args(argv[1:])
             export(args.ckpt, args.out, args.layouts)
-        elif argv[:1] == ["check"]:  # python ground.py check --ckpt RUN/ckpt.pt --data DIR [--out X.json]
+        elif argv[:1] == ["check"]:  # python lab/ground.py check --ckpt RUN/ckpt.pt --data DIR [--out X.json]
             a = argparse.ArgumentParser(prog="ground.py check", description=check.__doc__.split("\n")[0])
             a.add_argument("--ckpt", required=True), a.add_argument("--data", required=True)
             a.add_argument("--steps", type=int, nargs="*", default=[0, 10, 20, 30]), a.add_argument("--out", default="")
             args = a.parse_args(argv[1:])
-            check(args.ckpt, args.data, tuple(args.steps), args.out, command="python ground.py " + " ".join(argv))
+            check(args.ckpt, args.data, tuple(args.steps), args.out, command="python lab/ground.py " + " ".join(argv))
         else:
             ground(data.parse_options(Options, argv, "ground.py", __doc__.split("\n\n")[0]),
-                   command="python ground.py " + " ".join(argv))
+                   command="python lab/ground.py " + " ".join(argv))
     except (ValueError, FileNotFoundError) as e:  # data.DataError is a ValueError
         print(f"ground.py: error: {e}", file=sys.stderr)
         return 2

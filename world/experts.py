@@ -8,7 +8,7 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from sim import ARMS, BLOCK, FPS, Env, solve_ik, topdown_rot
+from world.sim import ARMS, BLOCK, FPS, Env, solve_ik, topdown_rot
 
 # ============================================================================ scripted experts
 # Plans are generators of actions in end-effector space: each move interpolates the tcp pose (min-jerk
@@ -276,7 +276,7 @@ def _plan_franka_stack(x: Expert):
 
 
 def _plan_franka_bin(x: Expert):
-    import twin
+    from world import twin
     e = x.e
     n, b = e.layout.roles["target"], e.layout.roles["bin"]
     yield from x.pick("arm", n, lift=0.12)

@@ -2,7 +2,7 @@
 
 numpy at import; franky, pyrealsense2 and OpenCV are imported when used (requirements-robot.txt), each failing
 with the command that installs it. The safety layers these take part in, and why each exists, are listed in
-eval_real.py's docstring; the numbers measured for them in docs/real_robot.md.
+eval_real.py's docstring; the numbers measured for them in robot/README.md.
 """
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import time
 
 import numpy as np
 
-from franka import ARMS, GRIPPER_MAX_WIDTH, Arm
+from robot.franka import ARMS, GRIPPER_MAX_WIDTH, Arm
 
 
 FCI_PORT = 1337           # libfranka's TCP command port (the gripper uses 1338)
-FRANKY_HINT = ("pip install -r requirements-robot.txt (or: pip install franky-control; for a robot server other "
-               "than version 10, franky's wheel index for it: docs/real_robot.md)")
+FRANKY_HINT = ("pip install -r robot/requirements.txt (or: pip install franky-control; for a robot server other "
+               "than version 10, franky's wheel index for it: robot/README.md)")
 STALE_WIDTH_S = 1.0       # s; a gripper width older than this is reported (the hand does not answer)
 
 
@@ -214,7 +214,7 @@ class FrankyBackend:
                 clear_errors(self.robot, f, log)
             gripper = f.Gripper(ip)
         except f.RealtimeException as e:
-            raise RobotError(f"{e} -- set up a PREEMPT_RT kernel (docs/real_robot.md) or pass --realtime ignore") from None
+            raise RobotError(f"{e} -- set up a PREEMPT_RT kernel (robot/README.md) or pass --realtime ignore") from None
         except f.IncompatibleVersionException as e:
             raise RobotError(f"{e} -- install the franky wheel built for your robot's server version: {FRANKY_HINT}") from None
         except f.Exception as e:

@@ -1,8 +1,8 @@
-"""Kinesthetic demonstrations in the episode format: `python record.py --robot franky|mujoco ...`.
+"""Kinesthetic demonstrations in the episode format: `python robot/record.py --robot franky|mujoco ...`.
 
-  python record.py --robot franky --ip 172.16.0.2 --task pick_red --instruction "put the red block on the pad" \
+  python robot/record.py --robot franky --ip 172.16.0.2 --task pick_red --instruction "put the red block on the pad" \
       --camera realsense:SERIAL1,realsense:SERIAL2 --out data/real_pick --episodes 10
-  python record.py --robot mujoco --task franka_pick_place --out data/twin_rec --episodes 5
+  python robot/record.py --robot mujoco --task franka_pick_place --out data/twin_rec --episodes 5
 
 On the real arm (franky): guiding mode. The operator moves the arm by hand (holding the two guiding buttons by
 the flange) while this script reads the joints and the cameras at the control rate; SPACE toggles the gripper
@@ -31,11 +31,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+if __package__ in (None, ""): sys.path[0] = str(Path(__file__).resolve().parents[1])   # python robot/record.py
 
-import data
-import eval_real as er
-import hardware as hw
+import numpy as np  # noqa: E402
+
+import data  # noqa: E402
+import eval_real as er  # noqa: E402
+from robot import hardware as hw  # noqa: E402
 
 
 def record_episode(arm, cameras: dict, fps: float, max_steps: int, clock=time.monotonic, sleep=time.sleep,
@@ -78,11 +80,11 @@ class TwinHand:
     next actions for the time asked for. Seen by the recorder exactly as the real arm is."""
 
     def __init__(self, task, cameras, image_size):
-        import twin
+        from world import twin
         self.twin, self.env = twin, twin.FrankaEnv(task, cameras, image_size)
 
     def reset(self, seed):
-        import experts
+        from world import experts
         obs = self.env.reset(seed)
         self.plan = experts.make_expert(self.env).actions()
         self.next = next(self.plan, None)  # the hand's action for the coming step
@@ -191,7 +193,7 @@ class FrankyGuide:
 
 def prepare_out(out: Path, task: str, cameras, image_size, fps) -> None:
     """meta.json for this set-up; an existing folder must hold the same set-up (its tasks are kept)."""
-    import twin
+    from world import twin
     out.mkdir(parents=True, exist_ok=True)
     meta = twin.make_meta([task], cameras, image_size, fps)
     if (out / "meta.json").exists():
@@ -253,7 +255,7 @@ def build_parser():
 
 def record_twin(a, log=print) -> list:
     """Episodes on the twin, the expert as the hand; kept only when the task's success predicate held."""
-    import twin
+    from world import twin
     if a.task not in twin.TASKS:
         raise hw.RobotError(f"--robot mujoco records a twin task: {', '.join(twin.TASKS)}; got '{a.task}'")
     if a.fps != twin.FPS:

@@ -6,8 +6,7 @@ so that neither scene module needs to know the other.
 """
 from __future__ import annotations
 
-import sim
-import twin
+from world import sim, twin
 
 SUITES = (sim, twin)
 

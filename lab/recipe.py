@@ -1,9 +1,9 @@
 """Named recipes: a task's whole pipeline under one name (openpi's named training configs).
 
-    python recipe.py lift_block                     # demonstrations -> shipped front end -> policy -> evaluation
-    python recipe.py franka_pick_place              # the Franka twin, evaluated through eval_real.py --robot mujoco
-    python recipe.py lift_block --train-front-end   # the front end from scratch too (ground.py, about an hour)
-    python recipe.py --list                         # every recipe (one per task) and its commands
+    python lab/recipe.py lift_block                     # demonstrations -> shipped front end -> policy -> evaluation
+    python lab/recipe.py franka_pick_place              # the Franka twin, evaluated through eval_real.py --robot mujoco
+    python lab/recipe.py lift_block --train-front-end   # the front end from scratch too (lab/ground.py, about an hour)
+    python lab/recipe.py --list                         # every recipe (one per task) and its commands
 
 A recipe is a name for the settings of the scripts, not a second implementation: each stage calls one script's
 `main()` with the flags below and prints that command, so every stage can be rerun by hand. A stage whose output
@@ -24,10 +24,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import data
-from data import opt
+if __package__ in (None, ""): sys.path[0] = str(Path(__file__).resolve().parents[1])   # python lab/recipe.py
 
-HERE = Path(__file__).resolve().parent
+import data  # noqa: E402
+from data import opt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository: shipped front ends are relative to it
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ def commands(o: Options) -> list:
     demos, policy, ev = out / "data", out / "policy", out / f"eval_seed{o.eval_seed}"
     cmds = [("demonstrations", "data.py", ["generate", "--task", r.task, "--out", demos, "--workers", o.workers, *r.demos,
                                            *(["--episodes", o.demos] if o.demos else [])], demos / "done.json")]
-    here = lambda path: path if Path.cwd() == HERE else HERE / path  # a shipped file, from any directory
+    here = lambda path: path if Path.cwd() == ROOT else ROOT / path  # a shipped file, from any directory
     front = here(r.front_end)
     if o.train_front_end:
         prev = None
@@ -201,7 +203,7 @@ def commands(o: Options) -> list:
             run = out / "front_end" / f"stage{i}"
             argv = ["--task", r.task, "--out", run, "--workers", o.workers, "--resume",
                     *[str(prev) if f == "{prev}" else here(f) if f.startswith("frontends/") else f for f in flags]]
-            cmds.append((f"front end, stage {i}", "ground.py", argv, run / "ground.json"))
+            cmds.append((f"front end, stage {i}", "lab/ground.py", argv, run / "ground.json"))
             prev = run / "ckpt.pt"
         front = prev
     train = ["--data", demos, "--out", policy, "--vision-from", front, "--resume", *r.train]
@@ -218,7 +220,7 @@ def run(o: Options) -> dict:
     import importlib
     t_start, walls = time.time(), {}
     cmds = commands(o)
-    front = HERE / RECIPES[o.name].front_end
+    front = ROOT / RECIPES[o.name].front_end
     if not o.train_front_end and not front.is_file():
         raise FileNotFoundError(f"{front}: the shipped front end is missing (--train-front-end trains one)")
     for stage, script, argv, done in cmds:
@@ -227,15 +229,15 @@ def run(o: Options) -> dict:
             print(f"done already ({done})")
             continue
         t0 = time.time()
-        code = importlib.import_module(script[:-3]).main(argv)
+        code = importlib.import_module(script[:-3].replace("/", ".")).main(argv)  # lab/ground.py: lab.ground
         if code:
             raise RuntimeError(f"{stage} failed (exit {code}): python {script} {' '.join(argv)}")
         if script in ("data.py", "train.py"):  # finished; a killed one resumes (generate and train.py --resume)
             data.atomic_write_bytes(done, lambda f: f.write(json.dumps({"command": f"python {script} {' '.join(argv)}"}).encode()))
         walls[stage] = round(time.time() - t0, 1)
-    import eval_sim
+    from lab.diagnostics import compare
     ev = cmds[-1][3].parent
-    print(eval_sim.compare([str(ev)], str(ev.parent / f"report_seed{o.eval_seed}")))
+    print(compare([str(ev)], str(ev.parent / f"report_seed{o.eval_seed}")))
     videos = sorted(ev.rglob("*.mp4"), key=lambda p: ("ok" not in p.name, p.name))  # a success first
     res = json.loads((ev / "results.json").read_text())["tasks"][RECIPES[o.name].task]
     summary = {"recipe": o.name, "success_rate": res["success_rate"], "wilson95": res["wilson95"],
@@ -249,7 +251,7 @@ def run(o: Options) -> dict:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] and not argv[0].startswith("-"):  # the recipe's name first: python recipe.py lift_block ...
+    if argv[:1] and not argv[0].startswith("-"):  # the recipe's name first: python lab/recipe.py lift_block ...
         argv = ["--name", argv[0], *argv[1:]]
     try:
         o = data.parse_options(Options, argv, "recipe.py", __doc__.split("\n")[0])

@@ -20,10 +20,10 @@ import math
 import zlib
 from dataclasses import dataclass
 
-import sim  # first: it sets MUJOCO_GL before mujoco is imported
+from world import sim  # first: it sets MUJOCO_GL before mujoco is imported
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
-from franka import ARMS as FRANKA_ARMS, GRIPPER_MAX_WIDTH, READY  # noqa: E402
+from robot.franka import ARMS as FRANKA_ARMS, GRIPPER_MAX_WIDTH, READY  # noqa: E402
 
 # ============================================================================ Franka facts (franka.md)
 DH_A = (0.0, 0.0, 0.0, 0.0825, -0.0825, 0.0, 0.088)  # m, Craig: a_{i-1}

@@ -1,0 +1,604 @@
+"""Diagnostics on top of the pipeline: comparisons, the StaKe probe, open-loop checks and benchmarks (moved from
+eval_sim.py, train.py and data.py; the evaluation itself stays in eval_sim.py).
+
+  python lab/diagnostics.py compare DIR [DIR ...] --out REPORT_DIR      # markdown table + PNG charts + paired test
+  python lab/diagnostics.py compare none=D1,D2 stake=D3,D4 --out R      # several training seeds per variant
+  python lab/diagnostics.py probe --ckpt RUN/ckpt.pt --task T --out probe.png   # StaKe heads along a rollout
+  python lab/diagnostics.py openloop --ckpt RUN/ckpt.pt --data DIR       # chunk error on demonstrations, by step and phase
+  python lab/diagnostics.py bench --ckpt RUN/ckpt.pt [--task T]           # episodes/min, as evaluation was and as it is
+  python lab/diagnostics.py train-bench [--presets tiny small] [--json results/bench_train_cpu.json]   # training samples/s
+  python lab/diagnostics.py experts [--seeds 100] [--tasks T ...] [--out results/experts.json]   # expert success per task
+  python lab/diagnostics.py data-bench [--tasks T ...] [--out results/bench_data.json]   # simulation and recording speed
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""): sys.path[0] = str(Path(__file__).resolve().parents[1])   # python lab/diagnostics.py
+
+import numpy as np  # noqa: E402
+
+import data  # noqa: E402
+import segment  # noqa: E402
+import stats  # noqa: E402
+from data import _attempt, _worker_env, save_episode  # noqa: E402
+from eval_sim import EvalConfig, _envs, eval_seeds, gripper_events, rollout_batch  # noqa: E402
+from stats import mcnemar_exact, wilson  # noqa: E402
+from world import sim  # noqa: E402
+
+
+# ============================================================================ compare
+
+def paired(base_eps: list, other_eps: list):
+    """Match episodes by seed; returns (n pairs, b, c, p-value)."""
+    a = {e["seed"]: e["success"] for e in base_eps}
+    o = {e["seed"]: e["success"] for e in other_eps}
+    common = sorted(set(a) & set(o))
+    b = sum(a[s] and not o[s] for s in common)
+    c = sum(o[s] and not a[s] for s in common)
+    return len(common), b, c, mcnemar_exact(b, c)
+
+
+def _pool(task: str, res: list) -> dict:
+    """One variant's results on a task, pooled over its folders (training seeds or evaluation seed blocks)."""
+    xs = [r["tasks"][task] for r in res]
+    k, n = sum(x["successes"] for x in xs), sum(x["episodes"] for x in xs)
+    rates = [x["success_rate"] for x in xs]
+    fails = [e for x in xs for e in x["per_episode"] if not e["success"]]
+    mean = lambda key: float(np.mean(v)) if (v := [e[key] for e in fails if e.get(key) is not None]) else None  # noqa: E731
+    return {"successes": k, "episodes": n, "success_rate": k / max(n, 1), "wilson95": list(wilson(k, n)),
+            "seed_rates": rates, "seed_mean": float(np.mean(rates)), "seed_std": float(np.std(rates, ddof=1)) if len(rates) > 1 else 0.0,
+            "failure_types": {t: sum(x["failure_types"][t] for x in xs) for t in ("motion-fail", "skill-fail", "timeout")},
+            "failure_to_nearest_event_mean": mean("failure_to_nearest_event"),
+            "uniform_step_to_nearest_event_mean": mean("uniform_step_to_nearest_event")}
+
+
+def compare(dirs: list, out: str, labels: list | None = None) -> str:
+    """Markdown table, compare.json and charts for several variants; the first is the baseline of the paired test.
+
+    Each entry of `dirs` is one evaluation folder or a list of folders (one per training seed of that variant,
+    or one per evaluation seed block of one policy).
+    Rates and failure counts are pooled over a variant's folders, with the mean and spread over seeds beside
+    them. The paired test matches folder i of the variant with folder i of the baseline for the first
+    min(count) folders (training seed i of both; a single-folder variant, such as a base policy, with the
+    baseline's first folder only, so that no episode counts twice), and episodes within a pair of folders by
+    evaluation seed. With two or more such pairs the gain also gets stats.compare_variants: a hierarchical
+    bootstrap interval (training seeds, then episodes) and the sign-flip test across seeds."""
+    import plots
+    groups = [[str(d)] if isinstance(d, (str, Path)) else [str(x) for x in d] for d in dirs]
+    runs = []
+    for g in groups:
+        if not g:
+            raise ValueError("compare: a variant has no evaluation folder")
+        for d in g:
+            if not (Path(d) / "results.json").is_file():
+                raise ValueError(f"{Path(d) / 'results.json'}: missing (run eval_sim.py --out {d} first)")
+        runs.append([json.loads((Path(d) / "results.json").read_text()) for d in g])
+    labels = labels or [Path(g[0]).name for g in groups]
+    if len(labels) != len(runs):
+        raise ValueError(f"compare: {len(labels)} labels for {len(runs)} variants")
+    tasks = [t for t in runs[0][0]["tasks"] if all(t in r["tasks"] for res in runs for r in res)]
+    if not tasks:
+        raise ValueError("the evaluation folders share no task")
+    events = {t: runs[0][0]["tasks"][t]["gripper_events"] for t in tasks}
+    tasks.sort(key=lambda t: (events[t], t))
+    pooled = {t: [_pool(t, res) for res in runs] for t in tasks}
+    multi = any(len(g) > 1 for g in groups)
+    outp = Path(out)
+    outp.mkdir(parents=True, exist_ok=True)
+    head = "| task | events | " + " | ".join(labels) + " |"
+    rule = "|" + "---|" * (2 + len(labels))
+    row = lambda t, cells: f"| {t} | {events[t]} | " + " | ".join(cells) + " |"  # noqa: E731
+    lines = ["Success rate [Wilson 95% interval] (successes / episodes)" + (
+        ", pooled over each variant's folders (training seeds or evaluation seed blocks; folders per variant: " + ", ".join(f"{l} {len(g)}" for l, g in zip(labels, groups)) + ")"
+        if multi else "") + ".", "", head, rule]
+    for t in tasks:
+        lines.append(row(t, [f"{x['success_rate']:.2f} [{x['wilson95'][0]:.2f}, {x['wilson95'][1]:.2f}] "
+                             f"({x['successes']}/{x['episodes']})" for x in pooled[t]]))
+    if multi:
+        lines += ["", "Mean success rate over folders ± standard deviation (min - max):", "", head, rule]
+        for t in tasks:
+            lines.append(row(t, [f"{x['seed_mean']:.2f} ± {x['seed_std']:.2f} ({min(x['seed_rates']):.2f} - "
+                                 f"{max(x['seed_rates']):.2f})" for x in pooled[t]]))
+    points, paired_json, seeded = [], {}, {}
+    if len(runs) > 1:
+        lines += ["", f"Paired test against **{labels[0]}** (same evaluation seeds" + (
+                  "; folder i against the baseline's folder i, a single-folder variant against the first only" if multi else "") + "): exact McNemar on discordant episodes (b = baseline succeeds only, c = variant succeeds only). "
+                  "Relative gain = (variant - baseline) / baseline; 'inconclusive' where the baseline is within 0.1 of floor or ceiling.", "",
+                  "| task | variant | pairs | b | c | p | relative gain |", "|---|---|---|---|---|---|---|"]
+        for vi, (lab, res) in enumerate(zip(labels[1:], runs[1:]), start=1):
+            m = min(len(runs[0]), len(res))
+            B = C = N = 0
+            paired_json[lab] = {}
+            for t in tasks:
+                n = b = c = 0
+                for i in range(m):
+                    ni, bi, ci, _ = paired(runs[0][i]["tasks"][t]["per_episode"], res[i]["tasks"][t]["per_episode"])
+                    n, b, c = n + ni, b + bi, c + ci
+                N, B, C, p = N + n, B + b, C + c, mcnemar_exact(b, c)
+                base, var = pooled[t][0]["success_rate"], pooled[t][vi]["success_rate"]
+                gain = None if base < 0.1 or base > 0.9 else (var - base) / base
+                if m > 1 and (X := seed_matrices(runs[0][:m], res[:m], t)) is not None:
+                    seeded[(t, lab)] = stats.compare_variants(*X)
+                whisker = seeded[(t, lab)]["bootstrap"]["gain95"] if (t, lab) in seeded else ()
+                if gain is not None:
+                    points.append((events[t], gain, f"{lab}:{t}", vi, *whisker))
+                paired_json[lab][t] = {"pairs": n, "b": b, "c": c, "p": p, "relative_gain": gain,
+                                       **({"seeds": seeded[(t, lab)]} if (t, lab) in seeded else {})}
+                lines.append(f"| {t} | {lab} | {n} | {b} | {c} | {p:.3g} | {'inconclusive' if gain is None else f'{gain:+.2f}'} |")
+            paired_json[lab]["all tasks"] = {"pairs": N, "b": B, "c": C, "p": mcnemar_exact(B, C)}
+            lines.append(f"| all tasks | {lab} | {N} | {B} | {C} | {mcnemar_exact(B, C):.3g} | |")
+    if seeded:
+        lines += ["", f"Gain over **{labels[0]}** with the training-seed spread (stats.py): seed i of a variant against "
+                  f"seed i of {labels[0]}, on the evaluation seeds all of them share. Interval: hierarchical bootstrap "
+                  "(seeds, then episodes), 95%. Sign flip: exact test on the per-seed differences (its floor is "
+                  "2/2^seeds). McNemar pooled: the discordant episodes of all seeds (blind to the seed spread).", "",
+                  "| task | variant | seeds x episodes | difference [95%] | relative gain [95%] | p sign flip | p bootstrap | p McNemar pooled |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for (t, lab), r in seeded.items():
+            bs = r["bootstrap"]
+            lines.append(f"| {t} | {lab} | {bs['seeds']} x {bs['episodes']} | {bs['diff']:+.3f} [{bs['diff95'][0]:+.3f}, "
+                         f"{bs['diff95'][1]:+.3f}] | {bs['gain']:+.2f} [{bs['gain95'][0]:+.2f}, {bs['gain95'][1]:+.2f}] | "
+                         f"{r['p_sign_flip']:.3g} | {bs['p_boot']:.3g} | {r['pooled_mcnemar']['p']:.3g} |")
+    lines += ["", "Failure types (motion-fail / skill-fail / timeout" + (", summed over folders" if multi else "") + "):", "", head, rule]
+    for t in tasks:
+        lines.append(row(t, ["/".join(str(x["failure_types"][k]) for k in ("motion-fail", "skill-fail", "timeout")) for x in pooled[t]]))
+    lines += ["", "Failure step to the rollout's nearest gripper event, mean steps (a uniformly drawn step of the same rollouts in brackets):", "",
+              head, rule]
+    for t in tasks:
+        lines.append(row(t, ["n/a" if x["failure_to_nearest_event_mean"] is None else
+                             f"{x['failure_to_nearest_event_mean']:.1f} ({x['uniform_step_to_nearest_event_mean']:.1f})" for x in pooled[t]]))
+    md = "\n".join(lines) + "\n"
+    summary = {"command": "python " + " ".join(sys.argv), "git_revision": data.git_revision(),
+               "labels": labels, "folders": dict(zip(labels, groups)), "baseline": labels[0], "paired": paired_json,
+               "tasks": {t: {"gripper_events": events[t], "variants": dict(zip(labels, pooled[t]))} for t in tasks}}
+    data.atomic_write_bytes(outp / "compare.md", lambda f: f.write(md.encode()))
+    data.atomic_write_bytes(outp / "compare.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
+    plots.bar_chart(outp / "success.png", tasks, labels, [[x["success_rate"] for x in pooled[t]] for t in tasks],
+              [[x["wilson95"][0] for x in pooled[t]] for t in tasks], [[x["wilson95"][1] for x in pooled[t]] for t in tasks],
+              "success rate per task (Wilson 95% whiskers)")
+    if len(runs) > 1:
+        plots.scatter_chart(outp / "gain_vs_events.png", points, f"relative gain over {labels[0]} vs gripper events per task",
+                      "gripper events (expert)", "relative gain")
+    return md
+
+
+def seed_matrices(base_runs: list, other_runs: list, task: str):
+    """(S, E) 0/1 outcomes of two variants, row i from their i-th folders, columns the evaluation seeds every
+    folder of both holds; None when they share none."""
+    eps = [{e["seed"]: e["success"] for e in r["tasks"][task]["per_episode"]} for r in base_runs + other_runs]
+    common = sorted(set.intersection(*(set(e) for e in eps)))
+    if not common:
+        return None
+    X = np.array([[float(e[s]) for s in common] for e in eps])
+    return X[:len(base_runs)], X[len(base_runs):]
+
+
+
+# ============================================================================ stage probe (the paper's qualitative analysis)
+
+def probe(ckpt: str, task: str, seed: int, out: str, device="cpu") -> dict:
+    """Roll out the policy once; at every step read the StaKe heads (which inference never uses) and plot the
+    stage head's probability against the rollout's true gripper stage, and the keyframe head's error."""
+    import torch
+    import plots
+    from model import Policy
+    torch.manual_seed(seed)  # select_action draws the flow's noise from the global generator
+    policy = Policy.load(ckpt, device=device)
+    env = sim.Env(task, cameras=policy.cameras, image_size=tuple(policy.image_size))
+    obs = env.reset(eval_seeds(seed, 1)[0])
+    policy.reset()
+    probs, keys, acts = [], [], []
+    for _ in range(sim.TASKS[task].max_steps):
+        pr = policy.probe(obs)
+        probs.append(np.asarray(pr["stage_prob"], np.float32))
+        keys.append(np.asarray(pr["keyframe"], np.float32))
+        a = policy.select_action(obs)
+        acts.append(a)
+        obs = env.step(a)
+        if env.success:
+            break
+    acts, probs, keys = np.stack(acts), np.stack(probs), np.stack(keys)
+    seg = segment.segment(acts[:, sim.GRIPPER_INDICES], levels=(0.0, 1.0))
+    true_stage = seg.stage.astype(np.float32)  # (T, 2) from the executed commanded gripper
+    true_key = segment.keyframe_targets(acts, seg)
+    key_err = np.abs(keys - true_key)[:, [i for i in range(acts.shape[1]) if i not in sim.GRIPPER_INDICES]].mean(1)
+    T = len(acts)
+    plots.stage_probe(out, f"{task} seed {env.seed}: success={env.success}; stage head p(skill) vs true stage",
+                      probs, true_stage, key_err, seg.events)
+    agree = float(((probs > 0.5) == (true_stage[:, :probs.shape[1]] > 0.5 if probs.shape[1] == true_stage.shape[1]
+                                      else true_stage.max(1, keepdims=True) > 0.5)).mean())
+    return {"steps": T, "success": bool(env.success), "stage_agreement": agree,
+            "keyframe_l1_mean": float(key_err.mean()), "events": seg.events}
+
+
+
+# ============================================================================ benchmark
+
+def bench(ckpt: str, task: str = "lift_block", episodes: int = 10, batch: int = 10, noise_scale: float = 0.0) -> dict:
+    """Episodes per minute of one process rolling out `ckpt` on the same seeds, as evaluation was (environments
+    built for every batch, cameras rendered at every control step) and as it is (built once per process,
+    cameras rendered only at the steps the policy reads); the outcomes must be the same."""
+    import torch
+    from model import Policy
+    torch.set_num_threads(1)
+    policy = Policy.load(ckpt)
+    policy.noise_scale = noise_scale
+    cfg = EvalConfig(ckpt=ckpt, task=[task], episodes=episodes, batch=batch, noise_scale=noise_scale)
+    seeds, rates, outcomes = eval_seeds(0, episodes), {}, {}
+    for every in (True, False):
+        _envs.clear()
+        t0, eps = time.perf_counter(), []
+        for b in range(0, episodes, batch):
+            if every:
+                _envs.clear()
+            eps += rollout_batch(policy, task, seeds[b:b + batch], cfg, render_every_step=every)
+        rates[every] = 60 * episodes / (time.perf_counter() - t0)
+        outcomes[every] = [(e["success"], e["length"], e["gripper_events"]) for e in eps]
+    if outcomes[True] != outcomes[False]:
+        raise RuntimeError("bench: rendering only the read steps changed the outcomes")
+    res = {"task": task, "episodes": episodes, "batch": batch, "successes": sum(o[0] for o in outcomes[False]),
+           "episodes_per_min_before": rates[True], "episodes_per_min_now": rates[False],
+           "speedup": rates[False] / rates[True]}
+    print(f"{task}: {rates[True]:.1f} episodes/min as evaluation was, {rates[False]:.1f} as it is "
+          f"({res['speedup']:.2f}x); same outcomes ({res['successes']}/{episodes} successes)")
+    return res
+
+
+
+# ============================================================================ open-loop check
+
+def openloop(ckpt: str, folder: str, steps=(0, 5, 10, 20, 30, 45), episodes=10, device="cpu",
+             noise_scale: float = 1.0) -> dict:
+    """Open-loop check on recorded episodes: the policy's chunk at step t against the demonstration's next
+    actions. Per t: mean over episodes of the worst joint's error (rad), averaged over the executed steps, beside
+    how far the demonstration moves over them. Error ~ motion at t = 0 means the first decision (which object,
+    which arm) was not learned even on these episodes; later steps can be fit by continuing the motion.
+
+    By phase: the chunk at every chunk boundary (where a closed-loop rollout queries), grouped by the gripper
+    events the demonstration has made by then (phase k: after event k, before event k + 1, as gripper_events
+    reads them). Per phase: the arm joints' error as above, the gripper's (mean |policy - demo| of
+    its command in [0, 1], worst gripper), and the demonstration's motion. A phase the policy cannot follow even
+    on its training episodes is where a rollout departs from them for lack of fit, not of closed-loop drift."""
+    import torch
+    from model import Policy
+    policy = Policy.load(ckpt, device=device)
+    policy.binary_gripper = False  # a close one step late counts by how far it is, not as 1; as before
+    policy.noise_scale = noise_scale
+    paths = data.episode_paths(folder)[:episodes]
+    if not paths:
+        raise data.DataError(f"{folder}: no episode_*.npz files")
+    eps, n, rows = [data.load_episode(p) for p in paths], policy.cfg.n_action_steps, {}
+    grip = [int(i) for i in policy.gripper_indices]
+    joints = [i for i in range(eps[0]["action"].shape[1]) if i not in grip]
+
+    def obs(ep, t):
+        return {"images": {c: ep["images"][c][t] for c in policy.cameras}, "qpos": ep["qpos"][t],
+                "prev_qpos": ep["qpos"][max(t - 1, 0)], "instruction": ep["instruction"]}
+
+    for t in steps:
+        err, move = [], []
+        for ep in eps:
+            if t + n > len(ep["action"]):
+                continue
+            chunk = policy.predict_chunk([obs(ep, t)], generator=torch.Generator().manual_seed(t))[0][:n]  # (n, A)
+            demo = ep["action"][t:t + n]
+            err.append(float(np.abs(chunk - demo).max(1).mean()))
+            move.append(float(np.abs(demo - ep["qpos"][t]).max(1).mean()))
+        if err:
+            rows[t] = {"error_rad": float(np.mean(err)), "demo_motion_rad": float(np.mean(move)), "episodes": len(err)}
+
+    by_phase = {}                                        # phase -> [(joint error, gripper error, demo motion)]
+    for i, ep in enumerate(eps):
+        events = np.array(gripper_events(ep["action"], grip), int)
+        ts = list(range(0, len(ep["action"]) - n + 1, n))
+        chunks = policy.predict_chunk([obs(ep, t) for t in ts], generator=torch.Generator().manual_seed(i))[:, :n]
+        for t, chunk in zip(ts, chunks):                 # chunk: (n, A)
+            demo = ep["action"][t:t + n]
+            by_phase.setdefault(int((events <= t).sum()), []).append((
+                float(np.abs(chunk[:, joints] - demo[:, joints]).max(1).mean()),
+                float(np.abs(chunk[:, grip] - demo[:, grip]).max(1).mean()),
+                float(np.abs(demo[:, joints] - ep["qpos"][t][joints]).max(1).mean())))
+    phases = {k: {"joint_error_rad": float(np.mean([r[0] for r in v])),
+                  "gripper_error": float(np.mean([r[1] for r in v])),
+                  "demo_motion_rad": float(np.mean([r[2] for r in v])), "queries": len(v)}
+              for k, v in sorted(by_phase.items())}
+    return {"ckpt": ckpt, "data": folder, "noise_scale": noise_scale, "steps": rows, "phases": phases}
+
+
+
+# ============================================================================ training benchmark (was train.py bench)
+
+def train_bench(argv=None) -> dict:
+    """Training samples/s on this machine, in one run: the recipe's policy on a frozen grounding front end (the
+    `small` front end, 3 cameras at 96 px) with its output computed from the images every step and cached,
+    and the from-scratch presets; plus inference ms per chunk. Synthetic data unless --data is given."""
+    import copy
+    import torch
+    import dataset
+    from model import PRESETS, VISION_PREFIXES, ModelConfig, Normalizer, Policy, Tokenizer, param_counts, train_tokenizer
+    from train import (Options, cpu_threads, ema_pairs_of, ema_update, language, make_optimizer, new_model,
+                       sample_noise_time, train_step)
+    ap = argparse.ArgumentParser(prog="diagnostics.py train-bench", description=train_bench.__doc__.split("\n")[0])
+    ap.add_argument("--presets", nargs="*", default=["tiny", "small"], help="from-scratch presets to time too")
+    ap.add_argument("--data", nargs="+", default=None, help="episode folders (default: synthetic, 3 cameras 96 px)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=3, help="at least this many timed steps (after 2 warm-up)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="...and at least this long per measurement")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: train.cpu_threads)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads or cpu_threads())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    tmp = tempfile.TemporaryDirectory()
+    folders = args.data
+    if folders is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from synthetic import make_dataset
+        folders = [str(make_dataset(Path(tmp.name) / "synthetic", n_episodes=4, T=100, image_size=(96, 96),
+                                    cameras=("top", "left_wrist", "right_wrist")))]
+
+    def rate(fn):  # calls/s of fn, timed over at least --steps calls and --seconds
+        for _ in range(2):
+            fn()
+        sync()
+        n, t0 = 0, time.perf_counter()
+        while n < args.steps or time.perf_counter() - t0 < args.seconds:
+            fn()
+            n += 1
+            sync()
+        return n / (time.perf_counter() - t0)
+
+    D = dataset.load_folders(folders)
+    tok = Tokenizer(train_tokenizer(sorted(set(D["texts"])), PRESETS["small"]["vocab_size"]))
+    dims = dict(action_dim=D["action"].shape[1], state_dim=D["qpos"].shape[1], n_cameras=len(D["cameras"]),
+                image_size=tuple(D["meta"]["image_size"]), vocab_size=tok.vocab_size, n_stage=D["stage"].shape[1],
+                keyframe_head=True)
+    recipe = ModelConfig.from_preset("small", vit_stem="conv", vit_pos="sincos", keypoints=16, grounded=2,
+                                     grounded_only=True, ground_mean=(0.0, 0.0), ground_std=(1.0, 1.0), **dims)
+    runs = {"recipe, front end every step": (recipe, False), "recipe, front end cached": (recipe, True),
+            **{f"{p} from scratch": (ModelConfig.from_preset(p, **dims), False) for p in args.presets}}
+    dev_name = (torch.cuda.get_device_name() if device.type == "cuda" else
+                f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)")
+    res = dict(command="python lab/diagnostics.py train-bench " + " ".join(argv or []), git=data.git_revision(), device=dev_name,
+               batch_size=args.batch_size, runs={})
+    print(f"{dev_name} | batch {args.batch_size}\n{'run':30s} {'params':>8s} {'train/s':>9s} {'infer ms':>9s}")
+    opts, stats = Options(data=folders, batch_size=args.batch_size, shift=0), dataset.compute_stats(D)
+    for name, (cfg, cached) in runs.items():
+        model = new_model(cfg, 0).to(device)
+        if cfg.keypoints:  # the recipe: the front end frozen
+            for n, p in model.named_parameters():
+                p.requires_grad_(not n.startswith(VISION_PREFIXES))
+        optimizer, norm, lang = make_optimizer(model, opts), Normalizer(stats, device), language(tok, D["texts"], cfg.lang_len)
+        ema = copy.deepcopy(model).requires_grad_(False)
+        pairs = ema_pairs_of(ema, model)
+        Dr = {**D, "ground": dataset.grounded_positions(model, D, folders, lang, device)} if cached else D
+        g = torch.Generator().manual_seed(0)
+        def step():  # as the training loop: batch, noise, loss, update, EMA
+            batch = dataset.make_batch(Dr, lang, norm, g, opts.batch_size, cfg, 0, device)
+            train_step(model, optimizer, batch, *sample_noise_time(g, opts.batch_size, cfg.horizon, cfg.action_dim,
+                                                                   device), opts, device.type == "cuda")
+            ema_update(pairs, opts.ema_decay)
+        obs = {"images": {c: D["images"][0, i].numpy() for i, c in enumerate(D["cameras"])},
+               "qpos": D["qpos"][0].numpy(), "instruction": D["texts"][0]}
+        policy = Policy(model, tok, stats, D["meta"], device)
+        infer_ms = 1000 / rate(lambda: policy.predict_chunk([obs]))
+        model.train()
+        r = dict(params=param_counts(model)["total"], train_samples_per_s=args.batch_size * rate(step), infer_ms=infer_ms)
+        res["runs"][name] = r
+        print(f"{name:30s} {r['params'] / 1e6:7.2f}M {r['train_samples_per_s']:9.1f} {infer_ms:9.1f}")
+    a, b = res["runs"]["recipe, front end cached"], res["runs"]["recipe, front end every step"]
+    res["cached_over_uncached"] = a["train_samples_per_s"] / b["train_samples_per_s"]
+    print(f"cached front end: {res['cached_over_uncached']:.1f}x the samples/s of running it every step")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        data.atomic_write_bytes(Path(args.json), lambda f: f.write(json.dumps(res, indent=1).encode()))
+        print(f"wrote {args.json}")
+    return res
+
+
+
+# ============================================================================ expert success and recording speed (was data.py experts / bench)
+
+def _expert_stats(args):
+    from world import experts
+    import world
+    task, seeds = args
+    env = world.make_env(task, render=False)
+    rows = [(s, *experts.run_expert(task, s, env)[:3]) for s in seeds]
+    return task, rows
+
+
+def experts(tasks, n_seeds, workers=1) -> dict:
+    """Expert success over seeds 0..n-1 per task, without rendering; failures listed with their stage."""
+    import world
+    jobs = [(t, list(range(n_seeds))) for t in tasks]
+    if workers > 1:
+        import multiprocessing as mp
+        with mp.get_context("spawn").Pool(workers) as pool:
+            out = pool.map(_expert_stats, jobs)
+    else:
+        out = list(map(_expert_stats, jobs))
+    report = {}
+    for task, rows in out:
+        suite = world.suite_of(task)
+        stages = [s[0] for s in suite.STAGES[task]]
+        lengths = [r[3] for r in rows]
+        # failed_at_stage: the first stage the attempt did not reach ("all" = every stage reached, success
+        # condition not held long enough)
+        fails = [{"seed": r[0], "failed_at_stage": stages[r[2]] if r[2] < len(stages) else "all", "steps": r[3]}
+                 for r in rows if not r[1]]
+        report[task] = {"success": sum(r[1] for r in rows) / len(rows), "seeds": len(rows),
+                        "failures": fails, "failures_by_stage": {s: sum(f["failed_at_stage"] == s for f in fails) for s in stages + ["all"]},
+                        "episode_length_mean": float(np.mean(lengths)), "episode_length_max": int(max(lengths)),
+                        "max_steps": suite.TASKS[task].max_steps,
+                        "max_steps_over_longest": round(suite.TASKS[task].max_steps / max(lengths), 2),
+                        "gripper_events": suite.TASKS[task].gripper_events}
+    return report
+
+
+def data_bench(tasks, episodes=1, cameras=None, image_size=(96, 96)) -> dict:
+    """Per task: physics steps/s, ms per rendered frame per camera, episodes recorded per minute, and the
+    ratio of recording time (expert + physics + render + compression + write) to the floor (physics + render)."""
+    import time
+    from world import experts
+    from world import sim
+    import world
+    rows = {}
+    for task in tasks:
+        suite = world.suite_of(task)
+        cams = list(cameras or suite.CAMERAS)
+        env = world.make_env(task, cameras=cams, image_size=image_size, render=True)
+        t_phys = t_render = 0.0
+        n_steps = n_frames = 0
+        t_rec = 0.0
+        for s in range(episodes):
+            # instrumented rollout: time physics and rendering separately
+            env.reset(s)
+            x = experts.make_expert(env)
+            for act in x.actions():
+                t0 = time.perf_counter()
+                for c in cams:
+                    env.render(c)
+                t1 = time.perf_counter()
+                env.apply(act)  # physics only; the renders were timed above
+                t2 = time.perf_counter()
+                t_render += t1 - t0
+                t_phys += t2 - t1
+                n_steps += 1
+                n_frames += len(cams)
+            # the real recording path: expert check + recorded rollout + compressed atomic write
+            with tempfile.TemporaryDirectory() as d:
+                t0 = time.perf_counter()
+                _worker_env.clear()
+                _, ok, _, _, ep = _attempt((task, s, cams, tuple(image_size), False))
+                if ep is not None:
+                    save_episode(Path(d) / "ep.npz", ep)
+                t_rec += time.perf_counter() - t0
+        rows[task] = {"physics_steps_per_s": n_steps * sim.SUBSTEPS / t_phys,
+                      "ms_per_frame_per_camera": 1000 * t_render / n_frames,
+                      "episodes_per_min": 60 * episodes / t_rec,
+                      "record_over_floor": t_rec / (t_phys + t_render),
+                      "control_steps_per_episode": n_steps / episodes}
+    return rows
+
+
+
+# ============================================================================ CLI
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["compare"]:
+            p = argparse.ArgumentParser(prog="diagnostics.py compare")
+            p.add_argument("dirs", nargs="+", help="DIR, or LABEL=DIR1,DIR2,... (one folder per training seed or "
+                           "evaluation seed block, paired by position with the baseline's)")
+            p.add_argument("--out", required=True)
+            p.add_argument("--labels", nargs="+", default=None)
+            a = p.parse_args(argv[1:])
+            named = [d.split("=", 1) if "=" in d else (None, d) for d in a.dirs]
+            labels = a.labels or [lab or Path(d).name for lab, d in named]
+            print(compare([d.split(",") for _, d in named], a.out, labels))
+        elif argv[:1] == ["probe"]:
+            p = argparse.ArgumentParser(prog="diagnostics.py probe")
+            p.add_argument("--ckpt", required=True)
+            p.add_argument("--task", required=True)
+            p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--out", required=True)
+            a = p.parse_args(argv[1:])
+            res = probe(a.ckpt, a.task, a.seed, a.out)
+            print(json.dumps({"command": "python lab/diagnostics.py " + " ".join(argv), "git_revision": data.git_revision()} | res))
+        elif argv[:1] == ["openloop"]:
+            p = argparse.ArgumentParser(prog="diagnostics.py openloop")
+            p.add_argument("--ckpt", required=True)
+            p.add_argument("--data", required=True, help="episode folder (e.g. the training demonstrations)")
+            p.add_argument("--episodes", type=int, default=10)
+            p.add_argument("--noise-scale", type=float, default=1.0, help="the flow's starting noise times this "
+                           "(the recipes evaluate at 0)")
+            p.add_argument("--out", default="", help="JSON file to write")
+            a = p.parse_args(argv[1:])
+            res = {"command": "python lab/diagnostics.py " + " ".join(argv), "git_revision": data.git_revision()} | \
+                openloop(a.ckpt, a.data, episodes=a.episodes, noise_scale=a.noise_scale)
+            for t, r in res["steps"].items():
+                print(f"t={t:3d}  open-loop error {r['error_rad']:.3f} rad  (the demonstration moves {r['demo_motion_rad']:.3f})")
+            for k, r in res["phases"].items():
+                print(f"after {k} gripper event(s): joints {r['joint_error_rad']:.3f} rad (the demonstration moves "
+                      f"{r['demo_motion_rad']:.3f}), gripper {r['gripper_error']:.3f}, {r['queries']} queries")
+            if a.out:
+                data.atomic_write_bytes(Path(a.out), lambda f: f.write(json.dumps(res, indent=1).encode()))
+        elif argv[:1] == ["bench"]:
+            p = argparse.ArgumentParser(prog="diagnostics.py bench", description=bench.__doc__.split("\n")[0])
+            p.add_argument("--ckpt", required=True)
+            p.add_argument("--task", default="lift_block")
+            p.add_argument("--episodes", type=int, default=10)
+            p.add_argument("--batch", type=int, default=10)
+            p.add_argument("--json", default="", help="write the figures here")
+            a = p.parse_args(argv[1:])
+            res = {"command": "python lab/diagnostics.py " + " ".join(argv), "git_revision": data.git_revision(),
+                   **bench(a.ckpt, a.task, a.episodes, a.batch)}
+            if a.json:
+                data.atomic_write_bytes(Path(a.json), lambda f: f.write(json.dumps(res, indent=1).encode()))
+        elif argv[:1] == ["train-bench"]:
+            train_bench(argv[1:])
+        elif argv[:1] in (["experts"], ["data-bench"]):
+            data_main(argv)
+        else:
+            print(__doc__.strip())
+            return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    except (ValueError, data.DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return 0
+
+
+def data_main(argv):
+    """`experts` and `data-bench` (as data.py's subcommands were)."""
+    import world
+    p = argparse.ArgumentParser(prog="diagnostics.py", description="Expert success and recording speed per task.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("experts", help="expert success per task over seeds (no rendering)")
+    e.add_argument("--seeds", type=int, default=100)
+    e.add_argument("--tasks", nargs="+", default=None, help="default: the bimanual suite (twin tasks: franka_*)")
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--out", default=None, help="JSON file to write (e.g. results/experts.json)")
+    b = sub.add_parser("data-bench", help="simulation and recording speed per task on this machine")
+    b.add_argument("--tasks", nargs="+", default=None)
+    b.add_argument("--episodes", type=int, default=1)
+    b.add_argument("--out", default=None, help="JSON file to write")
+    a = p.parse_args(argv)
+    tasks = a.tasks or list(sim.TASKS)
+    unknown = [t for t in tasks if t not in world.all_tasks()]
+    if unknown:
+        raise data.DataError(f"unknown task(s) {unknown}; known tasks: {', '.join(world.all_tasks())}")
+    if a.cmd == "experts":
+        rep = experts(tasks, a.seeds, a.workers)
+        for t, r in rep.items():
+            print(f"{t:12s} success {r['success']:.2f} over {r['seeds']} seeds; failures by the stage not reached "
+                  f"{ {k: v for k, v in r['failures_by_stage'].items() if v} }; longest {r['episode_length_max']} "
+                  f"steps, limit {r['max_steps']} ({r['max_steps_over_longest']}x)")
+    else:
+        rep = data_bench(tasks, a.episodes)
+        print(f"{'task':12s} {'physics steps/s':>16s} {'ms/frame/cam':>13s} {'episodes/min':>13s} {'record/floor':>13s}")
+        for t, r in rep.items():
+            print(f"{t:12s} {r['physics_steps_per_s']:16.0f} {r['ms_per_frame_per_camera']:13.1f} "
+                  f"{r['episodes_per_min']:13.1f} {r['record_over_floor']:13.2f}")
+    if a.out:
+        import platform
+        doc = {"command": "python " + " ".join(["lab/diagnostics.py", *argv]),
+               "git_revision": data.git_revision(), "machine": f"{platform.processor() or platform.machine()}, "
+               f"{os.cpu_count()} cores", "results": rep}
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        data.atomic_write_bytes(Path(a.out), lambda f: f.write(json.dumps(doc, indent=1).encode()))
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

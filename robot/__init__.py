@@ -1,0 +1,1 @@
+"""The real robot: Franka facts, drivers and demonstration recording."""
