@@ -51,7 +51,7 @@ from frontend import VISION_PREFIXES, FrontEnd, Tokenizer, check_config, images_
 
 STAKE_SEED_OFFSET = 7919  # StaKe: heads and queries draw from Generator(seed + this), never the global RNG
 
-# ModelConfig fields of retired options (docs/experiments.md) and the values that meant "off"
+# ModelConfig fields of retired options (notebooks-2026-12-07:docs/experiments.md) and the values that meant "off"
 RETIRED_OFF = {"image_pos": (False,)}
 
 PRESETS = {  # architecture only; training options live in train.py
@@ -119,12 +119,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "checkpoint") -> "ModelConfig":
-        """The config a checkpoint stored. Options retired since (docs/experiments.md) are dropped where they
-        were off; a checkpoint that used one needs the revision that still has it."""
+        """The config a checkpoint stored. Options retired since are dropped where they were off; a checkpoint that
+        used one needs the revision that still has it (notebooks-2026-12-07:docs/experiments.md names it)."""
         known = {f.name for f in dataclasses.fields(cls)}
         if used := {k: v for k, v in d.items() if k not in known and v not in RETIRED_OFF.get(k, ())}:
             raise ValueError(f"{source}: made with option(s) {used} that this version no longer has "
-                             f"(docs/experiments.md names the revision that runs them)")
+                             f"(notebooks-2026-12-07:docs/experiments.md names the revision that runs them)")
         return cls(**{k: v for k, v in d.items() if k in known})
 
     @classmethod
@@ -375,7 +375,7 @@ class Policy:
         self._queue: list[np.ndarray] = []
         self.velocity = bool(meta.get("velocity"))  # train.py --velocity: obs["prev_qpos"] joins the state
         # Grippers leave snapped to 0 or 1 (deviation 9: a sampled 0.9 closes the fingers a little, the next query
-        # reads "closing has begun" and finishes the close in mid-air). Off only in eval diagnostics (openloop).
+        # reads "closing has begun" and finishes the close in mid-air). Off only in lab/diagnostics.py openloop.
         self.binary_gripper = True
         self.noise_scale = 1.0  # the flow's starting noise times this: < 1 trades spread for precision (pi0: 1)
 

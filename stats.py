@@ -8,7 +8,7 @@ training seed s, column e evaluation episode e. Variants are paired twice: row s
 the same weights and saw the same batches (ablation.py), and column e is the same layout for all of them.
 
 Two sources of noise decide whether a gain is real: the E episodes (a binomial spread, what a Wilson interval
-shows) and the S training seeds (two seeds of one recipe differed by 18 of 50 episodes, docs/experiments.md).
+shows) and the S training seeds (two seeds of one recipe differed by 18 of 50 episodes, notebooks-2026-12-07:docs/experiments.md).
 `hierarchical_bootstrap` resamples both, seeds first and then episodes, so its interval holds both; McNemar's
 test per seed holds only the first. `sign_flip_test` asks the seeds alone: with S seeds its smallest p-value
 is 2 / 2**S (0.0625 for 5), which is the honest limit of 5 seeds.

@@ -39,7 +39,7 @@ import data
 import dataset
 import segment
 from data import opt
-from model import PRESETS, VISION_PREFIXES, VLA, ModelConfig, Normalizer, Policy, Tokenizer, train_tokenizer
+from model import PRESETS, VISION_PREFIXES, VLA, ModelConfig, Normalizer, Tokenizer, train_tokenizer
 
 MIN_LR_RATIO = 0.1      # the cosine schedule ends at this fraction of --lr
 GRAD_CLIP = 1.0         # global gradient-norm clip (pi0)

@@ -322,8 +322,8 @@ def train_bench(argv=None) -> dict:
     import copy
     import torch
     import dataset
-    from model import PRESETS, VISION_PREFIXES, ModelConfig, Normalizer, Policy, Tokenizer, param_counts, train_tokenizer
-    from train import (Options, cpu_threads, ema_pairs_of, ema_update, language, make_optimizer, new_model,
+    from model import PRESETS, VISION_PREFIXES, ModelConfig, Normalizer, Policy, Tokenizer, train_tokenizer
+    from train import (Options, cpu_threads, param_counts, ema_pairs_of, ema_update, language, make_optimizer, new_model,
                        sample_noise_time, train_step)
     ap = argparse.ArgumentParser(prog="diagnostics.py train-bench", description=train_bench.__doc__.split("\n")[0])
     ap.add_argument("--presets", nargs="*", default=["tiny", "small"], help="from-scratch presets to time too")

@@ -8,7 +8,7 @@
 
 Why. pi0 fine-tunes a VLA whose vision-language backbone was pretrained on web data (PaliGemma, whose mix
 includes detection and referring expressions: "where is the red block"). Our VLA starts from scratch, and from
-50 demonstrations it does not learn where the named block is (docs/experiments.md: 50 layouts are memorised,
+50 demonstrations it does not learn where the named block is (notebooks-2026-12-07:docs/experiments.md: 50 layouts are memorised,
 and the policy's own loss does not pull its readout toward the block). This script is the miniature of that
 pretraining stage: no demonstrations and no actions, only rendered scenes of random layouts (seeds from
 GROUND_SEED_OFFSET on, disjoint from demonstration and evaluation seeds) and the simulator's own object

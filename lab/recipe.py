@@ -43,7 +43,7 @@ class Recipe:
     evaluator: str     # "eval_sim" (bimanual scenes) or "eval_real" (the Franka twin, --robot mujoco)
 
 
-# why each piece is there, with the measurements: docs/experiments_recipe.md
+# why each piece is there, with the measurements: notebooks-2026-12-07:docs/experiments_recipe.md
 POLICY = ("--preset", "small", "--stage-weight", "0.1", "--keyframe-weight", "0.1",
           "--freeze-vision", "--grounded", "--grounded-only", "--shift", "0", "--save-every", "500")
 DEMOS = ("--episodes", "50", "--seed", "0", "--grasp-natural")
@@ -52,7 +52,7 @@ EVAL_TWIN = ("--episodes", "100", "--noise-scale", "0", "--video", "4")
 # The flow sampled from full noise (pi0) rather than from its mean: where the policy places after a long carry,
 # the mean's chunks stop short (handover: sticks set down 4-17 cm from the pad, on the placing arm's side).
 # Same policies: handover 46 -> 61 and 41 -> 55 of 100, franka_put_in_bin 38 -> 54 of 100; no gain on
-# place_block (12 -> 5), stack_two (6 -> 6) or franka_stack (13 -> 8) (docs/experiments_recipe.md)
+# place_block (12 -> 5), stack_two (6 -> 6) or franka_stack (13 -> 8) (notebooks-2026-12-07:docs/experiments_recipe.md)
 EVAL_SIM_FULL_NOISE = ("--episodes", "100", "--noise-scale", "1", "--video", "4", "--batch", "25")
 EVAL_TWIN_FULL_NOISE = ("--episodes", "100", "--noise-scale", "1", "--video", "4")
 
@@ -88,7 +88,7 @@ RECIPES = {
         task="franka_put_in_bin",
         demos=DEMOS,
         front_end="frontends/franka_put_in_bin.pt",
-        # 600 steps: block 1.96 cm and 24/100 (docs/experiments_recipe.md)
+        # 600 steps: block 1.96 cm and 24/100 (notebooks-2026-12-07:docs/experiments_recipe.md)
         ground=from_front_end("frontends/franka_pick_place.pt", "1500"),
         train=POLICY + ("--steps", "6000", "--symmetry"),
         evaluate=EVAL_TWIN_FULL_NOISE,
@@ -120,7 +120,7 @@ RECIPES = {
         front_end="frontends/place_block.pt",
         ground=from_front_end("frontends/lift_block.pt", "1600"),
         # 500 more steps on the natural-grasp expert's frames (the pad at the place 3.0 -> 2.5 cm): 11/100 against
-        # 12, not kept (docs/experiments_recipe.md)
+        # 12, not kept (notebooks-2026-12-07:docs/experiments_recipe.md)
         # --object-distances: block on the pad or not; re-grasping rollouts 90 -> 67 of 100, success 6 -> 12
         train=POLICY + ("--steps", "6000", "--symmetry", "--velocity", "--object-distances"),
         evaluate=EVAL_SIM,
@@ -129,12 +129,12 @@ RECIPES = {
         task="stack_two",
         demos=DEMOS,
         front_end="frontends/stack_two.pt",  # --word-order: the instruction names base and top by order
-        # 1200 steps: blocks at 2.5 / 3.17 cm and 3/100; then 500 steps on the reach's frames (docs/experiments_recipe.md)
+        # 1200 steps: blocks at 2.5 / 3.17 cm and 3/100; then 500 steps on the reach's frames (notebooks-2026-12-07:docs/experiments_recipe.md)
         ground=from_front_end("frontends/lift_block.pt", "2000", "--word-order") +
         (("--init-from", "{prev}", "--layouts", "2000", "--steps", "500", "--expert-frac", "0.75", "--expert-steps", "30",
           "--grasp-natural", "--word-order"),),
         # 800 more steps over the whole rollout (the top block while carried 6.8-9.7 -> 1.8-2.9 cm) left success
-        # at 7/100 and its first grasps within 2 cm at 37 against 44: not kept (docs/experiments_recipe.md)
+        # at 7/100 and its first grasps within 2 cm at 37 against 44: not kept (notebooks-2026-12-07:docs/experiments_recipe.md)
         # --object-tokens: its two reaches start from one home pose; a policy reading all blocks through one
         # linear map blends them (first grasps within 2 cm: 15 of 100 -> 40)
         train=POLICY + ("--steps", "6000", "--symmetry", "--velocity", "--object-tokens"),
@@ -150,7 +150,7 @@ RECIPES = {
         (("--init-from", "{prev}", "--layouts", "2000", "--steps", "1500", "--expert-frac", "0.75", "--grasp-natural",
           "--word-order"),),
         # --object-tokens, as stack_two: with this front end first closes within 2 cm 12 -> 31 of 100, 33 in the
-        # recipe's record (without it 6; docs/experiments_recipe.md)
+        # recipe's record (without it 6; notebooks-2026-12-07:docs/experiments_recipe.md)
         train=POLICY + ("--steps", "6000", "--symmetry", "--velocity", "--object-tokens"),
         evaluate=EVAL_SIM,
         evaluator="eval_sim"),
@@ -159,7 +159,7 @@ RECIPES = {
         demos=DEMOS,
         front_end="frontends/handover.pt",  # the pad, and the stick by two points
         # then 1200 steps on frames of the demonstrations' own expert (natural grasp), the whole rollout: on the
-        # demonstrations the pad was at 3.1-3.3 cm during the place, 1.7-1.8 after (docs/experiments_recipe.md)
+        # demonstrations the pad was at 3.1-3.3 cm during the place, 1.7-1.8 after (notebooks-2026-12-07:docs/experiments_recipe.md)
         ground=from_front_end("frontends/lift_block.pt", "800") +
         (("--init-from", "{prev}", "--layouts", "2000", "--steps", "1200", "--expert-frac", "0.75", "--grasp-natural"),),
         # no --symmetry: the right arm always picks and the left always places
