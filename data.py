@@ -10,6 +10,7 @@ robot with 8-D actions uses the same files as the 14-D bimanual scene.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import json
 import os
 import tempfile
@@ -168,22 +169,75 @@ def _attempt(args):
 
 
 class Progress:
-    """A one-line progress bar on stderr (no dependency)."""
+    """Progress on stderr (no dependency): one bar redrawn in place on a terminal; in a log (not a terminal), one
+    line at each tenth of the work, so a log gets about 10 lines, not hundreds of carriage returns."""
 
-    def __init__(self, total, label):
+    def __init__(self, total, label, out=None):
         import sys
         import time
-        self.total, self.label, self.t0, self.n, self.out, self.time = total, label, time.time(), 0, sys.stderr, time
+        self.total, self.label, self.t0, self.n, self.time = total, label, time.time(), 0, time
+        self.out = out or sys.stderr
+        self.tty, self.shown = self.out.isatty(), -1
 
     def update(self, n=1, extra=""):
         self.n += n
         el = self.time.time() - self.t0
         rate = self.n / el if el > 0 else 0.0
         bar = "#" * int(30 * self.n / max(self.total, 1))
-        self.out.write(f"\r{self.label} [{bar:<30}] {self.n}/{self.total} {rate:.2f}/s {extra}")
+        if self.tty:
+            self.out.write(f"\r{self.label} [{bar:<30}] {self.n}/{self.total} {rate:.2f}/s {extra}")
+            if self.n >= self.total:
+                self.out.write("\n")
+        elif (tenth := 10 * self.n // max(self.total, 1)) > self.shown:
+            self.shown = tenth
+            self.out.write(f"{self.label} {self.n}/{self.total} {rate:.2f}/s {extra}\n")
         self.out.flush()
-        if self.n >= self.total:
-            self.out.write("\n")
+
+
+def quiet_worker() -> None:
+    """Pool initializer: Ctrl-C reaches the main process alone, which ends the pool (no traceback per worker)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _check_and_repair(out: Path, task, cameras, image_size, grasp_natural, seed, stats) -> tuple:
+    """Before a run continues a folder: every episode up to the last one present must read; a missing or corrupt
+    one is recorded again in place from its seed (the expert is deterministic). Brings `stats` up to date with
+    what is on disk (a kill between an episode and meta.json leaves it behind). Returns (episodes, next seed)."""
+    paths = episode_paths(out)
+    for p in paths:
+        if not p.name[8:14].isdigit() or p.name != f"episode_{int(p.name[8:14]):06d}.npz":
+            raise DataError(f"{p}: not an episode name (episode_NNNNNN.npz)")
+    n = max((int(p.name[8:14]) + 1 for p in paths), default=0)
+    seeds, broken = list(stats.get("seeds", [])[:n]) + [None] * max(0, n - len(stats.get("seeds", []))), []
+    for i in range(n):
+        try:
+            seeds[i] = load_episode(out / f"episode_{i:06d}.npz")["seed"]
+        except DataError:
+            broken.append(i)
+    for i in broken:
+        if seeds[i] is None:  # a folder from before seeds were recorded: the untried seeds between neighbours
+            lo = next((seeds[j] for j in range(i - 1, -1, -1) if seeds[j] is not None), seed - 1)
+            later = [j for j in range(i + 1, n) if seeds[j] is not None]
+            failed = {f["seed"] for f in stats["failures"]}
+            if later:  # as many seeds between the neighbours as episodes missing there
+                cands = [s for s in range(lo + 1, seeds[later[0]]) if s not in failed]
+                ok = len(cands) == later[0] - i
+            else:  # the last ones: the seeds after lo that did not fail
+                cands, ok = [s for s in range(lo + 1, lo + 1 + n + len(failed)) if s not in failed], True
+            if not ok:
+                raise DataError(f"{out / f'episode_{i:06d}.npz'}: missing or corrupt, and its seed cannot be told "
+                                f"(candidates {cands}); delete the folder to record it anew")
+            seeds[i] = cands[0]
+        s, ok, _, _, ep = _attempt((task, seeds[i], cameras, tuple(image_size), grasp_natural))
+        if not ok:
+            raise DataError(f"{out / f'episode_{i:06d}.npz'}: seed {seeds[i]} no longer succeeds; delete the folder")
+        save_episode(out / f"episode_{i:06d}.npz", ep)
+        print(f"{out / f'episode_{i:06d}.npz'}: missing or corrupt, recorded again from seed {s}", file=sys.stderr)
+    next_seed = seeds[-1] + 1 if n else seed
+    stats["failures"] = [f for f in stats["failures"] if f["seed"] < next_seed]  # the rest are tried again
+    stats.update(saved=n, seeds=seeds, attempts=next_seed - seed)
+    return n, next_seed
 
 
 def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(96, 96), quiet=False,
@@ -222,28 +276,20 @@ def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(9
         if old is None or old.get("generation", {}) | {"episodes": None} != gen | {"episodes": None}:
             raise DataError(f"{out}: output folder is not empty and is not an unfinished run of the same "
                             f"command (task, seed, cameras, image size, grasp options); choose a new folder")
-    done = episode_paths(out)
-    for i, p in enumerate(done):  # resume needs contiguous, readable episodes
-        if p.name != f"episode_{i:06d}.npz":
-            raise DataError(f"{p}: episodes are not contiguous (expected episode_{i:06d}.npz)")
-    next_seed = seed
-    if done:
-        with np.load(done[-1]) as z:
-            next_seed = int(z["seed"]) + 1
-    stats = (json.loads((out / "meta.json").read_text()).get("generation_stats") if done else None) or \
+    stats = (json.loads((out / "meta.json").read_text()).get("generation_stats") if existing else None) or \
         {"attempts": 0, "failures": [], "saved": 0}
+    k, next_seed = _check_and_repair(out, task, cameras, image_size, grasp_natural, seed, stats)
     if seed + episodes * 2 + 1000 > sim.EVAL_SEED_OFFSET:
         raise DataError(f"--seed {seed}: demonstration seeds must stay below {sim.EVAL_SEED_OFFSET} "
                         f"(evaluation seeds start there)")
     save_meta(out, meta | {"generation": gen | {"episodes": episodes}, "generation_stats": stats})
-    k = len(done)
     bar = Progress(episodes, task) if not quiet else None
     if bar:
         bar.n = k
     pool = None
     if workers > 1:
         import multiprocessing as mp
-        pool = mp.get_context("spawn").Pool(workers)
+        pool = mp.get_context("spawn").Pool(workers, initializer=quiet_worker)
     try:
         while k < episodes:
             batch = [(task, s, cameras, tuple(image_size), grasp_natural) for s in range(next_seed, next_seed + max(workers, min(8, episodes - k)))]
@@ -258,7 +304,7 @@ def generate(task, episodes, out, seed=0, workers=1, cameras=None, image_size=(9
                     continue
                 save_episode(out / f"episode_{k:06d}.npz", ep)
                 k += 1
-                stats["saved"] = k
+                stats["saved"], stats["seeds"] = k, stats.get("seeds", [])[:k - 1] + [s]
                 if bar:
                     bar.update(extra=f"failed attempts: {len(stats['failures'])}")
             save_meta(out, meta | {"generation": gen | {"episodes": episodes}, "generation_stats": stats})
@@ -407,7 +453,10 @@ def main(argv=None):
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ndata.py: interrupted; what is saved stays, rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -234,7 +234,7 @@ def evaluate(cfg: EvalConfig, command: str | None = None) -> dict:
     pool = None  # one pool for all tasks: each worker imports torch once, not once per task
     if cfg.workers > 1 and cfg.episodes > cfg.batch:
         import multiprocessing as mp
-        pool = mp.get_context("spawn").Pool(cfg.workers)
+        pool = mp.get_context("spawn").Pool(cfg.workers, initializer=data.quiet_worker)
     try:
         for task in tasks:
             _evaluate_task(cfg, task, policy, pool, out, results)
@@ -271,11 +271,12 @@ def _evaluate_task(cfg: EvalConfig, task: str, policy, pool, out: Path, results:
         sl = slice(b, b + cfg.batch)
         jobs.append((cfg, task, seeds[sl], instructions[sl] if instructions else None,
                      max(0, min(cfg.video - b, cfg.batch))))
-    t0 = time.time()
-    if pool is not None and len(jobs) > 1:
-        parts = pool.map(_worker, jobs)
-    else:
-        parts = [rollout_batch(policy, task, j[2], cfg, j[3], j[4]) for j in jobs]
+    t0, parts, bar = time.time(), [], data.Progress(len(seeds), f"{task} episodes")
+    done = pool.imap(_worker, jobs) if pool is not None and len(jobs) > 1 else \
+        (rollout_batch(policy, task, j[2], cfg, j[3], j[4]) for j in jobs)
+    for part in done:  # in order: the episodes' list is the seeds' order
+        parts.append(part)
+        bar.update(len(part), f"successes {sum(e['success'] for p in parts for e in p)}")
     eps = [e for p in parts for e in p]
     wall = time.time() - t0
     for k, e in enumerate(eps):
@@ -325,7 +326,11 @@ def main(argv=None):
     except (ValueError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("\neval_sim.py: interrupted; nothing is written before the end, rerun the same command to evaluate",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,12 +21,14 @@ initialisation.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -367,6 +369,27 @@ def build(opts: Options) -> dict:
                 run=f"{task}__ss{opts.stage_weight:g}_ks{opts.keyframe_weight:g}__{opts.seed}")
 
 
+@contextlib.contextmanager
+def interruptible():
+    """Ctrl-C asks the loop to stop at the end of its step, where it saves a checkpoint (a second Ctrl-C stops at
+    once). Yields a function: has a stop been asked?"""
+    asked = []
+
+    def handler(sig, frame):
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(True)
+    try:
+        old = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: Ctrl-C is not ours to catch
+        old = None
+    try:
+        yield lambda: bool(asked)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+
+
 def batch_metrics(out: dict, batch: dict, loss, grad_norm, stage_label: str, high: bool) -> dict:
     """One step's figures for metrics.jsonl (tensors; read back only when logging). stage_acc_threshold: a
     threshold on the measured gripper opening as a stage classifier, the baseline for the stage head."""
@@ -404,38 +427,44 @@ def train(opts: Options) -> dict:
     metrics_path.write_text("".join(l + "\n" for l in kept))
     acc, t_log, t_bar, t_save, first, last = {}, time.perf_counter(), 0.0, time.perf_counter(), step, {}
     high, ema_pairs = segment.open_is_high(D["meta"]["gripper_convention"]), ema_pairs_of(ema, model)
-    while step < opts.steps:
-        step += 1
-        lr = lr_at(step, opts)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = dataset.make_batch(D, b["lang"], b["norm"], b["g_data"], opts.batch_size, cfg, opts.shift, b["device"],
-                                   b["scene"])
-        noise, t = sample_noise_time(b["g_flow"], opts.batch_size, cfg.horizon, cfg.action_dim, b["device"])
-        out, loss, gn = train_step(model, optimizer, batch, noise, t, opts, amp)
-        ema_update(ema_pairs, min(opts.ema_decay, (1 + step) / (10 + step)))
-        for k, v in batch_metrics(out, batch, loss, gn, opts.stage_label, high).items():
-            acc[k] = acc.get(k, 0.0) + v.detach().float()
-        stop = opts.stop_after and step - first >= opts.stop_after
-        if step % opts.log_every == 0 or step == opts.steps or stop:
-            n_steps, dt = step - (last.get("step") or first), time.perf_counter() - t_log
-            last = {"step": step, **{k: round(float(v) / n_steps, 6) for k, v in acc.items()}, "lr": lr,
-                    "samples_per_s": round(n_steps * opts.batch_size / dt, 2)}
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(last) + "\n")
-            acc, t_log = {}, time.perf_counter()
-        if step % opts.save_every == 0 or step == opts.steps or stop or time.perf_counter() - t_save > SAVE_SECONDS:
-            t_save = time.perf_counter()
-            checkpoint(step)
-        if time.perf_counter() - t_bar > 0.25 or step == opts.steps or stop:
-            t_bar = time.perf_counter()
-            done = int(30 * step / opts.steps)
-            extra = " ".join(f"{k} {last[k]:.3f}" for k in ("policy_loss", "stage_acc", "keyframe_l1") if k in last)
-            print(f"\r{run} {step}/{opts.steps} [{'#' * done}{'.' * (30 - done)}] {extra} "
-                  f"{last.get('samples_per_s', 0):.0f} samples/s ", end="", file=sys.stderr, flush=True)
-        if stop:
-            break
-    print(file=sys.stderr)
+    tty = sys.stderr.isatty()  # a bar redrawn in place; in a log, a line every 30 s
+    with interruptible() as interrupted:
+        while step < opts.steps:
+            step += 1
+            lr = lr_at(step, opts)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = dataset.make_batch(D, b["lang"], b["norm"], b["g_data"], opts.batch_size, cfg, opts.shift, b["device"],
+                                       b["scene"])
+            noise, t = sample_noise_time(b["g_flow"], opts.batch_size, cfg.horizon, cfg.action_dim, b["device"])
+            out, loss, gn = train_step(model, optimizer, batch, noise, t, opts, amp)
+            ema_update(ema_pairs, min(opts.ema_decay, (1 + step) / (10 + step)))
+            for k, v in batch_metrics(out, batch, loss, gn, opts.stage_label, high).items():
+                acc[k] = acc.get(k, 0.0) + v.detach().float()
+            stop = (opts.stop_after and step - first >= opts.stop_after) or interrupted()
+            if step % opts.log_every == 0 or step == opts.steps or stop:
+                n_steps, dt = step - (last.get("step") or first), time.perf_counter() - t_log
+                last = {"step": step, **{k: round(float(v) / n_steps, 6) for k, v in acc.items()}, "lr": lr,
+                        "samples_per_s": round(n_steps * opts.batch_size / dt, 2)}
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(last) + "\n")
+                acc, t_log = {}, time.perf_counter()
+            if step % opts.save_every == 0 or step == opts.steps or stop or time.perf_counter() - t_save > SAVE_SECONDS:
+                t_save = time.perf_counter()
+                checkpoint(step)
+            if time.perf_counter() - t_bar > (0.25 if tty else 30) or step == opts.steps or stop:  # a log: a line / 30 s
+                t_bar = time.perf_counter()
+                done = int(30 * step / opts.steps)
+                extra = " ".join(f"{k} {last[k]:.3f}" for k in ("policy_loss", "stage_acc", "keyframe_l1") if k in last)
+                line = (f"{run} {step}/{opts.steps} [{'#' * done}{'.' * (30 - done)}] {extra} "
+                        f"{last.get('samples_per_s', 0):.0f} samples/s ")
+                print("\r" + line if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+            if stop:
+                break
+        if tty:
+            print(file=sys.stderr)
+        if interrupted():
+            raise KeyboardInterrupt(f"interrupted at step {step}, saved in {out_dir / 'ckpt.pt'}")
     if step == opts.steps:
         import plots
         plots.loss_curves([json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()],
@@ -450,6 +479,9 @@ def main(argv=None) -> int:
     except (data.DataError, ValueError, FileNotFoundError) as e:
         print(f"\ntrain.py: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        print(f"\ntrain.py: {e or 'interrupted'}; rerun the same command (with --resume) to continue", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -422,7 +422,7 @@ def experts(tasks, n_seeds, workers=1) -> dict:
     jobs = [(t, list(range(n_seeds))) for t in tasks]
     if workers > 1:
         import multiprocessing as mp
-        with mp.get_context("spawn").Pool(workers) as pool:
+        with mp.get_context("spawn").Pool(workers, initializer=data.quiet_worker) as pool:
             out = pool.map(_expert_stats, jobs)
     else:
         out = list(map(_expert_stats, jobs))

@@ -156,7 +156,7 @@ def render_parallel(task, seeds, cameras, image_size, expert_frac, workers, expe
     if workers <= 1:
         return render(task, seeds, cameras, image_size, expert_frac, expert_steps, grasp_natural)
     chunks = [seeds[i::workers] for i in range(workers)]
-    with mp.get_context("spawn").Pool(workers) as pool:
+    with mp.get_context("spawn").Pool(workers, initializer=data.quiet_worker) as pool:
         parts = pool.starmap(render, [(task, c, cameras, image_size, expert_frac, expert_steps, grasp_natural)
                                       for c in chunks])
     order = np.argsort(np.concatenate([np.arange(i, len(seeds), workers) for i in range(workers)]))

@@ -6,10 +6,16 @@
     python lab/recipe.py --list                         # every recipe (one per task) and its commands
 
 A recipe is a name for the settings of the scripts, not a second implementation: each stage calls one script's
-`main()` with the flags below and prints that command, so every stage can be rerun by hand. A stage whose output
-exists is skipped, and training continues its checkpoint (train.py --resume): rerunning the command after an
-interruption continues where it stopped. Outputs go to --out (default runs/recipes/NAME): data/, front_end/
-(only with --train-front-end), policy/, eval/ (results.json, videos), report/ (the table).
+`main()` with the flags below and prints that command, so every stage can be rerun by hand. Outputs go to --out,
+by default the repository's runs/recipes/NAME (whatever the working directory; a run with --demos, --steps,
+--episodes, --seed or --train-front-end gets its own folder, e.g. runs/recipes/lift_block-demos4-steps20):
+data/, front_end/ (only with --train-front-end), policy/, eval_seedK/ (results.json, videos), report_seedK/.
+
+Done means done with these settings: each finished stage leaves done.json with its command, its settings and the
+digests of its inputs (the front end, the demonstrations' record, the checkpoint). A rerun skips a stage whose
+record matches, resumes an unfinished one (data.py generate and train.py --resume continue where a kill left
+them), and stops, naming the difference, where a stage was made with other settings or inputs: it never reports
+a result made otherwise.
 
 The front end (ground.py) is shipped in frontends/ with the commands that made it (frontends/TASK.json); those
 of the other tasks start from lift_block's (bimanual scene; stack_three from stack_two's) or
@@ -18,6 +24,7 @@ franka_pick_place's (twin). Every policy trains with StaKe's stage and keyframe 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -172,7 +179,8 @@ RECIPES = {
 @dataclass
 class Options:
     name: str = opt("lift_block", f"the recipe: {', '.join(RECIPES)}")
-    out: str = opt("", "output folder (default runs/recipes/NAME)")
+    out: str = opt("", "output folder (default: the repository's runs/recipes/NAME, plus the settings that differ "
+                   "from the recipe's, e.g. runs/recipes/lift_block-steps100)")
     train_front_end: bool = opt(False, "train the front end with ground.py instead of loading the shipped one")
     seed: int = opt(0, "training seed of the policy")
     eval_seed: int = opt(0, "evaluation seed block")
@@ -189,13 +197,31 @@ class Options:
             raise ValueError("--demos, --episodes and --steps must be >= 0, --workers >= 1")
 
 
+def out_folder(o: Options) -> Path:
+    """--out, or the repository's runs/recipes/NAME; settings other than the recipe's name the folder, so a quick
+    check never lands where the recipe's own result is."""
+    if o.out:
+        return Path(o.out)
+    tags = [f"{k}{v}" for k, v in (("demos", o.demos), ("steps", o.steps), ("episodes", o.episodes), ("seed", o.seed)) if v]
+    return ROOT / "runs" / "recipes" / "-".join([o.name, *tags, *(["own-front-end"] if o.train_front_end else [])])
+
+
+def shown(path) -> Path:
+    """A path as the printed commands give it: relative to the working directory where it lies below it."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()) if path.is_absolute() else path
+    except ValueError:
+        return path
+
+
 def commands(o: Options) -> list:
-    """(stage, script, argv, output that marks it done) for every stage of the recipe, in order."""
-    r, out = RECIPES[o.name], Path(o.out or f"runs/recipes/{o.name}")
+    """(stage, script, argv, folder that holds its done.json) for every stage of the recipe, in order."""
+    r, out = RECIPES[o.name], shown(out_folder(o))
     demos, policy, ev = out / "data", out / "policy", out / f"eval_seed{o.eval_seed}"
     cmds = [("demonstrations", "data.py", ["generate", "--task", r.task, "--out", demos, "--workers", o.workers, *r.demos,
-                                           *(["--episodes", o.demos] if o.demos else [])], demos / "done.json")]
-    here = lambda path: path if Path.cwd() == ROOT else ROOT / path  # a shipped file, from any directory
+                                           *(["--episodes", o.demos] if o.demos else [])], demos)]
+    here = lambda path: shown(ROOT / path)  # a shipped file, from any directory
     front = here(r.front_end)
     if o.train_front_end:
         prev = None
@@ -203,50 +229,140 @@ def commands(o: Options) -> list:
             run = out / "front_end" / f"stage{i}"
             argv = ["--task", r.task, "--out", run, "--workers", o.workers, "--resume",
                     *[str(prev) if f == "{prev}" else here(f) if f.startswith("frontends/") else f for f in flags]]
-            cmds.append((f"front end, stage {i}", "lab/ground.py", argv, run / "ground.json"))
+            cmds.append((f"front end, stage {i}", "lab/ground.py", argv, run))
             prev = run / "ckpt.pt"
         front = prev
     train = ["--data", demos, "--out", policy, "--vision-from", front, "--resume", *r.train]
     train += ["--seed", o.seed] + (["--steps", o.steps] if o.steps else [])
-    cmds.append(("policy", "train.py", train, policy / "done.json"))
+    cmds.append(("policy", "train.py", train, policy))
     evaluate = ["--ckpt", policy / "ckpt.pt", "--task", r.task, "--out", ev, *r.evaluate, "--seed", o.eval_seed]
     evaluate += ["--workers", o.workers] if r.evaluator == "eval_sim" else ["--robot", "mujoco"]
     evaluate += ["--episodes", o.episodes] if o.episodes else []
-    cmds.append(("evaluation", f"{r.evaluator}.py", evaluate, ev / "results.json"))
+    cmds.append(("evaluation", f"{r.evaluator}.py", evaluate, ev))
     return [(stage, script, [str(a) for a in argv], done) for stage, script, argv, done in cmds]
 
 
-def run(o: Options) -> dict:
+# ----------------------------------------------------------------------------- done means done with these settings
+
+def digest(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def settings(argv: list, out: Path) -> dict:
+    """A stage's flags as {flag: value}, without the ones that change no output (--workers), paths written as
+    `<out>/...` inside the run's folder and `<repo>/...` inside the repository, so the record does not depend on
+    the working directory."""
+    def canonical(a):
+        if "/" not in a:
+            return a
+        p = Path(a).resolve()
+        for base, name in ((out.resolve(), "<out>"), (ROOT, "<repo>")):
+            if p.is_relative_to(base):
+                return f"{name}/{p.relative_to(base)}"
+        return str(p)
+    flags, key = {}, None
+    for a in argv:
+        if a.startswith("--"):
+            key = a
+            flags[key] = []
+        elif key is None:
+            flags.setdefault("", []).append(a)  # the subcommand (data.py generate)
+        else:
+            flags[key].append(canonical(a))
+    flags.pop("--workers", None)
+    return {k: " ".join(v) for k, v in flags.items()}
+
+
+def stage_inputs(stage: str, argv: list) -> dict:
+    """What a stage reads that its flags do not say: the digests of the front end it starts from, the record of
+    the demonstrations it trains on, the checkpoint it evaluates."""
+    flag = {"--vision-from": "front end", "--init-from": "front end", "--ckpt": "checkpoint"}
+    found = {name: digest(argv[i + 1]) for i, a in enumerate(argv[:-1]) if (name := flag.get(a))
+             and Path(argv[i + 1]).is_file()}
+    if "--data" in argv and (rec := Path(argv[argv.index("--data") + 1]) / "done.json").is_file():
+        made = json.loads(rec.read_text())  # what made them, not when
+        blob = json.dumps([made.get("settings"), made.get("inputs")], sort_keys=True).encode()
+        found["demonstrations"] = hashlib.sha256(blob).hexdigest()[:16]
+    return found
+
+
+def differences(was: dict, now: dict) -> str:
+    """The settings and inputs that differ, as the user would type them."""
+    if "settings" not in was:
+        return "made by an earlier version of recipe.py, which did not record its settings"
+    rows = [f"{k or 'arguments'} {was['settings'].get(k, '(none)')!r} (now {now['settings'].get(k, '(none)')!r})"
+            for k in sorted(set(was["settings"]) | set(now["settings"])) if was["settings"].get(k) != now["settings"].get(k)]
+    rows += [f"its {k} changed since" for k in sorted(set(was["inputs"]) | set(now["inputs"]))
+             if was["inputs"].get(k) != now["inputs"].get(k)]
+    return "; ".join(rows)
+
+
+def run_script(script: str, argv: list) -> int:
+    """One stage: the script's main() in this process (lab/ground.py is lab.ground)."""
     import importlib
+    return importlib.import_module(script[:-3].replace("/", ".")).main(argv)
+
+
+def run(o: Options) -> dict:
     t_start, walls = time.time(), {}
-    cmds = commands(o)
+    cmds, out = commands(o), shown(out_folder(o))
     front = ROOT / RECIPES[o.name].front_end
     if not o.train_front_end and not front.is_file():
         raise FileNotFoundError(f"{front}: the shipped front end is missing (--train-front-end trains one)")
-    for stage, script, argv, done in cmds:
+    for stage, script, argv, folder in cmds:
         print(f"\n== {stage}\n$ python {script} {' '.join(argv)}", flush=True)
-        if done.is_file():
-            print(f"done already ({done})")
-            continue
+        record = {"command": f"python {script} {' '.join(argv)}", "settings": settings(argv, out),
+                  "inputs": stage_inputs(stage, argv)}
+        if (folder / "done.json").is_file():
+            was = json.loads((folder / "done.json").read_text())
+            if diff := differences(was, record):
+                raise StaleStage(f"{folder} was made with other settings: {diff}. Rerun with the settings it was "
+                                 f"made with, give another --out, or delete {folder} to redo it and what follows")
+            if not (damaged := [name for name, d in was.get("outputs", {}).items()
+                                if not (folder / name).is_file() or digest(folder / name) != d]):
+                print(f"done already with these settings ({folder / 'done.json'})")
+                walls[stage] = was.get("wall_s", 0.0)
+                continue
+            print(f"{', '.join(damaged)}: missing or changed since the stage finished; running it again to repair")
         t0 = time.time()
-        code = importlib.import_module(script[:-3].replace("/", ".")).main(argv)  # lab/ground.py: lab.ground
+        code = run_script(script, argv)
+        if code == 130:  # Ctrl-C: the script said so in one line
+            raise StageInterrupted
         if code:
             raise RuntimeError(f"{stage} failed (exit {code}): python {script} {' '.join(argv)}")
-        if script in ("data.py", "train.py"):  # finished; a killed one resumes (generate and train.py --resume)
-            data.atomic_write_bytes(done, lambda f: f.write(json.dumps({"command": f"python {script} {' '.join(argv)}"}).encode()))
         walls[stage] = round(time.time() - t0, 1)
+        if script == "data.py":  # the episodes, so that a rerun notices one missing or corrupt (data.py repairs it)
+            record["outputs"] = {p.name: digest(p) for p in sorted(folder.glob("episode_*.npz"))}
+        data.atomic_write_bytes(folder / "done.json", lambda f: f.write(json.dumps(
+            record | {"wall_s": walls[stage], "git": data.git_revision()}, indent=1).encode()))
     from lab.diagnostics import compare
-    ev = cmds[-1][3].parent
+    ev = cmds[-1][3]
     print(compare([str(ev)], str(ev.parent / f"report_seed{o.eval_seed}")))
     videos = sorted(ev.rglob("*.mp4"), key=lambda p: ("ok" not in p.name, p.name))  # a success first
     res = json.loads((ev / "results.json").read_text())["tasks"][RECIPES[o.name].task]
+    charts = [p for p in (out / "policy" / "loss.png", ev.parent / f"report_seed{o.eval_seed}" / "success.png")
+              if p.is_file()]
     summary = {"recipe": o.name, "success_rate": res["success_rate"], "wilson95": res["wilson95"],
-               "episodes": res["episodes"], "wall_s": walls, "total_wall_s": round(time.time() - t_start, 1),
-               "video": str(videos[0]) if videos else None}
+               "episodes": res["episodes"], "wall_s": walls, "total_wall_s": round(sum(walls.values()), 1),
+               "video": str(videos[0]) if videos else None, "charts": [str(p) for p in charts]}
     print(f"{o.name}: success {res['successes']}/{res['episodes']} = {res['success_rate']:.2f} "
           f"[{res['wilson95'][0]:.2f}, {res['wilson95'][1]:.2f}]; wall time {summary['total_wall_s'] / 60:.1f} min "
-          f"({', '.join(f'{k} {v / 60:.1f}' for k, v in walls.items())}); video: {summary['video']}")
+          f"({', '.join(f'{k} {v / 60:.1f}' for k, v in walls.items())}"
+          f"{'; as recorded when each stage ran' if time.time() - t_start < summary['total_wall_s'] else ''})")
+    print(f"outputs in {out}: charts {', '.join(map(str, charts)) or 'none'}; video {summary['video']}")
     return summary
+
+
+class StaleStage(RuntimeError):
+    """A stage's output was made with other settings or inputs than this run's."""
+
+
+class StageInterrupted(Exception):
+    """Ctrl-C in a stage, which has printed what to do."""
 
 
 def main(argv=None) -> int:
@@ -254,7 +370,7 @@ def main(argv=None) -> int:
     if argv[:1] and not argv[0].startswith("-"):  # the recipe's name first: python lab/recipe.py lift_block ...
         argv = ["--name", argv[0], *argv[1:]]
     try:
-        o = data.parse_options(Options, argv, "recipe.py", __doc__.split("\n")[0])
+        o = data.parse_options(Options, argv, "lab/recipe.py [NAME]", __doc__.split("\n")[0] + " NAME is --name.")
         if o.list:
             for name in RECIPES:
                 print(f"{name}:")
@@ -265,6 +381,11 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"recipe.py: error: {e}", file=sys.stderr)
         return 2
+    except StageInterrupted:
+        return 130
+    except KeyboardInterrupt:
+        print("\nrecipe.py: interrupted; rerun the same command to resume (finished stages are kept)", file=sys.stderr)
+        return 130
     return 0
 
 

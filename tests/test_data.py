@@ -41,6 +41,26 @@ def test_resume_skips_finished_episodes_and_ignores_half_files(tmp_path):
     assert data.load_episode(paths[2])["seed"] == 2
 
 
+@pytest.mark.parametrize("seeds_recorded", [True, False], ids=["seeds-in-meta", "older-folder"])
+def test_a_missing_or_corrupt_episode_is_recorded_again_in_place(tmp_path, seeds_recorded):
+    """Rerunning generate on a folder with one episode truncated and one deleted records both again from their
+    seeds, byte for byte (also for a folder from before meta.json kept the seeds: then from its neighbours')."""
+    out = tmp_path / "d"
+    data.generate("lift_block", 4, out, seed=3, **SMALL)
+    before = {p.name: p.read_bytes() for p in data.episode_paths(out)}
+    (out / "episode_000001.npz").write_bytes(before["episode_000001.npz"][:500])
+    (out / "episode_000002.npz").unlink()
+    if not seeds_recorded:
+        meta = json.loads((out / "meta.json").read_text())
+        del meta["generation_stats"]["seeds"]
+        (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(data.DataError, match="episode_000001.npz: not a valid episode"):
+        data.load_episode(out / "episode_000001.npz")
+    stats = data.generate("lift_block", 4, out, seed=3, **SMALL)
+    assert {p.name: p.read_bytes() for p in data.episode_paths(out)} == before
+    assert stats["saved"] == 4 and stats["seeds"] == [3, 4, 5, 6] and stats["attempts"] == 4
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     def boom(f):
         f.write(b"partial")

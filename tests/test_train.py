@@ -57,6 +57,35 @@ def test_resume_equals_uninterrupted(ds, tmp_path):
         run(ds, tmp_path / "cut", resume=True, **{**kw, "seed": 1})
 
 
+def test_ctrl_c_stops_at_the_step_end_saves_and_resumes_exactly(ds, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during step 3 (a real SIGINT, mid-step): the loop finishes the step, saves it, and train.py says so in
+    one line (exit 130, no traceback); rerunning with --resume ends with the weights of an uninterrupted run."""
+    import signal
+    import dataset
+    import train as train_module
+    kw = dict(steps=5, stage_weight=0.5, keyframe_weight=0.5)
+    run(ds, tmp_path / "full", **kw)
+    real, calls = dataset.make_batch, []
+
+    def make_batch(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)  # as a terminal's Ctrl-C, while the step is under way
+        return real(*a, **k)
+    monkeypatch.setattr(dataset, "make_batch", make_batch)
+    argv = ["--data", str(ds), "--out", str(tmp_path / "cut"), "--steps", "5", "--stage-weight", "0.5",
+            "--keyframe-weight", "0.5", *[f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]]
+    assert train_module.main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at step 3" in err and "--resume" in err and "Traceback" not in err
+    assert torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=True)["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+    monkeypatch.setattr(dataset, "make_batch", real)
+    assert train_module.main(argv + ["--resume"]) == 0
+    a, b = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True) for d in ("full", "cut"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_overfit_one_episode(tmp_path):
     ds = make_dataset(tmp_path / "one", n_episodes=1, T=24, seed=5)
     ep = data.load_episode(data.episode_paths(ds)[0])
