@@ -20,7 +20,7 @@ import math
 import zlib
 from dataclasses import dataclass
 
-from world import sim  # first: it sets MUJOCO_GL before mujoco is imported
+import world.sim as sim  # first: it sets MUJOCO_GL before mujoco is imported
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from robot.franka import ARMS as FRANKA_ARMS, GRIPPER_MAX_WIDTH, READY  # noqa: E402
