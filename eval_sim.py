@@ -48,6 +48,8 @@ class EvalConfig:
     blank_images: bool = opt(False, "control: all images black (a VLA should fail without vision)")
     shuffle_instructions: bool = opt(False, "control: each episode gets the instruction of an episode with another "
                                      "target (shuffled_instructions)")
+    instruction: str = opt("", "your own words for every episode, in place of the layout's instruction (results.json "
+                           "keeps both); the policy follows the phrasings it was trained on best")
     device: str = opt("cpu", "torch device for the policy")
     max_steps: int = opt(0, "override the task's step limit (0: the task's max_steps)")
     demo_seeds: bool = opt(False, "diagnostic: roll out on demonstration seeds 0..N-1 (the training layouts)")
@@ -59,6 +61,8 @@ class EvalConfig:
             raise ValueError("--episodes, --workers and --batch must be >= 1; --video, --n-action-steps >= 0")
         if not 0.0 <= self.noise_scale <= 1.0:
             raise ValueError(f"--noise-scale {self.noise_scale}: must be in [0, 1]")
+        if self.instruction and self.shuffle_instructions:
+            raise ValueError("--instruction and --shuffle-instructions each replace the instruction: give one")
         unknown = [t for t in self.task if t not in sim.TASKS]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; eval_sim.py runs the bimanual tasks {', '.join(sim.TASKS)} "
@@ -265,7 +269,8 @@ def shuffled_instructions(task: str, seeds: list, seed: int) -> list:
 def _evaluate_task(cfg: EvalConfig, task: str, policy, pool, out: Path, results: dict) -> None:
     """Roll out one task (in the pool's workers when given) and store its summary in results["tasks"][task]."""
     seeds = list(range(cfg.episodes)) if cfg.demo_seeds else eval_seeds(cfg.seed, cfg.episodes)
-    instructions = shuffled_instructions(task, seeds, cfg.seed) if cfg.shuffle_instructions else None
+    instructions = shuffled_instructions(task, seeds, cfg.seed) if cfg.shuffle_instructions else \
+        [cfg.instruction] * len(seeds) if cfg.instruction else None
     jobs = []
     for b in range(0, len(seeds), cfg.batch):
         sl = slice(b, b + cfg.batch)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -188,6 +189,7 @@ class Options:
     steps: int = opt(0, "training steps (0: the recipe's)")
     episodes: int = opt(0, "evaluation episodes (0: the recipe's)")
     workers: int = opt(2, "processes for recording demonstrations, rendering layouts and evaluating")
+    instruction: str = opt("", "evaluate with your own words for every episode (eval_seedK-own-words/)")
     list: bool = opt(False, "print the recipes and their commands, run nothing")
 
     def __post_init__(self):
@@ -218,7 +220,7 @@ def shown(path) -> Path:
 def commands(o: Options) -> list:
     """(stage, script, argv, folder that holds its done.json) for every stage of the recipe, in order."""
     r, out = RECIPES[o.name], shown(out_folder(o))
-    demos, policy, ev = out / "data", out / "policy", out / f"eval_seed{o.eval_seed}"
+    demos, policy, ev = out / "data", out / "policy", out / f"eval_seed{o.eval_seed}{'-own-words' if o.instruction else ''}"
     cmds = [("demonstrations", "data.py", ["generate", "--task", r.task, "--out", demos, "--workers", o.workers, *r.demos,
                                            *(["--episodes", o.demos] if o.demos else [])], demos)]
     here = lambda path: shown(ROOT / path)  # a shipped file, from any directory
@@ -238,6 +240,7 @@ def commands(o: Options) -> list:
     evaluate = ["--ckpt", policy / "ckpt.pt", "--task", r.task, "--out", ev, *r.evaluate, "--seed", o.eval_seed]
     evaluate += ["--workers", o.workers] if r.evaluator == "eval_sim" else ["--robot", "mujoco"]
     evaluate += ["--episodes", o.episodes] if o.episodes else []
+    evaluate += ["--instruction", o.instruction] if o.instruction else []
     cmds.append(("evaluation", f"{r.evaluator}.py", evaluate, ev))
     return [(stage, script, [str(a) for a in argv], done) for stage, script, argv, done in cmds]
 
@@ -314,8 +317,8 @@ def run(o: Options) -> dict:
     if not o.train_front_end and not front.is_file():
         raise FileNotFoundError(f"{front}: the shipped front end is missing (--train-front-end trains one)")
     for stage, script, argv, folder in cmds:
-        print(f"\n== {stage}\n$ python {script} {' '.join(argv)}", flush=True)
-        record = {"command": f"python {script} {' '.join(argv)}", "settings": settings(argv, out),
+        print(f"\n== {stage}\n$ python {script} {shlex.join(argv)}", flush=True)
+        record = {"command": f"python {script} {shlex.join(argv)}", "settings": settings(argv, out),
                   "inputs": stage_inputs(stage, argv)}
         if (folder / "done.json").is_file():
             was = json.loads((folder / "done.json").read_text())
@@ -333,7 +336,7 @@ def run(o: Options) -> dict:
         if code == 130:  # Ctrl-C: the script said so in one line
             raise StageInterrupted
         if code:
-            raise RuntimeError(f"{stage} failed (exit {code}): python {script} {' '.join(argv)}")
+            raise RuntimeError(f"{stage} failed (exit {code}): python {script} {shlex.join(argv)}")
         walls[stage] = round(time.time() - t0, 1)
         if script == "data.py":  # the episodes, so that a rerun notices one missing or corrupt (data.py repairs it)
             record["outputs"] = {p.name: digest(p) for p in sorted(folder.glob("episode_*.npz"))}
@@ -341,10 +344,11 @@ def run(o: Options) -> dict:
             record | {"wall_s": walls[stage], "git": data.git_revision()}, indent=1).encode()))
     from lab.diagnostics import compare
     ev = cmds[-1][3]
-    print(compare([str(ev)], str(ev.parent / f"report_seed{o.eval_seed}")))
+    report = ev.parent / ev.name.replace("eval_", "report_", 1)
+    print(compare([str(ev)], str(report)))
     videos = sorted(ev.rglob("*.mp4"), key=lambda p: ("ok" not in p.name, p.name))  # a success first
     res = json.loads((ev / "results.json").read_text())["tasks"][RECIPES[o.name].task]
-    charts = [p for p in (out / "policy" / "loss.png", ev.parent / f"report_seed{o.eval_seed}" / "success.png")
+    charts = [p for p in (out / "policy" / "loss.png", report / "success.png")
               if p.is_file()]
     summary = {"recipe": o.name, "success_rate": res["success_rate"], "wilson95": res["wilson95"],
                "episodes": res["episodes"], "wall_s": walls, "total_wall_s": round(sum(walls.values()), 1),
@@ -375,7 +379,7 @@ def main(argv=None) -> int:
             for name in RECIPES:
                 print(f"{name}:")
                 for stage, script, a, _ in commands(Options(name=name)):
-                    print(f"  {stage}: python {script} {' '.join(a)}")
+                    print(f"  {stage}: python {script} {shlex.join(a)}")
             return 0
         run(o)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

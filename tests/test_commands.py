@@ -57,7 +57,7 @@ def documented_commands() -> list:
         for block in re.findall(r"```bash\n(.*?)```", path.read_text(), re.S):
             for line in block.replace("\\\n", " ").splitlines():
                 for part in line.split("&&"):
-                    cmd = " ".join(shlex.split(part, comments=True))
+                    cmd = shlex.join(shlex.split(part, comments=True))
                     if cmd.startswith("python "):
                         out.append((doc, cmd))
     return out

@@ -1,6 +1,8 @@
 """Evaluation: failure attribution on hand-made rollouts, Wilson intervals, compare (lab/diagnostics.py) and the paired test."""
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -130,6 +132,22 @@ def test_rollout_batch_with_replayed_expert_succeeds_and_reports():
     assert all(len(e["closes"]) == 1 and e["closes"][0]["xy_cm"] < 1.5 for e in eps), [e["closes"] for e in eps]
     q = eval_sim.first_close_quartiles(eps + blind)
     assert q["first_close_xy_cm_success"][2] < 1.5 and q["first_close_xy_cm_failure"][0] > 3, q
+
+
+def test_own_instruction_reaches_the_policy_and_the_record():
+    """--instruction: every episode's observation carries the user's words; results keep the layout's too."""
+    seeds, seen = eval_sim.eval_seeds(0, 2), []
+    pol = ReplayPolicy("lift_block", seeds)
+    real = pol.predict_chunk
+    pol.predict_chunk = lambda obs: (seen.extend(o["instruction"] for o in obs), real(obs))[1]
+    cfg = eval_sim.EvalConfig(ckpt="x", task=["lift_block"], episodes=2, instruction="grab that cube over there")
+    results = {"tasks": {}}
+    eval_sim._evaluate_task(cfg, "lift_block", pol, None, Path("/nonexistent"), results)  # no pool, no videos
+    eps = results["tasks"]["lift_block"]["per_episode"]
+    assert set(seen) == {"grab that cube over there"}
+    assert all(e["instruction"] == "grab that cube over there" and e["true_instruction"] != e["instruction"] for e in eps)
+    with pytest.raises(ValueError, match="give one"):
+        eval_sim.EvalConfig(ckpt="x", instruction="x", shuffle_instructions=True)
 
 
 def test_shuffled_instructions_ask_for_another_target():
