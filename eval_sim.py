@@ -49,7 +49,8 @@ class EvalConfig:
     shuffle_instructions: bool = opt(False, "control: each episode gets the instruction of an episode with another "
                                      "target (shuffled_instructions)")
     instruction: str = opt("", "your own words for every episode, in place of the layout's instruction (results.json "
-                           "keeps both); the policy follows the phrasings it was trained on best")
+                           "keeps both); {color}, {pad}, {c0}, {c1}, {c2} are filled from each layout, as the "
+                           "task's phrasings are (sim.instruction_fields). Policies follow their training phrasings best")
     device: str = opt("cpu", "torch device for the policy")
     max_steps: int = opt(0, "override the task's step limit (0: the task's max_steps)")
     demo_seeds: bool = opt(False, "diagnostic: roll out on demonstration seeds 0..N-1 (the training layouts)")
@@ -250,6 +251,16 @@ def evaluate(cfg: EvalConfig, command: str | None = None) -> dict:
     return results
 
 
+def own_words(text: str, task: str, seeds: list) -> list:
+    """--instruction for each seed, its {fields} filled from that seed's layout (the objects it names)."""
+    fields = [sim.instruction_fields(sim.TASKS[task].layout(s)) for s in seeds]
+    try:
+        return [text.format(**f) for f in fields]
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(f"--instruction {text!r}: {task}'s layouts fill {{{'}, {'.join(fields[0]) or 'nothing'}}} "
+                         f"(not {err})") from None
+
+
 def shuffled_instructions(task: str, seeds: list, seed: int) -> list:
     """The --shuffle-instructions control: each episode gets the instruction of another episode whose objects
     play other roles (another target block), so that the words ask for something else in this scene. Taking any
@@ -270,7 +281,7 @@ def _evaluate_task(cfg: EvalConfig, task: str, policy, pool, out: Path, results:
     """Roll out one task (in the pool's workers when given) and store its summary in results["tasks"][task]."""
     seeds = list(range(cfg.episodes)) if cfg.demo_seeds else eval_seeds(cfg.seed, cfg.episodes)
     instructions = shuffled_instructions(task, seeds, cfg.seed) if cfg.shuffle_instructions else \
-        [cfg.instruction] * len(seeds) if cfg.instruction else None
+        own_words(cfg.instruction, task, seeds) if cfg.instruction else None
     jobs = []
     for b in range(0, len(seeds), cfg.batch):
         sl = slice(b, b + cfg.batch)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 import sys
 import time
@@ -189,7 +190,8 @@ class Options:
     steps: int = opt(0, "training steps (0: the recipe's)")
     episodes: int = opt(0, "evaluation episodes (0: the recipe's)")
     workers: int = opt(2, "processes for recording demonstrations, rendering layouts and evaluating")
-    instruction: str = opt("", "evaluate with your own words for every episode (eval_seedK-own-words/)")
+    instruction: str = opt("", "evaluate in your own words ({color} etc. filled from each layout, see eval_sim.py "
+                           "--instruction) into eval_seedK-YOUR-WORDS/")
     list: bool = opt(False, "print the recipes and their commands, run nothing")
 
     def __post_init__(self):
@@ -220,7 +222,8 @@ def shown(path) -> Path:
 def commands(o: Options) -> list:
     """(stage, script, argv, folder that holds its done.json) for every stage of the recipe, in order."""
     r, out = RECIPES[o.name], shown(out_folder(o))
-    demos, policy, ev = out / "data", out / "policy", out / f"eval_seed{o.eval_seed}{'-own-words' if o.instruction else ''}"
+    words = "-" + re.sub(r"[^a-z0-9]+", "-", o.instruction.lower()).strip("-")[:48] if o.instruction else ""
+    demos, policy, ev = out / "data", out / "policy", out / f"eval_seed{o.eval_seed}{words}"
     cmds = [("demonstrations", "data.py", ["generate", "--task", r.task, "--out", demos, "--workers", o.workers, *r.demos,
                                            *(["--episodes", o.demos] if o.demos else [])], demos)]
     here = lambda path: shown(ROOT / path)  # a shipped file, from any directory

@@ -148,6 +148,14 @@ def test_own_instruction_reaches_the_policy_and_the_record():
     assert all(e["instruction"] == "grab that cube over there" and e["true_instruction"] != e["instruction"] for e in eps)
     with pytest.raises(ValueError, match="give one"):
         eval_sim.EvalConfig(ckpt="x", instruction="x", shuffle_instructions=True)
+    # {fields} name each layout's own objects, as the task's phrasings do
+    seeds = eval_sim.eval_seeds(0, 20)
+    own = eval_sim.own_words("grab the {color} cube", "lift_block", seeds)
+    true = [sim.TASKS["lift_block"].layout(s).instruction for s in seeds]
+    assert all(o.split()[2] in t.split() for o, t in zip(own, true)) and len(set(own)) > 1
+    assert eval_sim.own_words("{c0} first, then {c1}", "stack_two", seeds[:1])[0].count(" ") == 3
+    with pytest.raises(ValueError, match=r"lift_block's layouts fill \{color\}"):
+        eval_sim.own_words("grab the {colour} cube", "lift_block", seeds)
 
 
 def test_shuffled_instructions_ask_for_another_target():

@@ -120,6 +120,6 @@ def test_a_damaged_demonstration_is_repaired_by_rerunning(tmp_path, fake_stages,
 
 def test_own_words_are_evaluated_into_their_own_folder(tmp_path):
     """--instruction reaches the evaluator and keeps its result apart from the templates' (eval_seed0/)."""
-    stage, script, argv, folder = recipe.commands(recipe.Options(name="lift_block", instruction="grab the red cube",
+    stage, script, argv, folder = recipe.commands(recipe.Options(name="lift_block", instruction="Grab the {color} cube!",
                                                                  out=str(tmp_path)))[-1]
-    assert argv[-2:] == ["--instruction", "grab the red cube"] and folder.name == "eval_seed0-own-words"
+    assert argv[-2:] == ["--instruction", "Grab the {color} cube!"] and folder.name == "eval_seed0-grab-the-color-cube"

@@ -150,6 +150,15 @@ def _phrase(task, rng, **kw):
     return task.phrasings[rng.integers(len(task.phrasings))].format(**kw)
 
 
+def instruction_fields(layout: Layout) -> dict:
+    """The words a layout's instruction fills in, read back from its roles: {color} (the target's), {pad}, and
+    {c0}, {c1}, {c2} (the blocks in stacking order); so another phrasing can name the same objects."""
+    words = {role: name.split("_", 1)[1] for role, name in layout.roles.items() if "_" in name}
+    fields = {"color": words["target"]} if "target" in words else {}
+    fields |= {"pad": words["pad"]} if "pad" in words else {}
+    return fields | {f"c{i}": words[f"block{i}"] for i in range(3) if f"block{i}" in words}
+
+
 def _layout_lift(task, rng):
     colors = list(rng.permutation(list(COLORS)))[:3]  # 3 of 4 blocks on the table, the 4th parked away
     sides = rng.choice([-1, 1], size=3)
