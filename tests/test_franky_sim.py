@@ -199,7 +199,8 @@ def test_fr3_acceleration_limits_reach_the_planner(sim_ip):
     """franky 2.0.0 plans with the Panda's accelerations (joints 6 and 7: 20 rad/s^2, twice the FR3's 10).
     Connected with --arm fr3 at --dynamics 0.5, a 0.6 rad move of joints 6 and 7 (speed limit 0.5 x 2.61 rad/s)
     takes the time those limits allow: 0.6 / 1.305 + 1.305 / 5 = 0.72 s at the FR3's 10 rad/s^2, 0.59 s at the
-    Panda's 20. Timed on franky's own motion clock, so a loaded CPU does not change it."""
+    Panda's 20. Timed on franky's own motion clock; franky-sim's clock still falls behind on a loaded CPU (a suite
+    beside other jobs measured 0.873 s), so only a move that is too fast, as the Panda's limits make it, fails."""
     b = hw.FrankyBackend(sim_ip, arm="fr3", dynamics=0.5, realtime="ignore", log=print)
     try:
         f, robot, times = b.f, b.robot, []
@@ -212,8 +213,8 @@ def test_fr3_acceleration_limits_reach_the_planner(sim_ip):
         b.close()
     v, a = 0.5 * 2.61, 0.5 * 10.0
     print(f"0.6 rad of joints 6, 7 at --dynamics 0.5 took {times[-1]:.3f} s (FR3 limits: {0.6 / v + v / a:.3f} s)")
-    # 0.05: a full suite on 2 cores once measured 0.757 s (0.721 expected); the Panda's limits give 0.59
-    assert times[-1] == pytest.approx(0.6 / v + v / a, abs=0.05)
+    # at least the FR3's time less 0.05 s (the Panda's limits give 0.59); slower is the simulator under load
+    assert 0.6 / v + v / a - 0.05 <= times[-1] < 2 * (0.6 / v + v / a)
 
 
 class NoStopMotion:
