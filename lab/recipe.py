@@ -258,13 +258,14 @@ def digest(path) -> str:
     return h.hexdigest()[:16]
 
 
+PATH_FLAGS = ("--out", "--data", "--vision-from", "--init-from", "--ckpt")
+
+
 def settings(argv: list, out: Path) -> dict:
     """A stage's flags as {flag: value}, without the ones that change no output (--workers), paths written as
     `<out>/...` inside the run's folder and `<repo>/...` inside the repository, so the record does not depend on
     the working directory."""
     def canonical(a):
-        if "/" not in a:
-            return a
         p = Path(a).resolve()
         for base, name in ((out.resolve(), "<out>"), (ROOT, "<repo>")):
             if p.is_relative_to(base):
@@ -278,12 +279,12 @@ def settings(argv: list, out: Path) -> dict:
         elif key is None:
             flags.setdefault("", []).append(a)  # the subcommand (data.py generate)
         else:
-            flags[key].append(canonical(a))
+            flags[key].append(canonical(a) if key in PATH_FLAGS else a)
     flags.pop("--workers", None)
     return {k: " ".join(v) for k, v in flags.items()}
 
 
-def stage_inputs(stage: str, argv: list) -> dict:
+def stage_inputs(argv: list) -> dict:
     """What a stage reads that its flags do not say: the digests of the front end it starts from, the record of
     the demonstrations it trains on, the checkpoint it evaluates."""
     flag = {"--vision-from": "front end", "--init-from": "front end", "--ckpt": "checkpoint"}
@@ -322,7 +323,7 @@ def run(o: Options) -> dict:
     for stage, script, argv, folder in cmds:
         print(f"\n== {stage}\n$ python {script} {shlex.join(argv)}", flush=True)
         record = {"command": f"python {script} {shlex.join(argv)}", "settings": settings(argv, out),
-                  "inputs": stage_inputs(stage, argv)}
+                  "inputs": stage_inputs(argv)}
         if (folder / "done.json").is_file():
             was = json.loads((folder / "done.json").read_text())
             if diff := differences(was, record):
