@@ -84,7 +84,7 @@ import numpy as np
 
 import data
 from data import opt
-from robot.franka import ARMS, READY
+from robot.franka import ARMS, READY, Workspace
 from robot.hardware import DryRunBackend, FrankyBackend, RobotError, open_cameras, resize
 from stats import wilson  # noqa: F401  (Wilson score 95% interval, shared with eval_sim.py)
 
@@ -114,6 +114,15 @@ class Options:
     episodes: int = opt(1, "rollouts in this session")
     dynamics: float = opt(0.2, "franky relative_dynamics_factor in (0, 1]; raise only after slow runs")
     joint_margin: float = opt(0.05, "rad kept from each joint limit")
+    workspace: list = opt([0.15, 0.85, -0.40, 0.40, 0.85], "m, robot base frame (x ahead, z up): x_min x_max y_min "
+                          "y_max z_max of the box the end effector (flange, TCP, fingertips; forward kinematics) "
+                          "stays in; default: the twin's scene")
+    table_z: float = opt(0.0, "m, robot base frame: height of the table top (0: the base stands on it)")
+    table_margin: float = opt(0.0, "m the fingertips and TCP keep above the table top (the flange 0.08 m more)")
+    collision_torque: list = opt([20.0, 20.0, 18.0, 18.0, 16.0, 14.0, 12.0], "Nm, per joint: the robot's contact "
+                                 "reflex thresholds (franky set_collision_behavior, set at connect)")
+    collision_force: list = opt([20.0, 20.0, 20.0, 25.0, 25.0, 25.0], "N and Nm, x y z and about x y z: the "
+                                "Cartesian contact reflex thresholds")
     max_joint_speed: float = opt(0.5, "rad/s; per-step target change cap = this / fps")
     gripper_close_above: float = opt(0.6, "close when 1 - gripper action rises above this")
     gripper_open_below: float = opt(0.4, "open when 1 - gripper action falls below this")
@@ -145,6 +154,18 @@ def check_options(o: Options) -> None:
         raise RobotError("--joint-margin >= 0, --max-joint-speed > 0, --max-steps >= 1, --episodes >= 1, --fps >= 0")
     if not 0 <= o.noise_scale <= 1:
         raise RobotError(f"--noise-scale must be in [0, 1]; got {o.noise_scale}")
+    w = o.workspace
+    if len(w) != 5 or not (w[0] < w[1] and w[2] < w[3] and o.table_z + o.table_margin < w[4]):
+        raise RobotError(f"--workspace is x_min x_max y_min y_max z_max (m), each max above its min and z_max above "
+                         f"--table-z + --table-margin; got {w}")
+    if len(o.collision_torque) != 7 or len(o.collision_force) != 6 or min(o.collision_torque + o.collision_force) <= 0:
+        raise RobotError("--collision-torque takes 7 positive values (Nm), --collision-force 6 (N, Nm)")
+
+
+def workspace(o: Options) -> Workspace:
+    """The end effector's box from the options (m, robot base frame)."""
+    w = [float(v) for v in o.workspace]
+    return Workspace((w[0], w[1]), (w[2], w[3]), w[4], float(o.table_z), float(o.table_margin))
 
 
 # ----------------------------------------------------------------------------- robot backends (hardware.py)
@@ -155,7 +176,8 @@ def make_backend(o: Options, log=print):
     if not o.ip:
         raise RobotError("--ip is required (the robot's FCI address)")
     return FrankyBackend(o.ip, o.arm, o.dynamics, o.realtime, o.gripper_speed, o.gripper_force,
-                         recover=not o.dry_run, joint_margin=o.joint_margin, log=log)
+                         recover=not o.dry_run, joint_margin=o.joint_margin, log=log,
+                         collision=(list(o.collision_torque), list(o.collision_force)))
 
 
 
@@ -228,6 +250,7 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
     n_exec = 1 if o.query == "step" else max(1, min(o.n_action_steps or policy.n_action_steps, policy.horizon))
     arm = ARMS[o.arm]
     lo, hi = np.add(arm.q_min, o.joint_margin), np.subtract(arm.q_max, o.joint_margin)
+    ws = workspace(o)
     hw = tuple(policy.image_size)
     black = {c: np.zeros(hw + (3,), np.uint8) for c in policy.cameras}
     # a new gripper command only once the last one can have finished a full stroke (1.6 s at 0.05 m/s)
@@ -247,6 +270,7 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
             closed = False if homed else backend.read_state()[1] < 0.5
             gate = GripperGate(closed, o.gripper_close_above, o.gripper_open_below, cooldown)
             chunk = targets = prev_qpos = None
+            cut = False                                  # the chunk sent was cut at the workspace guard
             start, next_t = 0, clock()
             for step in range(o.max_steps):
                 if interrupted.is_set():
@@ -255,7 +279,15 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                     return "done"
                 starts.append(clock())
                 q, width = backend.read_state()
+                bad = ws.violation(q, WORKSPACE_TOL)
+                if bad is not None:
+                    log(f"workspace guard: the measured {bad[0]} is at {_fmt(bad[1])} m, {bad[2] * 1000:.0f} mm "
+                        "outside the box (--workspace, --table-z, --table-margin); stopping")
+                    return "workspace"
                 query = chunk is None or step - start >= len(chunk)
+                if query and cut:                        # the safe part of a cut chunk has run: let the arm
+                    settle(backend, clock, sleep)        # reach its last target, then stop there
+                    return "workspace"
                 # the cameras where they are read: every step of a recorded rollout, else only at a query (the
                 # twin renders them; record_images=False is for its evaluation rollouts that save no video)
                 images = {c: resize(cam.read(), hw) for c, cam in cameras.items()} if query or record_images else {}
@@ -272,6 +304,15 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                     if chunk.ndim != 2 or chunk.shape[1] != 8 or len(chunk) == 0:
                         raise RobotError(f"policy returned a chunk of shape {chunk.shape}; expected (n, 8)")
                     targets = safe_targets(chunk[:, :7], q, lo, hi, o.max_joint_speed * dt)
+                    safe, k = ws.cut(q, targets)         # the workspace guard: stop the path at the box
+                    if k < len(targets):
+                        name, p, excess = ws.violation(targets[k])
+                        log(f"workspace guard: target {k + 1}/{len(targets)} of the chunk at step {step} puts the "
+                            f"{name} at {_fmt(p)} m, {excess * 1000:.0f} mm outside the box; sending the path up "
+                            f"to the box ({len(safe)} targets), then stopping")
+                        if len(safe) == 0:
+                            return "workspace"
+                        targets, chunk, cut = safe, chunk[:len(safe)], True
                     backend.send_chunk(targets, dt)
                     start = step
                 i = step - start
@@ -297,6 +338,21 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
         finally:
             rec["rate_hz"] = measured_rate(starts)
             backend.stop()
+
+
+WORKSPACE_TOL = 0.01  # m the measured end effector may pass the box before the rollout stops (tracking error)
+
+
+def _fmt(a) -> str:
+    return np.array2string(np.asarray(a, float), precision=3, suppress_small=True)
+
+
+def settle(backend, clock=time.monotonic, sleep=time.sleep, timeout=5.0) -> None:
+    """Wait (bounded) until the running motion has ended, where the backend can tell (motion_finished)."""
+    finished = getattr(backend, "motion_finished", None)
+    deadline = clock() + timeout
+    while finished is not None and not finished() and clock() < deadline:
+        sleep(0.02)
 
 
 def measured_rate(starts) -> float:
@@ -492,7 +548,8 @@ def evaluate_twin(o: Options, policy=None, log=print, command: str | None = None
     bad = [c for c in policy.cameras if c not in twin.CAMERAS]
     if bad:
         raise RobotError(f"the checkpoint's camera(s) {bad} are not the twin's ({', '.join(twin.CAMERAS)})")
-    backend = twin.TwinBackend(o.task, list(policy.cameras), tuple(policy.image_size), o.dynamics, o.arm)
+    backend = twin.TwinBackend(o.task, list(policy.cameras), tuple(policy.image_size), o.dynamics, o.arm,
+                               workspace=workspace(o))
     cameras = {c: twin.TwinCamera(backend.env, c) for c in policy.cameras}
     run_o = dataclasses.replace(o, max_steps=min(o.max_steps, twin.TASKS[o.task].max_steps),  # never past the task's
                                 fps=o.fps or float(policy.fps), n_action_steps=o.n_action_steps or policy.n_action_steps)

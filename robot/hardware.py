@@ -150,6 +150,25 @@ def plan_with_arm_limits(robot, arm: Arm) -> tuple:
     return out[0], out[1]
 
 
+# libfranka's examples (examples_common setDefaultBehavior): Nm per joint, N / Nm per Cartesian axis. franky's
+# own default (20 Nm / 30 N everywhere) is never relied on: the thresholds are set and logged at connect.
+COLLISION_DEFAULT = ((20.0, 20.0, 18.0, 18.0, 16.0, 14.0, 12.0), (20.0, 20.0, 20.0, 25.0, 25.0, 25.0))
+
+
+def set_collision_behavior(robot, torque, force, log=print) -> None:
+    """Set the contact reflex thresholds explicitly (franky 2.0.0: Robot.set_collision_behavior(torque_thresholds
+    (7,) Nm, force_thresholds (6,) N / Nm), lower = upper); settable only while no motion runs: at connect."""
+    torque, force = [float(v) for v in torque], [float(v) for v in force]
+    if len(torque) != 7 or len(force) != 6:
+        raise RobotError(f"collision thresholds: 7 torques (Nm) and 6 forces (N, Nm); got {torque}, {force}")
+    try:
+        robot.set_collision_behavior(torque, force)
+    except Exception as e:                               # franky raises RuntimeError or its own Exception
+        raise RobotError(f"could not set the collision behaviour ({type(e).__name__}: {e}); not running without "
+                         "it") from None
+    log(f"collision behaviour set: joint torque thresholds {torque} Nm, Cartesian force thresholds {force} N/Nm")
+
+
 def clear_errors(robot, f, log=print) -> None:
     """Start a rollout clean: a finished motion's pending error is raised and dropped here (after franky's hard
     stop, 'Move command preempted' would otherwise fail the next move at once), then a reflex is recovered from;
@@ -201,7 +220,7 @@ class FrankyBackend:
     optionally begin (before a rollout), motion_finished (homing) and gripper_stroke_s (the gate's cooldown)."""
 
     def __init__(self, ip, arm="fr3", dynamics=0.2, realtime="enforce", gripper_speed=0.05, gripper_force=20.0,
-                 recover=True, joint_margin=0.05, log=print):
+                 recover=True, joint_margin=0.05, log=print, collision=None):
         f = self.f = require("franky", FRANKY_HINT)      # cheapest check first: no network needed
         check_reachable(ip)
         rt = f.RealtimeConfig.Ignore if realtime == "ignore" else f.RealtimeConfig.Enforce
@@ -210,6 +229,7 @@ class FrankyBackend:
             self.robot = f.Robot(ip, realtime_config=rt)
             self.robot.relative_dynamics_factor = dynamics
             vel, acc = plan_with_arm_limits(self.robot, limits)
+            set_collision_behavior(self.robot, *(collision or COLLISION_DEFAULT), log=log)
             if recover:                                  # e.g. a reflex from the last session; never moves the arm
                 clear_errors(self.robot, f, log)
             gripper = f.Gripper(ip)

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import eval_real as er  # noqa: E402
 from robot import hardware as hw  # noqa: E402
+from robot import franka  # noqa: E402
 from robot import record  # noqa: E402
 
 
@@ -562,6 +563,9 @@ class FakeRobot:
         self.has_errors = not self.recover_ok
         return self.recover_ok
 
+    def set_collision_behavior(self, torque, force):
+        self.collision = (list(torque), list(force))
+
     def set_guiding_mode(self, mode, elbow):
         self.guiding = (list(mode), elbow)
 
@@ -717,3 +721,104 @@ def test_fr3_plans_with_fr3_limits(monkeypatch):
     b.close()
     hw.FrankyBackend("fake", arm="panda", log=lambda *a: None)
     assert np.allclose(f.robot.joint_acceleration_limit.get(), er.ARMS["panda"].ddq_max)
+
+
+# ----------------------------------------------------------------------------- the workspace guard
+
+def down_pose(x, z, q):
+    """Joints 2, 4 and 6 of q (Newton from q) put the TCP at (x, 0, z) m with the hand pointing straight down."""
+    q, idx = np.array(q, float), [1, 3, 5]
+
+    def err(q):
+        T = franka.flange_pose(q)
+        p = T[:3, 3] + T[:3, 2] * franka.TCP_OFFSET
+        return np.array([p[0] - x, p[2] - z, T[0, 2]])
+    for _ in range(50):
+        e = err(q)
+        if np.abs(e).max() < 1e-10:
+            break
+        J = np.column_stack([(err(q + 1e-6 * np.eye(7)[i]) - e) / 1e-6 for i in idx])
+        q[idx] -= np.linalg.solve(J, e)
+    return q
+
+
+class TablePolicy(FakePolicy):
+    """Drives the fingertips straight into the table: the TCP from the ready pose down to (0.45, 0, -0.05) m in
+    `n` targets (hand pointing down, gripper open); chunk k starts at target k * n_action_steps."""
+
+    def __init__(self, n=40, **kw):
+        p0, path, q = franka.guard_points(er.READY)["tcp"], [], er.READY
+        for s in np.linspace(0, 1, n + 1)[1:]:
+            q = down_pose(p0[0] + s * (0.45 - p0[0]), p0[2] + s * (-0.05 - p0[2]), q)
+            path.append(q)
+        self.path = np.array(path)
+        super().__init__(lambda k, obs: np.column_stack([
+            self.path[np.minimum(k * self.n_action_steps + np.arange(self.horizon), n - 1)], np.ones(self.horizon)]), **kw)
+
+
+def lowest_fingertip(q) -> float:
+    g = franka.guard_points(q)
+    return min(g["finger_a"][2], g["finger_b"][2])
+
+
+def test_policy_driven_into_the_table_stops_at_the_margin():
+    """Every target the loop sends keeps the end effector in the box; the chunk that would cross the table's
+    margin is cut where its path reaches the box, the arm stops there, and the rollout ends with 'workspace'."""
+    lines = []
+    backend = FakeBackend()
+    o = opts(table_margin=0.03, max_steps=100)
+    rec = {"images": {}, "qpos": [], "action": [], "instruction": o.instruction}
+    clock = FakeClock()
+    ended = er.run_episode(TablePolicy(), backend, {}, o, rec, clock, clock.sleep, log=lines.append)
+    ws = er.workspace(o)
+    sent = [c[1] for c in backend.calls if c[0] == "send"]
+    assert ended == "workspace" and backend.kinds()[-1] == "stop"
+    assert all(ws.first_outside(t) == len(t) for t in sent)
+    z = lowest_fingertip(backend.q)
+    assert 0.03 <= z < 0.03 + 1e-3, z                    # the path stopped at the box's face
+    assert any("workspace guard" in l and "outside the box" in l for l in lines)
+    assert len(rec["action"]) < 100
+
+
+def test_measured_pose_outside_the_box_stops_at_once():
+    backend = FakeBackend(q=TablePolicy().path[-1])      # the fingertips below the table top
+    lines = []
+    clock = FakeClock()
+    rec = {"images": {}, "qpos": [], "action": [], "instruction": "x"}
+    ended = er.run_episode(FakePolicy(), backend, {}, opts(), rec, clock, clock.sleep, log=lines.append)
+    assert ended == "workspace" and backend.kinds() == ["stop"] and rec["action"] == []
+    assert any("measured finger" in l for l in lines)
+
+
+def test_twin_stops_a_policy_driven_into_the_table_at_the_margin():
+    """The twin (MuJoCo) runs the same guard: its own pads, read from the simulation, stop at the margin."""
+    from world import twin
+    o = opts(table_margin=0.03, max_steps=100, fps=20.0, n_action_steps=4, home=True)
+    backend = twin.TwinBackend("franka_pick_place", ["front"], (24, 32), o.dynamics, o.arm, workspace=er.workspace(o))
+    backend.reset(twin.eval_seeds(0, 1)[0])
+    cams = {"front": twin.TwinCamera(backend.env, "front")}
+    policy = TablePolicy()
+    policy.fps = 20.0
+    rec = {"images": {}, "qpos": [], "action": [], "instruction": "x"}
+    ended = er.run_episode(policy, backend, cams, o, rec, backend.clock, backend.sleep, log=print, record_images=False)
+    backend.sleep(1.0)                                   # a second after the stop: the arm holds still
+    env = backend.env
+    pads = [env.data.geom_xpos[g][2] - 0.018 for g in env.pad_geoms["arm"]]   # the pads' lowest faces (hand down)
+    q = env.qpos()[:7]
+    print(f"twin: stopped with the pads' lowest face at z = {min(pads):.4f} m (fingertip FK {lowest_fingertip(q):.4f} m),"
+          f" margin 0.03 m, after {len(rec['action'])} steps")
+    assert ended == "workspace"
+    assert 0.03 - 0.005 <= min(pads) < 0.03 + 0.005
+
+
+def test_collision_behaviour_is_set_and_logged(monkeypatch):
+    """franky's default contact thresholds are never relied on: the options' are set at connect and logged."""
+    f, lines = fake_franky(monkeypatch, FakeClock()), []
+    o = opts(ip="fake", collision_torque=[15.0] * 7, collision_force=[12.0] * 6)
+    b = er.make_backend(o, log=lines.append)
+    assert f.robot.collision == ([15.0] * 7, [12.0] * 6)
+    assert any("collision behaviour set" in l and "15.0" in l for l in lines)
+    b.close()
+    hw.FrankyBackend("fake", log=lines.append)
+    assert f.robot.collision == [list(v) for v in hw.COLLISION_DEFAULT] or \
+        f.robot.collision == tuple(list(v) for v in hw.COLLISION_DEFAULT)
