@@ -85,7 +85,7 @@ import numpy as np
 import data
 from data import opt
 from robot.franka import ARMS, READY, Workspace
-from robot.hardware import DryRunBackend, FrankyBackend, RobotError, open_cameras, resize
+from robot.hardware import DryRunBackend, FrankyBackend, MotionError, RobotError, open_cameras, resize
 from stats import wilson  # noqa: F401  (Wilson score 95% interval, shared with eval_sim.py)
 
 
@@ -511,7 +511,14 @@ def run(o: Options, policy=None, backend=None, cameras=None, clock=time.monotoni
             log(f"{label}: {row['successes_so_far']}/{row['trials_so_far']} so far, 95% Wilson interval "
                 f"[{row['wilson_low']}, {row['wilson_high']}]" + (f"; saved {path}" if path else ""))
             results.append({"episode": path, "label": label, "ended": ended, "steps": len(rec["action"]),
-                            "overruns": rec.get("overruns", 0), "rate_hz": rate})
+                            "overruns": rec.get("overruns", 0), "rate_hz": rate,
+                            "error": f"{type(error).__name__}: {error}" if error is not None else ""})
+            if isinstance(error, MotionError):           # a reflex or a planner failure: the arm is stopped
+                log(f"rollout {ep + 1} ended with an error, the arm is stopped: {error}")
+                if ep + 1 < o.episodes:                  # asked even with --label / --yes: a person looks first
+                    ask("After the error: check the arm and the scene (Desk), reset the scene, then press Enter "
+                        "for the next rollout (Ctrl-C ends the session) ")
+                continue
             if error is not None:
                 raise error
             if ep + 1 < o.episodes and not o.label:

@@ -28,6 +28,18 @@ class RobotError(RuntimeError):
     """A set-up or safety problem with a message for the operator (printed without a traceback)."""
 
 
+class MotionError(RobotError):
+    """A motion the robot or franky's planner refused or aborted (a reflex, 'Motion planner failed ...'): the
+    arm is stopped; the session goes on with the next rollout once the operator confirms."""
+
+
+def motion_errors(f) -> tuple:
+    """What franky raises for a failed motion: its own exceptions, and plain RuntimeError for a planner failure
+    (ruckig's error codes, e.g. -111 on a re-planned motion, -100 for a waypoint it cannot reach) and for
+    DynamicsLimit.set. RobotError is ours, never franky's."""
+    return (f.Exception, RuntimeError)
+
+
 def require(module: str, hint: str):
     """Import an optional dependency or fail with the command that installs it."""
     try:
@@ -175,7 +187,7 @@ def clear_errors(robot, f, log=print) -> None:
     a recovery that fails stops with what to do."""
     try:
         robot.join_motion(timeout=1.0)                   # returns at once when no motion runs
-    except f.Exception as e:
+    except motion_errors(f) as e:
         log(f"the last motion ended with: {type(e).__name__}: {e} (cleared)")
     if robot.has_errors:
         log("robot reports errors; recovering")
@@ -239,6 +251,10 @@ class FrankyBackend:
             raise RobotError(f"{e} -- install the franky wheel built for your robot's server version: {FRANKY_HINT}") from None
         except f.Exception as e:
             raise RobotError(f"cannot connect to the Franka at {ip}: {type(e).__name__}: {e}") from None
+        except RobotError:
+            raise
+        except RuntimeError as e:                        # franky's DynamicsLimit.set raises plain RuntimeError
+            raise RobotError(f"setting up the Franka at {ip} failed: {type(e).__name__}: {e}") from None
         self.hand = GripperWorker(gripper, gripper_speed, gripper_force, log)
         self.v_max = 0.8 * dynamics * vel                # franky's planner rejects waypoint velocities above its scaled limits
         self.a_brake = 0.5 * dynamics * acc              # rad/s^2: half the planner's deceleration, for waypoint_velocities
@@ -264,7 +280,7 @@ class FrankyBackend:
         robot's reported velocity, which lags the plan, would only add overshoot (a joint held at a limit)."""
         f, t = self.f, np.asarray(targets, float)
         if self.goal is not None and np.abs(t - self.goal).max() < 1e-9:
-            self.robot.poll_motion()                     # nothing new to send; a failed motion still raises here
+            self.motion_finished()                       # nothing new to send; a failed motion still raises here
             return
         s = self.robot.state                             # the commanded state the new motion starts from
         v = waypoint_velocities(t, np.asarray(s.q_d, float), np.asarray(s.dq_d, float), dt, self.v_max,
@@ -272,7 +288,10 @@ class FrankyBackend:
         ms = f.Duration(max(1, int(round(dt * 1000))))
         wps = [f.JointWaypoint(f.JointState(t[k], v[k]), minimum_time=ms) for k in range(len(t))]
         self.goal = None
-        self.robot.move(f.JointWaypointMotion(wps), asynchronous=True)   # errors of the last one surface here
+        try:
+            self.robot.move(f.JointWaypointMotion(wps), asynchronous=True)   # errors of the last one surface here
+        except motion_errors(f) as e:
+            raise MotionError(f"the motion failed: {type(e).__name__}: {e}") from None
         self.goal = t[-1]
 
     def set_gripper(self, closed: bool):
@@ -283,8 +302,8 @@ class FrankyBackend:
         franky 2.0.0's poll_motion() is join_motion(0): True once finished (its docstring says the reverse)."""
         try:
             return bool(self.robot.poll_motion())
-        except self.f.Exception as e:
-            raise RobotError(f"the motion failed: {type(e).__name__}: {e} (see Desk; the next rollout recovers)") from None
+        except motion_errors(self.f) as e:
+            raise MotionError(f"the motion failed: {type(e).__name__}: {e} (see Desk; the next rollout recovers)") from None
 
     def stop(self):
         """Bring the arm to rest; never raises (it runs in `finally`), but says loudly when it fails."""

@@ -520,6 +520,7 @@ class FakeRobot:
     def __init__(self, ip, realtime_config=None):
         self.q, self.has_errors, self.recover_ok, self.recovered = er.READY.copy(), False, True, 0
         self.pending, self.moves, self.stuck_stop, self.reflex, self.running = None, [], False, None, False
+        self.planner_fail_at = None
         panda = er.ARMS["panda"]                         # franky 2.0.0's defaults on any robot
         self.joint_velocity_limit, self.joint_acceleration_limit = Limit(panda.dq_max), Limit(panda.ddq_max)
         self.joint_jerk_limit, self.relative_dynamics_factor = Limit(panda.dddq_max), 1.0
@@ -540,6 +541,9 @@ class FakeRobot:
     def move(self, motion, asynchronous=False):
         self._raise_pending()
         self.moves.append(motion)
+        if self.planner_fail_at is not None and len(self.moves) == self.planner_fail_at:
+            self.pending = RuntimeError("Motion planner failed with error code -111")   # franky: not franky.Exception
+            return
         self.running = motion == "stop" and self.stuck_stop
         if self.reflex:
             self.pending, self.running = FrankyError(self.reflex), False
@@ -689,9 +693,9 @@ def test_homing_that_fails_says_why_at_once(monkeypatch, tmp_path):
     clock = FakeClock()
     fake_franky(monkeypatch, clock, q=np.zeros(7), reflex="libfranka: Move command aborted: motion aborted by reflex!")
     t0 = clock.t
-    with pytest.raises(er.RobotError, match="reflex"):
-        er.run(opts(out=str(tmp_path), home=True, ip="fake", label=""), policy=FakePolicy(), clock=clock,
-               sleep=clock.sleep, ask=lambda p: "", log=lambda *a: None)
+    res = er.run(opts(out=str(tmp_path), home=True, ip="fake", label=""), policy=FakePolicy(), clock=clock,
+                 sleep=clock.sleep, ask=lambda p: "", log=lambda *a: None)
+    assert res[0]["label"] == "error" and "reflex" in res[0]["error"]   # said why; the session ended cleanly
     assert clock.t - t0 < 1.0                            # not the 30 s timeout
     backend = FakeBackend(q=np.zeros(7))                 # a motion that ends short of the ready pose
     backend.send_chunk = lambda t, dt: None
@@ -822,3 +826,23 @@ def test_collision_behaviour_is_set_and_logged(monkeypatch):
     hw.FrankyBackend("fake", log=lines.append)
     assert f.robot.collision == [list(v) for v in hw.COLLISION_DEFAULT] or \
         f.robot.collision == tuple(list(v) for v in hw.COLLISION_DEFAULT)
+
+
+
+# ----------------------------------------------------------------------------- a planner failure
+
+def test_planner_failure_is_survived_after_the_operator_confirms(monkeypatch, tmp_path):
+    """franky raises a plain RuntimeError for a planner failure (not franky.Exception): the rollout stops, is
+    saved as 'error', and the next one runs once the operator has confirmed, even with --label and --yes."""
+    clock, prompts, lines = FakeClock(), [], []
+    f = fake_franky(monkeypatch, clock, planner_fail_at=3)    # homing, chunk 1, chunk 2 fails (seen at chunk 3)
+    o = opts(out=str(tmp_path), episodes=2, home=True, max_steps=16, ip="fake")
+    moving = FakePolicy(lambda k, obs: np.column_stack([np.tile(er.READY + 0.01 * (k + 1), (8, 1)), np.ones(8)]))
+    res = er.run(o, policy=moving, clock=clock, sleep=clock.sleep, ask=lambda p: prompts.append(p) or "",
+                 log=lines.append)
+    assert [r["label"] for r in res] == ["error", "success"] and res[1]["ended"] == "max-steps"
+    assert "Motion planner failed" in res[0]["error"] and 0 < res[0]["steps"] < 16
+    assert len(prompts) == 1 and "After the error" in prompts[0]
+    rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
+    assert [(r["label"], r["trials_so_far"]) for r in rows] == [("error", "0"), ("success", "1")]
+    assert f.robot.pending is None and any("ended with an error" in l for l in lines)
