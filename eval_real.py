@@ -103,7 +103,9 @@ class Options:
                         choices=["enforce", "ignore"])
     camera: str = opt("realsense", "one per checkpoint camera, comma separated: realsense[:SERIAL], "
                                    "opencv:N, or none (black images, nothing recorded)")
-    camera_timeout: float = opt(1.5, "seconds without a new frame before a camera counts as stalled")
+    camera_timeout: float = opt(1.5, "seconds to wait for a camera's first frame")
+    max_frame_age: float = opt(0.1, "s; a newer frame than this or the rollout stops (about three periods of a 30 "
+                                    "fps camera; a stalled camera would steer the policy on a frozen image)")
     fps: float = opt(0.0, "control rate in Hz (0 = the checkpoint's)")
     n_action_steps: int = opt(0, "steps of each chunk executed before re-querying (0 = the checkpoint's)")
     noise_scale: float = opt(1.0, "the flow's starting noise times this, in [0, 1] (0: one deterministic chunk per "
@@ -291,6 +293,9 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                 # the cameras where they are read: every step of a recorded rollout, else only at a query (the
                 # twin renders them; record_images=False is for its evaluation rollouts that save no video)
                 images = {c: resize(cam.read(), hw) for c, cam in cameras.items()} if query or record_images else {}
+                rec.setdefault("step_t", []).append(starts[-1] - starts[0])   # s since the first step
+                for c in images:                         # s, each frame's age when read (nan: not a timed camera)
+                    rec.setdefault("frame_age", {}).setdefault(c, []).append(getattr(cameras[c], "last_age", math.nan))
                 qpos = np.append(q, width).astype(np.float32)
                 if query:  # prev_qpos: one control step earlier (--velocity)
                     obs = {"images": {**black, **images}, "qpos": qpos,
@@ -407,6 +412,8 @@ def save_rollout(out: Path, policy, o: Options, rec: dict, fps: float, log=print
     images = {c: np.stack(v) for c, v in rec["images"].items()}
     data.save_episode(path, {"images": images, "qpos": np.stack(rec["qpos"]), "action": np.stack(rec["action"]),
                              "instruction": rec["instruction"], "task": o.task, "seed": o.seed})
+    timing = {"step_t": rec.get("step_t", []), "frame_age": rec.get("frame_age", {})}   # s, per step
+    data.atomic_write_bytes(path.with_suffix(".timing.json"), lambda f: f.write(json.dumps(timing).encode()))
     if images:
         try:
             import imageio.v2 as imageio
@@ -479,7 +486,7 @@ def run(o: Options, policy=None, backend=None, cameras=None, clock=time.monotoni
         policy = policy or load_policy(o)
         check_layout(policy)
         fps = o.fps or float(policy.fps)
-        cameras = open_cameras(o.camera, list(policy.cameras), o.camera_timeout) if cameras is None else cameras
+        cameras = open_cameras(o.camera, list(policy.cameras), o.camera_timeout, o.max_frame_age) if cameras is None else cameras
         out = Path(o.out) / "dry-run" if o.dry_run else Path(o.out)   # dry runs never mix with real trials
         out.mkdir(parents=True, exist_ok=True)
         for ep in range(o.episodes):

@@ -357,12 +357,15 @@ class DryRunBackend:
 # ----------------------------------------------------------------------------- cameras
 
 class Camera:
-    """The newest frame of a capture thread; read() fails when it is older than `timeout` (stalled, unplugged),
-    so the control loop never blocks on a camera."""
+    """The newest frame of a capture thread; read() fails when it is older than `max_age` s (a stalled or
+    unplugged camera: about three frame periods, 0.1 s at 30 fps; `timeout` when None), so the control loop
+    never blocks on a camera nor steers on a frozen image. `last_age` is the age of the frame read() returned
+    (s, from its arrival on the capture thread); `timeout` also bounds the wait for the first frame."""
 
-    def __init__(self, name, grab, close=lambda: None, timeout=1.5):
+    def __init__(self, name, grab, close=lambda: None, timeout=1.5, max_age=None):
         self.name, self.grab, self._close, self.timeout = name, grab, close, timeout
-        self.frame, self.t, self.error, self.running = None, -math.inf, None, True
+        self.max_age = timeout if max_age is None else max_age
+        self.frame, self.t, self.error, self.running, self.last_age = None, -math.inf, None, True, math.nan
         self.first = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()  # daemon: a hung driver call cannot block exit
         if not self.first.wait(timeout) or self.error is not None:
@@ -384,10 +387,12 @@ class Camera:
     def read(self) -> np.ndarray:
         if self.error is not None:
             raise RobotError(f"camera {self.name} failed: {self.error}")
-        age = time.monotonic() - self.t
-        if age > self.timeout:
-            raise RobotError(f"camera {self.name}: no new frame for {age:.1f} s (stalled or unplugged)")
-        return self.frame
+        frame, age = self.frame, time.monotonic() - self.t
+        if age > self.max_age:
+            raise RobotError(f"camera {self.name}: no new frame for {age:.2f} s (frames older than {self.max_age:g} s "
+                             "are refused: stalled or unplugged? USB 3 cable, bandwidth); the arm was stopped")
+        self.last_age = age
+        return frame
 
     def close(self):
         self.running = False
@@ -395,7 +400,7 @@ class Camera:
             self._close()
 
 
-def open_camera(spec: str, timeout: float, used: set) -> Camera:
+def open_camera(spec: str, timeout: float, used: set, max_age=None) -> Camera:
     kind, _, arg = spec.partition(":")
     if kind == "realsense":
         rs = require("pyrealsense2", "pip install pyrealsense2 (needs libusb-1.0 on the system)")
@@ -410,7 +415,7 @@ def open_camera(spec: str, timeout: float, used: set) -> Camera:
         cfg.enable_stream(rs.stream.color, 640, 480, rs.format.rgb8, 30)
         pipe.start(cfg)
         grab = lambda: np.asanyarray(pipe.wait_for_frames(int(timeout * 1000)).get_color_frame().get_data()).copy()
-        return Camera(spec, grab, pipe.stop, timeout)
+        return Camera(spec, grab, pipe.stop, timeout, max_age)
     if kind == "opencv":
         cv2 = require("cv2", "pip install opencv-python-headless")
         cap = cv2.VideoCapture(int(arg or 0))
@@ -422,11 +427,11 @@ def open_camera(spec: str, timeout: float, used: set) -> Camera:
             if not ok:
                 raise RuntimeError("cv2.VideoCapture.read failed")
             return frame[..., ::-1].copy()               # BGR -> RGB
-        return Camera(spec, grab, cap.release, timeout)
+        return Camera(spec, grab, cap.release, timeout, max_age)
     raise RobotError(f"unknown camera '{spec}': use realsense[:SERIAL], opencv:N or none")
 
 
-def open_cameras(spec: str, names: list, timeout: float) -> dict:
+def open_cameras(spec: str, names: list, timeout: float, max_age=None) -> dict:
     """{checkpoint camera name: Camera}, in the checkpoint's camera order; {} for 'none'."""
     if spec == "none":
         return {}
@@ -436,7 +441,7 @@ def open_cameras(spec: str, names: list, timeout: float) -> dict:
     cams, used = {}, set()
     try:
         for name, s in zip(names, specs):
-            cams[name] = open_camera(s, timeout, used)
+            cams[name] = open_camera(s, timeout, used, max_age)
     except BaseException:
         for c in cams.values():
             c.close()

@@ -846,3 +846,34 @@ def test_planner_failure_is_survived_after_the_operator_confirms(monkeypatch, tm
     rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
     assert [(r["label"], r["trials_so_far"]) for r in rows] == [("error", "0"), ("success", "1")]
     assert f.robot.pending is None and any("ended with an error" in l for l in lines)
+
+
+# ----------------------------------------------------------------------------- fresh frames only
+
+def test_camera_that_stalls_stops_the_rollout_within_three_periods(tmp_path):
+    """A camera at 100 fps that stalls 0.3 s in (its driver call hangs): the rollout, on the real clock at 20 Hz,
+    stops with a message within --max-frame-age (0.1 s) of the stall, not the 1.5 s of the first-frame timeout;
+    each step's time and each frame's age are saved beside the episode."""
+    hang, t0 = threading.Event(), time.monotonic()
+
+    def grab():
+        if time.monotonic() - t0 > 0.3:
+            hang.wait(5)                                 # stalled
+            raise RuntimeError("released")
+        time.sleep(0.01)
+        return np.full((48, 64, 3), 7, np.uint8)
+    cam = hw.Camera("front", grab, timeout=1.5, max_age=0.1)
+    o, backend, stopped = opts(out=str(tmp_path), max_steps=40, fps=20.0), FakeBackend(), []
+    backend.stop = lambda: stopped.append(time.monotonic())
+    with pytest.raises(er.RobotError, match="no new frame for 0.1"):
+        er.run(o, policy=FakePolicy(), backend=backend, cameras={"front": cam}, log=lambda *a: None)
+    stalled_for = stopped[0] - t0 - 0.3                  # the arm stopped this long after the stall
+    hang.set()
+    assert stalled_for < 0.3                             # stopped within a few periods of the stall
+    rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
+    assert [r["label"] for r in rows] == ["error"]
+    import json
+    timing = json.loads((tmp_path / "episode_000000.timing.json").read_text())
+    n = int(rows[0]["steps"])
+    assert len(timing["step_t"]) == n and len(timing["frame_age"]["front"]) == n   # the failed read: not a step
+    assert max(timing["frame_age"]["front"]) <= 0.1 and timing["step_t"][-1] < 0.3 + 0.3
