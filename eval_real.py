@@ -197,6 +197,17 @@ def safe_targets(raw, q_measured, lo, hi, max_step) -> np.ndarray:
     return out
 
 
+def check_finite(chunk, step) -> None:
+    """Refuse a chunk with any NaN or inf, in any row (executed or not) and any column, the gripper included
+    (a NaN gripper action would be ignored by the gate, -inf would close the hand)."""
+    bad = np.argwhere(~np.isfinite(np.asarray(chunk, float)))
+    if len(bad):
+        r, c = bad[0]
+        raise RobotError(f"the policy returned non-finite actions at step {step} ({len(bad)} values, the first "
+                         f"{chunk[r, c]} in row {r} column {'gripper' if c == 7 else f'joint {c + 1}'}): chunk "
+                         "refused, arm stopped")
+
+
 class GripperGate:
     """Binarise the gripper action (1 = open) with hysteresis and a cooldown, so a value near 0.5 or a short
     spike cannot make the gripper chatter; update() returns the new state only when it changes."""
@@ -206,6 +217,8 @@ class GripperGate:
         self.last = -math.inf
 
     def update(self, action, now):
+        if not math.isfinite(float(action)):
+            raise RobotError(f"non-finite gripper action {action}")
         closedness = 1.0 - float(action)
         want = True if closedness > self.close_above else False if closedness < self.open_below else self.closed
         if want == self.closed or now - self.last < self.cooldown:
@@ -301,13 +314,15 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                     obs = {"images": {**black, **images}, "qpos": qpos,
                            "prev_qpos": qpos if prev_qpos is None else prev_qpos, "instruction": rec["instruction"]}
                     if o.query == "step":
-                        chunk = np.asarray(policy.select_action(obs), float)[None]
+                        full = np.asarray(policy.select_action(obs), float)[None]
                     else:
-                        chunk = np.asarray(policy.predict_chunk([obs])[0], float)[:n_exec]
+                        full = np.asarray(policy.predict_chunk([obs])[0], float)
                     if interrupted.is_set():             # Ctrl-C during inference: send nothing more
                         return "ctrl-c"
-                    if chunk.ndim != 2 or chunk.shape[1] != 8 or len(chunk) == 0:
-                        raise RobotError(f"policy returned a chunk of shape {chunk.shape}; expected (n, 8)")
+                    if full.ndim != 2 or full.shape[1] != 8 or len(full) == 0:
+                        raise RobotError(f"policy returned a chunk of shape {full.shape}; expected (n, 8)")
+                    check_finite(full, step)             # the whole chunk, gripper included: refused, arm stopped
+                    chunk = full[:n_exec]
                     targets = safe_targets(chunk[:, :7], q, lo, hi, o.max_joint_speed * dt)
                     safe, k = ws.cut(q, targets)         # the workspace guard: stop the path at the box
                     if k < len(targets):

@@ -877,3 +877,20 @@ def test_camera_that_stalls_stops_the_rollout_within_three_periods(tmp_path):
     n = int(rows[0]["steps"])
     assert len(timing["step_t"]) == n and len(timing["frame_age"]["front"]) == n   # the failed read: not a step
     assert max(timing["frame_age"]["front"]) <= 0.1 and timing["step_t"][-1] < 0.3 + 0.3
+
+
+# ----------------------------------------------------------------------------- whole-chunk finiteness
+
+@pytest.mark.parametrize("row, col, value", [(1, 7, np.nan), (1, 7, -np.inf), (6, 2, np.nan), (7, 7, np.inf)])
+def test_non_finite_anywhere_in_the_chunk_is_refused(row, col, value):
+    """A NaN gripper action used to be ignored and -inf closed the hand; rows past n_action_steps were never
+    checked. Now the whole chunk, gripper included, is refused before anything is sent, and the arm stops."""
+    def fn(k, obs):
+        c = np.tile(np.append(er.READY, 1.0), (8, 1))
+        if k == 1:
+            c[row, col] = value
+        return c
+    backend = FakeBackend()
+    with pytest.raises(er.RobotError, match="non-finite"):
+        episode(FakePolicy(fn), backend, opts())
+    assert backend.kinds() == ["send", "stop"]           # the first chunk only; no gripper command ever
