@@ -45,7 +45,8 @@ Safety layers, all on by default, each with a flag:
     aborts at once);
   * whatever ends the rollout (last step, Ctrl-C, an exception), `finally` stops the motion (JointStopMotion,
     then franky's hard stop if that fails, its pending error cleared) and leaves the arm still;
-  * --dry-run connects and reads the real state, runs the loop and prints the targets, moves nothing.
+  * --dry-run connects and reads the real state, runs the loop and prints the targets the policy asked for and
+    the capped ones sent, with their largest difference per chunk; moves nothing.
 
 Assumptions and choices (documented deviations):
   * Action / qpos layout is the Franka one: 7 joint angles (rad) + gripper (1 = open, 0 = closed; qpos holds
@@ -324,6 +325,12 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                     check_finite(full, step)             # the whole chunk, gripper included: refused, arm stopped
                     chunk = full[:n_exec]
                     targets = safe_targets(chunk[:, :7], q, lo, hi, o.max_joint_speed * dt)
+                    if o.dry_run:                        # what the policy asked for, and what the caps made of it
+                        diff = np.abs(chunk[:, :7] - targets)
+                        r, j = np.unravel_index(int(diff.argmax()), diff.shape)
+                        log(f"[dry-run] step {step}: raw first {_fmt(chunk[0, :7])} last {_fmt(chunk[-1, :7])}; "
+                            f"capped first {_fmt(targets[0])} last {_fmt(targets[-1])}; largest difference "
+                            f"{diff[r, j]:.3f} rad (joint {j + 1}, target {r + 1}/{len(targets)})")
                     safe, k = ws.cut(q, targets)         # the workspace guard: stop the path at the box
                     if k < len(targets):
                         name, p, excess = ws.violation(targets[k])

@@ -894,3 +894,15 @@ def test_non_finite_anywhere_in_the_chunk_is_refused(row, col, value):
     with pytest.raises(er.RobotError, match="non-finite"):
         episode(FakePolicy(fn), backend, opts())
     assert backend.kinds() == ["send", "stop"]           # the first chunk only; no gripper command ever
+
+
+def test_dry_run_prints_raw_and_capped_targets_with_their_largest_difference():
+    """The capped targets always stay near the measured joints; the raw ones show what the policy asked for."""
+    far = lambda k, obs: np.tile(np.append(er.READY + [0, 0, 0, 0, 0.9, 0, 0], 1.0), (8, 1))
+    lines, backend = [], FakeBackend()
+    clock = FakeClock()
+    rec = {"images": {}, "qpos": [], "action": [], "instruction": "x"}
+    er.run_episode(FakePolicy(far), er.DryRunBackend(backend, lines.append), {}, opts(dry_run=True, max_steps=4),
+                   rec, clock, clock.sleep, log=lines.append)
+    raw = [l for l in lines if "raw first" in l]
+    assert len(raw) == 1 and "largest difference 0.850 rad (joint 5, target 1/4)" in raw[0], raw
