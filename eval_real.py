@@ -40,7 +40,15 @@ Safety layers, all on by default, each with a flag:
   * franky's relative_dynamics_factor --dynamics 0.2 (velocity, acceleration, jerk at 20% of the limits), with
     franky's limits lowered to the --arm's at connect: franky 2.0.0 plans with the Panda's accelerations and
     jerks, up to twice an FR3's (plan_with_arm_limits);
-  * NaN / inf actions stop the rollout; the gripper is binarised with hysteresis + a cooldown of at least one
+  * the workspace guard: every target's end effector (flange, TCP, fingertips; forward kinematics) stays in
+    --workspace above --table-z + --table-margin (m, robot base frame); a chunk leaving it is cut where its path
+    reaches the box (cut, not clipped: clipping would need IK and bend the policy's path), the arm stops there
+    and the rollout ends 'workspace'; a measured pose 10 mm outside stops it at once; contact reflex thresholds
+    (--collision-torque, --collision-force) set at connect and logged;
+  * a failed motion (a reflex, or franky's planner failure: a plain RuntimeError) ends the rollout as 'error'
+    with the arm stopped; the next one starts once the operator confirms;
+  * camera frames older than --max-frame-age (0.1 s) stop the rollout; step times and frame ages are saved;
+  * NaN / inf anywhere in a chunk (gripper included) stop the rollout; the gripper is binarised with hysteresis + a cooldown of at least one
     full stroke, and commanded only on change; Ctrl-C is deferred to the end of the current step (a second one
     aborts at once);
   * whatever ends the rollout (last step, Ctrl-C, an exception), `finally` stops the motion (JointStopMotion,
@@ -105,7 +113,7 @@ class Options:
     camera: str = opt("realsense", "one per checkpoint camera, comma separated: realsense[:SERIAL], "
                                    "opencv:N, or none (black images, nothing recorded)")
     camera_timeout: float = opt(1.5, "seconds to wait for a camera's first frame")
-    max_frame_age: float = opt(0.1, "s; a newer frame than this or the rollout stops (about three periods of a 30 "
+    max_frame_age: float = opt(0.1, "s; a camera frame older than this stops the rollout (about three periods of a 30 "
                                     "fps camera; a stalled camera would steer the policy on a frozen image)")
     fps: float = opt(0.0, "control rate in Hz (0 = the checkpoint's)")
     n_action_steps: int = opt(0, "steps of each chunk executed before re-querying (0 = the checkpoint's)")
