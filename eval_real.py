@@ -40,12 +40,21 @@ Safety layers, all on by default, each with a flag:
   * franky's relative_dynamics_factor --dynamics 0.2 (velocity, acceleration, jerk at 20% of the limits), with
     franky's limits lowered to the --arm's at connect: franky 2.0.0 plans with the Panda's accelerations and
     jerks, up to twice an FR3's (plan_with_arm_limits);
-  * NaN / inf actions stop the rollout; the gripper is binarised with hysteresis + a cooldown of at least one
+  * the workspace guard: every target's end effector (flange, TCP, fingertips; forward kinematics) stays in
+    --workspace above --table-z + --table-margin (m, robot base frame); a chunk leaving it is cut where its path
+    reaches the box (cut, not clipped: clipping would need IK and bend the policy's path), the arm stops there
+    and the rollout ends 'workspace'; a measured pose 10 mm outside stops it at once; contact reflex thresholds
+    (--collision-torque, --collision-force) set at connect and logged;
+  * a failed motion (a reflex, or franky's planner failure: a plain RuntimeError) ends the rollout as 'error'
+    with the arm stopped; the next one starts once the operator confirms;
+  * camera frames older than --max-frame-age (0.1 s) stop the rollout; step times and frame ages are saved;
+  * NaN / inf anywhere in a chunk (gripper included) stop the rollout; the gripper is binarised with hysteresis + a cooldown of at least one
     full stroke, and commanded only on change; Ctrl-C is deferred to the end of the current step (a second one
     aborts at once);
   * whatever ends the rollout (last step, Ctrl-C, an exception), `finally` stops the motion (JointStopMotion,
     then franky's hard stop if that fails, its pending error cleared) and leaves the arm still;
-  * --dry-run connects and reads the real state, runs the loop and prints the targets, moves nothing.
+  * --dry-run connects and reads the real state, runs the loop and prints the targets the policy asked for and
+    the capped ones sent, with their largest difference per chunk; moves nothing.
 
 Assumptions and choices (documented deviations):
   * Action / qpos layout is the Franka one: 7 joint angles (rad) + gripper (1 = open, 0 = closed; qpos holds
@@ -84,8 +93,8 @@ import numpy as np
 
 import data
 from data import opt
-from robot.franka import ARMS, READY
-from robot.hardware import DryRunBackend, FrankyBackend, RobotError, open_cameras, resize
+from robot.franka import ARMS, READY, Workspace
+from robot.hardware import DryRunBackend, FrankyBackend, MotionError, RobotError, open_cameras, resize
 from stats import wilson  # noqa: F401  (Wilson score 95% interval, shared with eval_sim.py)
 
 
@@ -103,7 +112,9 @@ class Options:
                         choices=["enforce", "ignore"])
     camera: str = opt("realsense", "one per checkpoint camera, comma separated: realsense[:SERIAL], "
                                    "opencv:N, or none (black images, nothing recorded)")
-    camera_timeout: float = opt(1.5, "seconds without a new frame before a camera counts as stalled")
+    camera_timeout: float = opt(1.5, "seconds to wait for a camera's first frame")
+    max_frame_age: float = opt(0.1, "s; a camera frame older than this stops the rollout (about three periods of a 30 "
+                                    "fps camera; a stalled camera would steer the policy on a frozen image)")
     fps: float = opt(0.0, "control rate in Hz (0 = the checkpoint's)")
     n_action_steps: int = opt(0, "steps of each chunk executed before re-querying (0 = the checkpoint's)")
     noise_scale: float = opt(1.0, "the flow's starting noise times this, in [0, 1] (0: one deterministic chunk per "
@@ -114,6 +125,15 @@ class Options:
     episodes: int = opt(1, "rollouts in this session")
     dynamics: float = opt(0.2, "franky relative_dynamics_factor in (0, 1]; raise only after slow runs")
     joint_margin: float = opt(0.05, "rad kept from each joint limit")
+    workspace: list = opt([0.15, 0.85, -0.40, 0.40, 0.85], "m, robot base frame (x ahead, z up): x_min x_max y_min "
+                          "y_max z_max of the box the end effector (flange, TCP, fingertips; forward kinematics) "
+                          "stays in; default: the twin's scene")
+    table_z: float = opt(0.0, "m, robot base frame: height of the table top (0: the base stands on it)")
+    table_margin: float = opt(0.0, "m the fingertips and TCP keep above the table top (the flange 0.08 m more)")
+    collision_torque: list = opt([20.0, 20.0, 18.0, 18.0, 16.0, 14.0, 12.0], "Nm, per joint: the robot's contact "
+                                 "reflex thresholds (franky set_collision_behavior, set at connect)")
+    collision_force: list = opt([20.0, 20.0, 20.0, 25.0, 25.0, 25.0], "N and Nm, x y z and about x y z: the "
+                                "Cartesian contact reflex thresholds")
     max_joint_speed: float = opt(0.5, "rad/s; per-step target change cap = this / fps")
     gripper_close_above: float = opt(0.6, "close when 1 - gripper action rises above this")
     gripper_open_below: float = opt(0.4, "open when 1 - gripper action falls below this")
@@ -145,6 +165,18 @@ def check_options(o: Options) -> None:
         raise RobotError("--joint-margin >= 0, --max-joint-speed > 0, --max-steps >= 1, --episodes >= 1, --fps >= 0")
     if not 0 <= o.noise_scale <= 1:
         raise RobotError(f"--noise-scale must be in [0, 1]; got {o.noise_scale}")
+    w = o.workspace
+    if len(w) != 5 or not (w[0] < w[1] and w[2] < w[3] and o.table_z + o.table_margin < w[4]):
+        raise RobotError(f"--workspace is x_min x_max y_min y_max z_max (m), each max above its min and z_max above "
+                         f"--table-z + --table-margin; got {w}")
+    if len(o.collision_torque) != 7 or len(o.collision_force) != 6 or min(o.collision_torque + o.collision_force) <= 0:
+        raise RobotError("--collision-torque takes 7 positive values (Nm), --collision-force 6 (N, Nm)")
+
+
+def workspace(o: Options) -> Workspace:
+    """The end effector's box from the options (m, robot base frame)."""
+    w = [float(v) for v in o.workspace]
+    return Workspace((w[0], w[1]), (w[2], w[3]), w[4], float(o.table_z), float(o.table_margin))
 
 
 # ----------------------------------------------------------------------------- robot backends (hardware.py)
@@ -155,7 +187,8 @@ def make_backend(o: Options, log=print):
     if not o.ip:
         raise RobotError("--ip is required (the robot's FCI address)")
     return FrankyBackend(o.ip, o.arm, o.dynamics, o.realtime, o.gripper_speed, o.gripper_force,
-                         recover=not o.dry_run, joint_margin=o.joint_margin, log=log)
+                         recover=not o.dry_run, joint_margin=o.joint_margin, log=log,
+                         collision=(list(o.collision_torque), list(o.collision_force)))
 
 
 
@@ -173,6 +206,17 @@ def safe_targets(raw, q_measured, lo, hi, max_step) -> np.ndarray:
     return out
 
 
+def check_finite(chunk, step) -> None:
+    """Refuse a chunk with any NaN or inf, in any row (executed or not) and any column, the gripper included
+    (a NaN gripper action would be ignored by the gate, -inf would close the hand)."""
+    bad = np.argwhere(~np.isfinite(np.asarray(chunk, float)))
+    if len(bad):
+        r, c = bad[0]
+        raise RobotError(f"the policy returned non-finite actions at step {step} ({len(bad)} values, the first "
+                         f"{chunk[r, c]} in row {r} column {'gripper' if c == 7 else f'joint {c + 1}'}): chunk "
+                         "refused, arm stopped")
+
+
 class GripperGate:
     """Binarise the gripper action (1 = open) with hysteresis and a cooldown, so a value near 0.5 or a short
     spike cannot make the gripper chatter; update() returns the new state only when it changes."""
@@ -182,6 +226,8 @@ class GripperGate:
         self.last = -math.inf
 
     def update(self, action, now):
+        if not math.isfinite(float(action)):
+            raise RobotError(f"non-finite gripper action {action}")
         closedness = 1.0 - float(action)
         want = True if closedness > self.close_above else False if closedness < self.open_below else self.closed
         if want == self.closed or now - self.last < self.cooldown:
@@ -228,6 +274,7 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
     n_exec = 1 if o.query == "step" else max(1, min(o.n_action_steps or policy.n_action_steps, policy.horizon))
     arm = ARMS[o.arm]
     lo, hi = np.add(arm.q_min, o.joint_margin), np.subtract(arm.q_max, o.joint_margin)
+    ws = workspace(o)
     hw = tuple(policy.image_size)
     black = {c: np.zeros(hw + (3,), np.uint8) for c in policy.cameras}
     # a new gripper command only once the last one can have finished a full stroke (1.6 s at 0.05 m/s)
@@ -247,6 +294,7 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
             closed = False if homed else backend.read_state()[1] < 0.5
             gate = GripperGate(closed, o.gripper_close_above, o.gripper_open_below, cooldown)
             chunk = targets = prev_qpos = None
+            cut = False                                  # the chunk sent was cut at the workspace guard
             start, next_t = 0, clock()
             for step in range(o.max_steps):
                 if interrupted.is_set():
@@ -255,23 +303,51 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                     return "done"
                 starts.append(clock())
                 q, width = backend.read_state()
+                bad = ws.violation(q, WORKSPACE_TOL)
+                if bad is not None:
+                    log(f"workspace guard: the measured {bad[0]} is at {_fmt(bad[1])} m, {bad[2] * 1000:.0f} mm "
+                        "outside the box (--workspace, --table-z, --table-margin); stopping")
+                    return "workspace"
                 query = chunk is None or step - start >= len(chunk)
+                if query and cut:                        # the safe part of a cut chunk has run: let the arm
+                    settle(backend, clock, sleep)        # reach its last target, then stop there
+                    return "workspace"
                 # the cameras where they are read: every step of a recorded rollout, else only at a query (the
                 # twin renders them; record_images=False is for its evaluation rollouts that save no video)
                 images = {c: resize(cam.read(), hw) for c, cam in cameras.items()} if query or record_images else {}
+                rec.setdefault("step_t", []).append(starts[-1] - starts[0])   # s since the first step
+                for c in images:                         # s, each frame's age when read (nan: not a timed camera)
+                    rec.setdefault("frame_age", {}).setdefault(c, []).append(getattr(cameras[c], "last_age", math.nan))
                 qpos = np.append(q, width).astype(np.float32)
                 if query:  # prev_qpos: one control step earlier (--velocity)
                     obs = {"images": {**black, **images}, "qpos": qpos,
                            "prev_qpos": qpos if prev_qpos is None else prev_qpos, "instruction": rec["instruction"]}
                     if o.query == "step":
-                        chunk = np.asarray(policy.select_action(obs), float)[None]
+                        full = np.asarray(policy.select_action(obs), float)[None]
                     else:
-                        chunk = np.asarray(policy.predict_chunk([obs])[0], float)[:n_exec]
+                        full = np.asarray(policy.predict_chunk([obs])[0], float)
                     if interrupted.is_set():             # Ctrl-C during inference: send nothing more
                         return "ctrl-c"
-                    if chunk.ndim != 2 or chunk.shape[1] != 8 or len(chunk) == 0:
-                        raise RobotError(f"policy returned a chunk of shape {chunk.shape}; expected (n, 8)")
+                    if full.ndim != 2 or full.shape[1] != 8 or len(full) == 0:
+                        raise RobotError(f"policy returned a chunk of shape {full.shape}; expected (n, 8)")
+                    check_finite(full, step)             # the whole chunk, gripper included: refused, arm stopped
+                    chunk = full[:n_exec]
                     targets = safe_targets(chunk[:, :7], q, lo, hi, o.max_joint_speed * dt)
+                    if o.dry_run:                        # what the policy asked for, and what the caps made of it
+                        diff = np.abs(chunk[:, :7] - targets)
+                        r, j = np.unravel_index(int(diff.argmax()), diff.shape)
+                        log(f"[dry-run] step {step}: raw first {_fmt(chunk[0, :7])} last {_fmt(chunk[-1, :7])}; "
+                            f"capped first {_fmt(targets[0])} last {_fmt(targets[-1])}; largest difference "
+                            f"{diff[r, j]:.3f} rad (joint {j + 1}, target {r + 1}/{len(targets)})")
+                    safe, k = ws.cut(q, targets)         # the workspace guard: stop the path at the box
+                    if k < len(targets):
+                        name, p, excess = ws.violation(targets[k])
+                        log(f"workspace guard: target {k + 1}/{len(targets)} of the chunk at step {step} puts the "
+                            f"{name} at {_fmt(p)} m, {excess * 1000:.0f} mm outside the box; sending the path up "
+                            f"to the box ({len(safe)} targets), then stopping")
+                        if len(safe) == 0:
+                            return "workspace"
+                        targets, chunk, cut = safe, chunk[:len(safe)], True
                     backend.send_chunk(targets, dt)
                     start = step
                 i = step - start
@@ -297,6 +373,21 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
         finally:
             rec["rate_hz"] = measured_rate(starts)
             backend.stop()
+
+
+WORKSPACE_TOL = 0.01  # m the measured end effector may pass the box before the rollout stops (tracking error)
+
+
+def _fmt(a) -> str:
+    return np.array2string(np.asarray(a, float), precision=3, suppress_small=True)
+
+
+def settle(backend, clock=time.monotonic, sleep=time.sleep, timeout=5.0) -> None:
+    """Wait (bounded) until the running motion has ended, where the backend can tell (motion_finished)."""
+    finished = getattr(backend, "motion_finished", None)
+    deadline = clock() + timeout
+    while finished is not None and not finished() and clock() < deadline:
+        sleep(0.02)
 
 
 def measured_rate(starts) -> float:
@@ -351,6 +442,8 @@ def save_rollout(out: Path, policy, o: Options, rec: dict, fps: float, log=print
     images = {c: np.stack(v) for c, v in rec["images"].items()}
     data.save_episode(path, {"images": images, "qpos": np.stack(rec["qpos"]), "action": np.stack(rec["action"]),
                              "instruction": rec["instruction"], "task": o.task, "seed": o.seed})
+    timing = {"step_t": rec.get("step_t", []), "frame_age": rec.get("frame_age", {})}   # s, per step
+    data.atomic_write_bytes(path.with_suffix(".timing.json"), lambda f: f.write(json.dumps(timing).encode()))
     if images:
         try:
             import imageio.v2 as imageio
@@ -423,7 +516,7 @@ def run(o: Options, policy=None, backend=None, cameras=None, clock=time.monotoni
         policy = policy or load_policy(o)
         check_layout(policy)
         fps = o.fps or float(policy.fps)
-        cameras = open_cameras(o.camera, list(policy.cameras), o.camera_timeout) if cameras is None else cameras
+        cameras = open_cameras(o.camera, list(policy.cameras), o.camera_timeout, o.max_frame_age) if cameras is None else cameras
         out = Path(o.out) / "dry-run" if o.dry_run else Path(o.out)   # dry runs never mix with real trials
         out.mkdir(parents=True, exist_ok=True)
         for ep in range(o.episodes):
@@ -455,7 +548,14 @@ def run(o: Options, policy=None, backend=None, cameras=None, clock=time.monotoni
             log(f"{label}: {row['successes_so_far']}/{row['trials_so_far']} so far, 95% Wilson interval "
                 f"[{row['wilson_low']}, {row['wilson_high']}]" + (f"; saved {path}" if path else ""))
             results.append({"episode": path, "label": label, "ended": ended, "steps": len(rec["action"]),
-                            "overruns": rec.get("overruns", 0), "rate_hz": rate})
+                            "overruns": rec.get("overruns", 0), "rate_hz": rate,
+                            "error": f"{type(error).__name__}: {error}" if error is not None else ""})
+            if isinstance(error, MotionError):           # a reflex or a planner failure: the arm is stopped
+                log(f"rollout {ep + 1} ended with an error, the arm is stopped: {error}")
+                if ep + 1 < o.episodes:                  # asked even with --label / --yes: a person looks first
+                    ask("After the error: check the arm and the scene (Desk), reset the scene, then press Enter "
+                        "for the next rollout (Ctrl-C ends the session) ")
+                continue
             if error is not None:
                 raise error
             if ep + 1 < o.episodes and not o.label:
@@ -492,7 +592,8 @@ def evaluate_twin(o: Options, policy=None, log=print, command: str | None = None
     bad = [c for c in policy.cameras if c not in twin.CAMERAS]
     if bad:
         raise RobotError(f"the checkpoint's camera(s) {bad} are not the twin's ({', '.join(twin.CAMERAS)})")
-    backend = twin.TwinBackend(o.task, list(policy.cameras), tuple(policy.image_size), o.dynamics, o.arm)
+    backend = twin.TwinBackend(o.task, list(policy.cameras), tuple(policy.image_size), o.dynamics, o.arm,
+                               workspace=workspace(o))
     cameras = {c: twin.TwinCamera(backend.env, c) for c in policy.cameras}
     run_o = dataclasses.replace(o, max_steps=min(o.max_steps, twin.TASKS[o.task].max_steps),  # never past the task's
                                 fps=o.fps or float(policy.fps), n_action_steps=o.n_action_steps or policy.n_action_steps)

@@ -28,6 +28,18 @@ class RobotError(RuntimeError):
     """A set-up or safety problem with a message for the operator (printed without a traceback)."""
 
 
+class MotionError(RobotError):
+    """A motion the robot or franky's planner refused or aborted (a reflex, 'Motion planner failed ...'): the
+    arm is stopped; the session goes on with the next rollout once the operator confirms."""
+
+
+def motion_errors(f) -> tuple:
+    """What franky raises for a failed motion: its own exceptions, and plain RuntimeError for a planner failure
+    (ruckig's error codes, e.g. -111 on a re-planned motion, -100 for a waypoint it cannot reach) and for
+    DynamicsLimit.set. RobotError is ours, never franky's."""
+    return (f.Exception, RuntimeError)
+
+
 def require(module: str, hint: str):
     """Import an optional dependency or fail with the command that installs it."""
     try:
@@ -150,13 +162,32 @@ def plan_with_arm_limits(robot, arm: Arm) -> tuple:
     return out[0], out[1]
 
 
+# libfranka's examples (examples_common setDefaultBehavior): Nm per joint, N / Nm per Cartesian axis. franky's
+# own default (20 Nm / 30 N everywhere) is never relied on: the thresholds are set and logged at connect.
+COLLISION_DEFAULT = ((20.0, 20.0, 18.0, 18.0, 16.0, 14.0, 12.0), (20.0, 20.0, 20.0, 25.0, 25.0, 25.0))
+
+
+def set_collision_behavior(robot, torque, force, log=print) -> None:
+    """Set the contact reflex thresholds explicitly (franky 2.0.0: Robot.set_collision_behavior(torque_thresholds
+    (7,) Nm, force_thresholds (6,) N / Nm), lower = upper); settable only while no motion runs: at connect."""
+    torque, force = [float(v) for v in torque], [float(v) for v in force]
+    if len(torque) != 7 or len(force) != 6:
+        raise RobotError(f"collision thresholds: 7 torques (Nm) and 6 forces (N, Nm); got {torque}, {force}")
+    try:
+        robot.set_collision_behavior(torque, force)
+    except Exception as e:                               # franky raises RuntimeError or its own Exception
+        raise RobotError(f"could not set the collision behaviour ({type(e).__name__}: {e}); not running without "
+                         "it") from None
+    log(f"collision behaviour set: joint torque thresholds {torque} Nm, Cartesian force thresholds {force} N/Nm")
+
+
 def clear_errors(robot, f, log=print) -> None:
     """Start a rollout clean: a finished motion's pending error is raised and dropped here (after franky's hard
     stop, 'Move command preempted' would otherwise fail the next move at once), then a reflex is recovered from;
     a recovery that fails stops with what to do."""
     try:
         robot.join_motion(timeout=1.0)                   # returns at once when no motion runs
-    except f.Exception as e:
+    except motion_errors(f) as e:
         log(f"the last motion ended with: {type(e).__name__}: {e} (cleared)")
     if robot.has_errors:
         log("robot reports errors; recovering")
@@ -201,7 +232,7 @@ class FrankyBackend:
     optionally begin (before a rollout), motion_finished (homing) and gripper_stroke_s (the gate's cooldown)."""
 
     def __init__(self, ip, arm="fr3", dynamics=0.2, realtime="enforce", gripper_speed=0.05, gripper_force=20.0,
-                 recover=True, joint_margin=0.05, log=print):
+                 recover=True, joint_margin=0.05, log=print, collision=None):
         f = self.f = require("franky", FRANKY_HINT)      # cheapest check first: no network needed
         check_reachable(ip)
         rt = f.RealtimeConfig.Ignore if realtime == "ignore" else f.RealtimeConfig.Enforce
@@ -210,6 +241,7 @@ class FrankyBackend:
             self.robot = f.Robot(ip, realtime_config=rt)
             self.robot.relative_dynamics_factor = dynamics
             vel, acc = plan_with_arm_limits(self.robot, limits)
+            set_collision_behavior(self.robot, *(collision or COLLISION_DEFAULT), log=log)
             if recover:                                  # e.g. a reflex from the last session; never moves the arm
                 clear_errors(self.robot, f, log)
             gripper = f.Gripper(ip)
@@ -219,6 +251,10 @@ class FrankyBackend:
             raise RobotError(f"{e} -- install the franky wheel built for your robot's server version: {FRANKY_HINT}") from None
         except f.Exception as e:
             raise RobotError(f"cannot connect to the Franka at {ip}: {type(e).__name__}: {e}") from None
+        except RobotError:
+            raise
+        except RuntimeError as e:                        # franky's DynamicsLimit.set raises plain RuntimeError
+            raise RobotError(f"setting up the Franka at {ip} failed: {type(e).__name__}: {e}") from None
         self.hand = GripperWorker(gripper, gripper_speed, gripper_force, log)
         self.v_max = 0.8 * dynamics * vel                # franky's planner rejects waypoint velocities above its scaled limits
         self.a_brake = 0.5 * dynamics * acc              # rad/s^2: half the planner's deceleration, for waypoint_velocities
@@ -244,7 +280,7 @@ class FrankyBackend:
         robot's reported velocity, which lags the plan, would only add overshoot (a joint held at a limit)."""
         f, t = self.f, np.asarray(targets, float)
         if self.goal is not None and np.abs(t - self.goal).max() < 1e-9:
-            self.robot.poll_motion()                     # nothing new to send; a failed motion still raises here
+            self.motion_finished()                       # nothing new to send; a failed motion still raises here
             return
         s = self.robot.state                             # the commanded state the new motion starts from
         v = waypoint_velocities(t, np.asarray(s.q_d, float), np.asarray(s.dq_d, float), dt, self.v_max,
@@ -252,7 +288,10 @@ class FrankyBackend:
         ms = f.Duration(max(1, int(round(dt * 1000))))
         wps = [f.JointWaypoint(f.JointState(t[k], v[k]), minimum_time=ms) for k in range(len(t))]
         self.goal = None
-        self.robot.move(f.JointWaypointMotion(wps), asynchronous=True)   # errors of the last one surface here
+        try:
+            self.robot.move(f.JointWaypointMotion(wps), asynchronous=True)   # errors of the last one surface here
+        except motion_errors(f) as e:
+            raise MotionError(f"the motion failed: {type(e).__name__}: {e}") from None
         self.goal = t[-1]
 
     def set_gripper(self, closed: bool):
@@ -263,8 +302,8 @@ class FrankyBackend:
         franky 2.0.0's poll_motion() is join_motion(0): True once finished (its docstring says the reverse)."""
         try:
             return bool(self.robot.poll_motion())
-        except self.f.Exception as e:
-            raise RobotError(f"the motion failed: {type(e).__name__}: {e} (see Desk; the next rollout recovers)") from None
+        except motion_errors(self.f) as e:
+            raise MotionError(f"the motion failed: {type(e).__name__}: {e} (see Desk; the next rollout recovers)") from None
 
     def stop(self):
         """Bring the arm to rest; never raises (it runs in `finally`), but says loudly when it fails."""
@@ -318,12 +357,15 @@ class DryRunBackend:
 # ----------------------------------------------------------------------------- cameras
 
 class Camera:
-    """The newest frame of a capture thread; read() fails when it is older than `timeout` (stalled, unplugged),
-    so the control loop never blocks on a camera."""
+    """The newest frame of a capture thread; read() fails when it is older than `max_age` s (a stalled or
+    unplugged camera: about three frame periods, 0.1 s at 30 fps; `timeout` when None), so the control loop
+    never blocks on a camera nor steers on a frozen image. `last_age` is the age of the frame read() returned
+    (s, from its arrival on the capture thread); `timeout` also bounds the wait for the first frame."""
 
-    def __init__(self, name, grab, close=lambda: None, timeout=1.5):
+    def __init__(self, name, grab, close=lambda: None, timeout=1.5, max_age=None):
         self.name, self.grab, self._close, self.timeout = name, grab, close, timeout
-        self.frame, self.t, self.error, self.running = None, -math.inf, None, True
+        self.max_age = timeout if max_age is None else max_age
+        self.frame, self.t, self.error, self.running, self.last_age = None, -math.inf, None, True, math.nan
         self.first = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()  # daemon: a hung driver call cannot block exit
         if not self.first.wait(timeout) or self.error is not None:
@@ -345,10 +387,12 @@ class Camera:
     def read(self) -> np.ndarray:
         if self.error is not None:
             raise RobotError(f"camera {self.name} failed: {self.error}")
-        age = time.monotonic() - self.t
-        if age > self.timeout:
-            raise RobotError(f"camera {self.name}: no new frame for {age:.1f} s (stalled or unplugged)")
-        return self.frame
+        frame, age = self.frame, time.monotonic() - self.t
+        if age > self.max_age:
+            raise RobotError(f"camera {self.name}: no new frame for {age:.2f} s (frames older than {self.max_age:g} s "
+                             "are refused: stalled or unplugged? USB 3 cable, bandwidth); the arm was stopped")
+        self.last_age = age
+        return frame
 
     def close(self):
         self.running = False
@@ -356,7 +400,7 @@ class Camera:
             self._close()
 
 
-def open_camera(spec: str, timeout: float, used: set) -> Camera:
+def open_camera(spec: str, timeout: float, used: set, max_age=None) -> Camera:
     kind, _, arg = spec.partition(":")
     if kind == "realsense":
         rs = require("pyrealsense2", "pip install pyrealsense2 (needs libusb-1.0 on the system)")
@@ -371,7 +415,7 @@ def open_camera(spec: str, timeout: float, used: set) -> Camera:
         cfg.enable_stream(rs.stream.color, 640, 480, rs.format.rgb8, 30)
         pipe.start(cfg)
         grab = lambda: np.asanyarray(pipe.wait_for_frames(int(timeout * 1000)).get_color_frame().get_data()).copy()
-        return Camera(spec, grab, pipe.stop, timeout)
+        return Camera(spec, grab, pipe.stop, timeout, max_age)
     if kind == "opencv":
         cv2 = require("cv2", "pip install opencv-python-headless")
         cap = cv2.VideoCapture(int(arg or 0))
@@ -383,11 +427,11 @@ def open_camera(spec: str, timeout: float, used: set) -> Camera:
             if not ok:
                 raise RuntimeError("cv2.VideoCapture.read failed")
             return frame[..., ::-1].copy()               # BGR -> RGB
-        return Camera(spec, grab, cap.release, timeout)
+        return Camera(spec, grab, cap.release, timeout, max_age)
     raise RobotError(f"unknown camera '{spec}': use realsense[:SERIAL], opencv:N or none")
 
 
-def open_cameras(spec: str, names: list, timeout: float) -> dict:
+def open_cameras(spec: str, names: list, timeout: float, max_age=None) -> dict:
     """{checkpoint camera name: Camera}, in the checkpoint's camera order; {} for 'none'."""
     if spec == "none":
         return {}
@@ -397,7 +441,7 @@ def open_cameras(spec: str, names: list, timeout: float) -> dict:
     cams, used = {}, set()
     try:
         for name, s in zip(names, specs):
-            cams[name] = open_camera(s, timeout, used)
+            cams[name] = open_camera(s, timeout, used, max_age)
     except BaseException:
         for c in cams.values():
             c.close()

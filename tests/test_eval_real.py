@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import eval_real as er  # noqa: E402
 from robot import hardware as hw  # noqa: E402
+from robot import franka  # noqa: E402
 from robot import record  # noqa: E402
 
 
@@ -519,6 +520,7 @@ class FakeRobot:
     def __init__(self, ip, realtime_config=None):
         self.q, self.has_errors, self.recover_ok, self.recovered = er.READY.copy(), False, True, 0
         self.pending, self.moves, self.stuck_stop, self.reflex, self.running = None, [], False, None, False
+        self.planner_fail_at = None
         panda = er.ARMS["panda"]                         # franky 2.0.0's defaults on any robot
         self.joint_velocity_limit, self.joint_acceleration_limit = Limit(panda.dq_max), Limit(panda.ddq_max)
         self.joint_jerk_limit, self.relative_dynamics_factor = Limit(panda.dddq_max), 1.0
@@ -539,6 +541,9 @@ class FakeRobot:
     def move(self, motion, asynchronous=False):
         self._raise_pending()
         self.moves.append(motion)
+        if self.planner_fail_at is not None and len(self.moves) == self.planner_fail_at:
+            self.pending = RuntimeError("Motion planner failed with error code -111")   # franky: not franky.Exception
+            return
         self.running = motion == "stop" and self.stuck_stop
         if self.reflex:
             self.pending, self.running = FrankyError(self.reflex), False
@@ -561,6 +566,9 @@ class FakeRobot:
         self.recovered += 1
         self.has_errors = not self.recover_ok
         return self.recover_ok
+
+    def set_collision_behavior(self, torque, force):
+        self.collision = (list(torque), list(force))
 
     def set_guiding_mode(self, mode, elbow):
         self.guiding = (list(mode), elbow)
@@ -685,9 +693,9 @@ def test_homing_that_fails_says_why_at_once(monkeypatch, tmp_path):
     clock = FakeClock()
     fake_franky(monkeypatch, clock, q=np.zeros(7), reflex="libfranka: Move command aborted: motion aborted by reflex!")
     t0 = clock.t
-    with pytest.raises(er.RobotError, match="reflex"):
-        er.run(opts(out=str(tmp_path), home=True, ip="fake", label=""), policy=FakePolicy(), clock=clock,
-               sleep=clock.sleep, ask=lambda p: "", log=lambda *a: None)
+    res = er.run(opts(out=str(tmp_path), home=True, ip="fake", label=""), policy=FakePolicy(), clock=clock,
+                 sleep=clock.sleep, ask=lambda p: "", log=lambda *a: None)
+    assert res[0]["label"] == "error" and "reflex" in res[0]["error"]   # said why; the session ended cleanly
     assert clock.t - t0 < 1.0                            # not the 30 s timeout
     backend = FakeBackend(q=np.zeros(7))                 # a motion that ends short of the ready pose
     backend.send_chunk = lambda t, dt: None
@@ -717,3 +725,185 @@ def test_fr3_plans_with_fr3_limits(monkeypatch):
     b.close()
     hw.FrankyBackend("fake", arm="panda", log=lambda *a: None)
     assert np.allclose(f.robot.joint_acceleration_limit.get(), er.ARMS["panda"].ddq_max)
+
+
+# ----------------------------------------------------------------------------- the workspace guard
+
+def down_pose(x, z, q):
+    """Joints 2, 4 and 6 of q (Newton from q) put the TCP at (x, 0, z) m with the hand pointing straight down."""
+    q, idx = np.array(q, float), [1, 3, 5]
+
+    def err(q):
+        T = franka.flange_pose(q)
+        p = T[:3, 3] + T[:3, 2] * franka.TCP_OFFSET
+        return np.array([p[0] - x, p[2] - z, T[0, 2]])
+    for _ in range(50):
+        e = err(q)
+        if np.abs(e).max() < 1e-10:
+            break
+        J = np.column_stack([(err(q + 1e-6 * np.eye(7)[i]) - e) / 1e-6 for i in idx])
+        q[idx] -= np.linalg.solve(J, e)
+    return q
+
+
+class TablePolicy(FakePolicy):
+    """Drives the fingertips straight into the table: the TCP from the ready pose down to (0.45, 0, -0.05) m in
+    `n` targets (hand pointing down, gripper open); chunk k starts at target k * n_action_steps."""
+
+    def __init__(self, n=40, **kw):
+        p0, path, q = franka.guard_points(er.READY)["tcp"], [], er.READY
+        for s in np.linspace(0, 1, n + 1)[1:]:
+            q = down_pose(p0[0] + s * (0.45 - p0[0]), p0[2] + s * (-0.05 - p0[2]), q)
+            path.append(q)
+        self.path = np.array(path)
+        super().__init__(lambda k, obs: np.column_stack([
+            self.path[np.minimum(k * self.n_action_steps + np.arange(self.horizon), n - 1)], np.ones(self.horizon)]), **kw)
+
+
+def lowest_fingertip(q) -> float:
+    g = franka.guard_points(q)
+    return min(g["finger_a"][2], g["finger_b"][2])
+
+
+def test_policy_driven_into_the_table_stops_at_the_margin():
+    """Every target the loop sends keeps the end effector in the box; the chunk that would cross the table's
+    margin is cut where its path reaches the box, the arm stops there, and the rollout ends with 'workspace'."""
+    lines = []
+    backend = FakeBackend()
+    o = opts(table_margin=0.03, max_steps=100)
+    rec = {"images": {}, "qpos": [], "action": [], "instruction": o.instruction}
+    clock = FakeClock()
+    ended = er.run_episode(TablePolicy(), backend, {}, o, rec, clock, clock.sleep, log=lines.append)
+    ws = er.workspace(o)
+    sent = [c[1] for c in backend.calls if c[0] == "send"]
+    assert ended == "workspace" and backend.kinds()[-1] == "stop"
+    assert all(ws.first_outside(t) == len(t) for t in sent)
+    z = lowest_fingertip(backend.q)
+    assert 0.03 <= z < 0.03 + 1e-3, z                    # the path stopped at the box's face
+    assert any("workspace guard" in l and "outside the box" in l for l in lines)
+    assert len(rec["action"]) < 100
+
+
+def test_measured_pose_outside_the_box_stops_at_once():
+    backend = FakeBackend(q=TablePolicy().path[-1])      # the fingertips below the table top
+    lines = []
+    clock = FakeClock()
+    rec = {"images": {}, "qpos": [], "action": [], "instruction": "x"}
+    ended = er.run_episode(FakePolicy(), backend, {}, opts(), rec, clock, clock.sleep, log=lines.append)
+    assert ended == "workspace" and backend.kinds() == ["stop"] and rec["action"] == []
+    assert any("measured finger" in l for l in lines)
+
+
+def test_twin_stops_a_policy_driven_into_the_table_at_the_margin():
+    """The twin (MuJoCo) runs the same guard: its own pads, read from the simulation, stop at the margin."""
+    from world import twin
+    o = opts(table_margin=0.03, max_steps=100, fps=20.0, n_action_steps=4, home=True)
+    backend = twin.TwinBackend("franka_pick_place", ["front"], (24, 32), o.dynamics, o.arm, workspace=er.workspace(o))
+    backend.reset(twin.eval_seeds(0, 1)[0])
+    cams = {"front": twin.TwinCamera(backend.env, "front")}
+    policy = TablePolicy()
+    policy.fps = 20.0
+    rec = {"images": {}, "qpos": [], "action": [], "instruction": "x"}
+    ended = er.run_episode(policy, backend, cams, o, rec, backend.clock, backend.sleep, log=print, record_images=False)
+    backend.sleep(1.0)                                   # a second after the stop: the arm holds still
+    env = backend.env
+    pads = [env.data.geom_xpos[g][2] - 0.018 for g in env.pad_geoms["arm"]]   # the pads' lowest faces (hand down)
+    q = env.qpos()[:7]
+    print(f"twin: stopped with the pads' lowest face at z = {min(pads):.4f} m (fingertip FK {lowest_fingertip(q):.4f} m),"
+          f" margin 0.03 m, after {len(rec['action'])} steps")
+    assert ended == "workspace"
+    assert 0.03 - 0.005 <= min(pads) < 0.03 + 0.005
+
+
+def test_collision_behaviour_is_set_and_logged(monkeypatch):
+    """franky's default contact thresholds are never relied on: the options' are set at connect and logged."""
+    f, lines = fake_franky(monkeypatch, FakeClock()), []
+    o = opts(ip="fake", collision_torque=[15.0] * 7, collision_force=[12.0] * 6)
+    b = er.make_backend(o, log=lines.append)
+    assert f.robot.collision == ([15.0] * 7, [12.0] * 6)
+    assert any("collision behaviour set" in l and "15.0" in l for l in lines)
+    b.close()
+    hw.FrankyBackend("fake", log=lines.append)
+    assert f.robot.collision == [list(v) for v in hw.COLLISION_DEFAULT] or \
+        f.robot.collision == tuple(list(v) for v in hw.COLLISION_DEFAULT)
+
+
+
+# ----------------------------------------------------------------------------- a planner failure
+
+def test_planner_failure_is_survived_after_the_operator_confirms(monkeypatch, tmp_path):
+    """franky raises a plain RuntimeError for a planner failure (not franky.Exception): the rollout stops, is
+    saved as 'error', and the next one runs once the operator has confirmed, even with --label and --yes."""
+    clock, prompts, lines = FakeClock(), [], []
+    f = fake_franky(monkeypatch, clock, planner_fail_at=3)    # homing, chunk 1, chunk 2 fails (seen at chunk 3)
+    o = opts(out=str(tmp_path), episodes=2, home=True, max_steps=16, ip="fake")
+    moving = FakePolicy(lambda k, obs: np.column_stack([np.tile(er.READY + 0.01 * (k + 1), (8, 1)), np.ones(8)]))
+    res = er.run(o, policy=moving, clock=clock, sleep=clock.sleep, ask=lambda p: prompts.append(p) or "",
+                 log=lines.append)
+    assert [r["label"] for r in res] == ["error", "success"] and res[1]["ended"] == "max-steps"
+    assert "Motion planner failed" in res[0]["error"] and 0 < res[0]["steps"] < 16
+    assert len(prompts) == 1 and "After the error" in prompts[0]
+    rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
+    assert [(r["label"], r["trials_so_far"]) for r in rows] == [("error", "0"), ("success", "1")]
+    assert f.robot.pending is None and any("ended with an error" in l for l in lines)
+
+
+# ----------------------------------------------------------------------------- fresh frames only
+
+def test_camera_that_stalls_stops_the_rollout_within_three_periods(tmp_path):
+    """A camera at 100 fps that stalls 0.3 s in (its driver call hangs): the rollout, on the real clock at 20 Hz,
+    stops with a message within --max-frame-age (0.1 s) of the stall, not the 1.5 s of the first-frame timeout;
+    each step's time and each frame's age are saved beside the episode."""
+    hang, t0 = threading.Event(), time.monotonic()
+
+    def grab():
+        if time.monotonic() - t0 > 0.3:
+            hang.wait(5)                                 # stalled
+            raise RuntimeError("released")
+        time.sleep(0.01)
+        return np.full((48, 64, 3), 7, np.uint8)
+    cam = hw.Camera("front", grab, timeout=1.5, max_age=0.1)
+    o, backend, stopped = opts(out=str(tmp_path), max_steps=40, fps=20.0), FakeBackend(), []
+    backend.stop = lambda: stopped.append(time.monotonic())
+    with pytest.raises(er.RobotError, match="no new frame for 0.1"):
+        er.run(o, policy=FakePolicy(), backend=backend, cameras={"front": cam}, log=lambda *a: None)
+    stalled_for = stopped[0] - t0 - 0.3                  # the arm stopped this long after the stall
+    hang.set()
+    print(f"camera stalled: the arm was stopped {stalled_for:.3f} s after the stall")
+    assert stalled_for < 0.3                             # stopped within a few periods of the stall
+    rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
+    assert [r["label"] for r in rows] == ["error"]
+    import json
+    timing = json.loads((tmp_path / "episode_000000.timing.json").read_text())
+    n = int(rows[0]["steps"])
+    assert len(timing["step_t"]) == n and len(timing["frame_age"]["front"]) == n   # the failed read: not a step
+    assert max(timing["frame_age"]["front"]) <= 0.1 and timing["step_t"][-1] < 0.3 + 0.3
+
+
+# ----------------------------------------------------------------------------- whole-chunk finiteness
+
+@pytest.mark.parametrize("row, col, value", [(1, 7, np.nan), (1, 7, -np.inf), (6, 2, np.nan), (7, 7, np.inf)])
+def test_non_finite_anywhere_in_the_chunk_is_refused(row, col, value):
+    """A NaN gripper action used to be ignored and -inf closed the hand; rows past n_action_steps were never
+    checked. Now the whole chunk, gripper included, is refused before anything is sent, and the arm stops."""
+    def fn(k, obs):
+        c = np.tile(np.append(er.READY, 1.0), (8, 1))
+        if k == 1:
+            c[row, col] = value
+        return c
+    backend = FakeBackend()
+    with pytest.raises(er.RobotError, match="non-finite"):
+        episode(FakePolicy(fn), backend, opts())
+    assert backend.kinds() == ["send", "stop"]           # the first chunk only; no gripper command ever
+
+
+def test_dry_run_prints_raw_and_capped_targets_with_their_largest_difference():
+    """The capped targets always stay near the measured joints; the raw ones show what the policy asked for."""
+    far = lambda k, obs: np.tile(np.append(er.READY + [0, 0, 0, 0, 0.9, 0, 0], 1.0), (8, 1))
+    lines, backend = [], FakeBackend()
+    clock = FakeClock()
+    rec = {"images": {}, "qpos": [], "action": [], "instruction": "x"}
+    er.run_episode(FakePolicy(far), er.DryRunBackend(backend, lines.append), {}, opts(dry_run=True, max_steps=4),
+                   rec, clock, clock.sleep, log=lines.append)
+    raw = [l for l in lines if "raw first" in l]
+    assert len(raw) == 1 and "largest difference 0.850 rad (joint 5, target 1/4)" in raw[0], raw

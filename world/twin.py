@@ -346,10 +346,11 @@ class TwinBackend:
 
     gripper_stroke_s = GRIPPER_MAX_WIDTH / GRIPPER_SPEED  # s, a full open or close (the gate's cooldown floor)
 
-    def __init__(self, task, cameras=CAMERAS, image_size=(96, 96), dynamics=0.2, arm="fr3"):
+    def __init__(self, task, cameras=CAMERAS, image_size=(96, 96), dynamics=0.2, arm="fr3", workspace=None):
         self.env = FrankaEnv(task, cameras, image_size)
         self.v_max = dynamics * np.asarray(FRANKA_ARMS[arm].dq_max)  # rad/s
         self.now = 0.0
+        self.workspace = workspace  # robot.franka.Workspace: a chunk leaving it is refused, as on the real arm
 
     def reset(self, seed: int) -> dict:
         obs = self.env.reset(seed)
@@ -383,7 +384,13 @@ class TwinBackend:
         targets = np.asarray(targets, float)
         if targets.ndim != 2 or targets.shape[1] != 7 or not np.isfinite(targets).all():
             raise ValueError(f"send_chunk needs (n, 7) finite joint targets, got {targets.shape}")
+        if self.workspace is not None and self.workspace.first_outside(targets) < len(targets):
+            raise ValueError("send_chunk: a target leaves the workspace box (eval_real.run_episode cuts it first)")
         self.chunk = (self.now, targets, float(dt))
+
+    def motion_finished(self) -> bool:
+        """Whether the commanded joints have reached the last target sent (eval_real.settle waits for it)."""
+        return self.chunk is None or bool(np.abs(self.chunk[1][-1] - self.ctrl).max() < 1e-9)
 
     def set_gripper(self, closed: bool):
         self.grip = 0.0 if closed else 1.0
