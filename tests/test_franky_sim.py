@@ -404,9 +404,10 @@ def test_policy_driven_into_the_table_stops_at_the_margin(sim_ip, tmp_path):
           f"z = {rest:.4f} m (lowest measured at 1 kHz {low:.4f} m), margin 0.03 m above the table top z = 0")
     assert res[0]["ended"] == "workspace"
     assert any("collision behaviour set" in l and "25.0" in l for l in lines)
-    # never below the margin (5 mm: franky-sim tracks its target to a few mm); above it by 5-9 mm in two runs, and
-    # more on a loaded machine, where stopping early is safe: the upper bound only says it went down to the guard
-    assert low >= 0.03 - 0.005 and 0.03 - 0.005 <= rest < 0.03 + 0.03
+    # never below the margin (5 mm: franky-sim tracks its target to a few mm). Alone it stops 5-9 mm above it; on a
+    # loaded machine franky-sim falls behind and the bounded wait ends the rollout higher (0.12 m once): safe, and
+    # the guard's firing is what "ended == workspace" checks (without the guard the rollout runs to max-steps)
+    assert low >= 0.03 - 0.005 and rest >= 0.03 - 0.005
     assert np.abs(q1 - q0).max() < 2e-3 and np.abs(dq).max() < 0.02     # at rest
 
 
