@@ -130,6 +130,9 @@ class Options:
                           "stays in; default: the twin's scene")
     table_z: float = opt(0.0, "m, robot base frame: height of the table top (0: the base stands on it)")
     table_margin: float = opt(0.0, "m the fingertips and TCP keep above the table top (the flange 0.08 m more)")
+    guard: str = opt("auto", "the workspace guard: 'on', 'off', or 'auto' (on for a real arm, off on the twin: the "
+                     "recipes' policies put the open fingertips 2-9 mm under the table in grasps, and the guard ends "
+                     "such a rollout; robot/README.md)", choices=["auto", "on", "off"])
     collision_torque: list = opt([20.0, 20.0, 18.0, 18.0, 16.0, 14.0, 12.0], "Nm, per joint: the robot's contact "
                                  "reflex thresholds (franky set_collision_behavior, set at connect)")
     collision_force: list = opt([20.0, 20.0, 20.0, 25.0, 25.0, 25.0], "N and Nm, x y z and about x y z: the "
@@ -173,7 +176,14 @@ def check_options(o: Options) -> None:
         raise RobotError("--collision-torque takes 7 positive values (Nm), --collision-force 6 (N, Nm)")
 
 
-def workspace(o: Options) -> Workspace:
+def workspace(o: Options):
+    """The guard's box, or None where --guard (auto: the twin) leaves it off."""
+    if o.guard == "off" or (o.guard == "auto" and o.robot == "mujoco"):
+        return None
+    return _box(o)
+
+
+def _box(o: Options) -> Workspace:
     """The end effector's box from the options (m, robot base frame)."""
     w = [float(v) for v in o.workspace]
     return Workspace((w[0], w[1]), (w[2], w[3]), w[4], float(o.table_z), float(o.table_margin))
@@ -303,7 +313,7 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                     return "done"
                 starts.append(clock())
                 q, width = backend.read_state()
-                bad = ws.violation(q, WORKSPACE_TOL)
+                bad = ws.violation(q, WORKSPACE_TOL) if ws is not None else None
                 if bad is not None:
                     log(f"workspace guard: the measured {bad[0]} is at {_fmt(bad[1])} m, {bad[2] * 1000:.0f} mm "
                         "outside the box (--workspace, --table-z, --table-margin); stopping")
@@ -339,7 +349,7 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                         log(f"[dry-run] step {step}: raw first {_fmt(chunk[0, :7])} last {_fmt(chunk[-1, :7])}; "
                             f"capped first {_fmt(targets[0])} last {_fmt(targets[-1])}; largest difference "
                             f"{diff[r, j]:.3f} rad (joint {j + 1}, target {r + 1}/{len(targets)})")
-                    safe, k = ws.cut(q, targets)         # the workspace guard: stop the path at the box
+                    safe, k = ws.cut(q, targets) if ws is not None else (targets, len(targets))  # the guard
                     if k < len(targets):
                         name, p, excess = ws.violation(targets[k])
                         log(f"workspace guard: target {k + 1}/{len(targets)} of the chunk at step {step} puts the "
