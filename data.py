@@ -13,6 +13,7 @@ import dataclasses
 import sys
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -204,12 +205,14 @@ def _check_and_repair(out: Path, task, cameras, image_size, grasp_natural, seed,
     """Before a run continues a folder: every episode up to the last one present must read; a missing or corrupt
     one is recorded again in place from its seed (the expert is deterministic). Brings `stats` up to date with
     what is on disk (a kill between an episode and meta.json leaves it behind). Returns (episodes, next seed)."""
-    paths = episode_paths(out)
-    for p in paths:
-        if not p.name[8:14].isdigit() or p.name != f"episode_{int(p.name[8:14]):06d}.npz":
+    index = []
+    for p in episode_paths(out):
+        if not re.fullmatch(r"episode_\d{6}\.npz", p.name):
             raise DataError(f"{p}: not an episode name (episode_NNNNNN.npz)")
-    n = max((int(p.name[8:14]) + 1 for p in paths), default=0)
-    seeds, broken = list(stats.get("seeds", [])[:n]) + [None] * max(0, n - len(stats.get("seeds", []))), []
+        index.append(int(p.name[8:14]))
+    n = max(index, default=-1) + 1
+    known = stats.get("seeds", [])[:n]
+    seeds, broken = known + [None] * (n - len(known)), []
     for i in range(n):
         try:
             seeds[i] = load_episode(out / f"episode_{i:06d}.npz")["seed"]

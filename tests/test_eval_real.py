@@ -20,6 +20,7 @@ import eval_real as er  # noqa: E402
 from robot import hardware as hw  # noqa: E402
 from robot import franka  # noqa: E402
 from robot import record  # noqa: E402
+from guard_poses import down_pose, lowest_fingertip  # noqa: E402
 
 
 class FakeClock:
@@ -729,23 +730,6 @@ def test_fr3_plans_with_fr3_limits(monkeypatch):
 
 # ----------------------------------------------------------------------------- the workspace guard
 
-def down_pose(x, z, q):
-    """Joints 2, 4 and 6 of q (Newton from q) put the TCP at (x, 0, z) m with the hand pointing straight down."""
-    q, idx = np.array(q, float), [1, 3, 5]
-
-    def err(q):
-        T = franka.flange_pose(q)
-        p = T[:3, 3] + T[:3, 2] * franka.TCP_OFFSET
-        return np.array([p[0] - x, p[2] - z, T[0, 2]])
-    for _ in range(50):
-        e = err(q)
-        if np.abs(e).max() < 1e-10:
-            break
-        J = np.column_stack([(err(q + 1e-6 * np.eye(7)[i]) - e) / 1e-6 for i in idx])
-        q[idx] -= np.linalg.solve(J, e)
-    return q
-
-
 class TablePolicy(FakePolicy):
     """Drives the fingertips straight into the table: the TCP from the ready pose down to (0.45, 0, -0.05) m in
     `n` targets (hand pointing down, gripper open); chunk k starts at target k * n_action_steps."""
@@ -758,11 +742,6 @@ class TablePolicy(FakePolicy):
         self.path = np.array(path)
         super().__init__(lambda k, obs: np.column_stack([
             self.path[np.minimum(k * self.n_action_steps + np.arange(self.horizon), n - 1)], np.ones(self.horizon)]), **kw)
-
-
-def lowest_fingertip(q) -> float:
-    g = franka.guard_points(q)
-    return min(g["finger_a"][2], g["finger_b"][2])
 
 
 def test_policy_driven_into_the_table_stops_at_the_margin():

@@ -29,6 +29,7 @@ import data  # noqa: E402
 import eval_real as er  # noqa: E402
 from robot import franka  # noqa: E402
 from robot import hardware as hw  # noqa: E402
+from guard_poses import down_pose, lowest_fingertip  # noqa: E402
 
 franky = pytest.importorskip("franky", reason="franky-control not installed (pip install -r robot/requirements.txt)")
 if importlib.util.find_spec("franky_sim") is None:   # not imported: its pinocchio must stay out of this process
@@ -342,23 +343,6 @@ def test_targets_at_the_limits_never_cross_them(sim_ip, tmp_path, monkeypatch, d
 
 # ----------------------------------------------------------------------------- the workspace guard
 
-def down_pose(x, z, q):
-    """Joints 2, 4 and 6 of q (Newton from q) put the TCP at (x, 0, z) m with the hand pointing straight down."""
-    q, idx = np.array(q, float), [1, 3, 5]
-
-    def err(q):
-        T = franka.flange_pose(q)
-        p = T[:3, 3] + T[:3, 2] * franka.TCP_OFFSET
-        return np.array([p[0] - x, p[2] - z, T[0, 2]])
-    for _ in range(50):
-        e = err(q)
-        if np.abs(e).max() < 1e-10:
-            break
-        J = np.column_stack([(err(q + 1e-6 * np.eye(7)[i]) - e) / 1e-6 for i in idx])
-        q[idx] -= np.linalg.solve(J, e)
-    return q
-
-
 class TablePolicy(WavePolicy):
     """10 Hz, chunks of 10 (5 executed): the TCP from the ready pose straight down into the table, to
     (0.45, 0, -0.05) m in 40 targets, hand pointing down, gripper open."""
@@ -375,11 +359,6 @@ class TablePolicy(WavePolicy):
         rows = self.path[np.minimum(self.calls * self.n_action_steps + np.arange(self.horizon), len(self.path) - 1)]
         self.calls += 1
         return np.column_stack([rows, np.ones(self.horizon)])[None].astype(np.float32)
-
-
-def lowest_fingertip(q) -> float:
-    g = franka.guard_points(q)
-    return min(g["finger_a"][2], g["finger_b"][2])
 
 
 def test_policy_driven_into_the_table_stops_at_the_margin(sim_ip, tmp_path):
