@@ -45,7 +45,7 @@ def load_folders(folders, cameras=None, stage_label="per-arm", images=True):
             raise data.DataError(f"{f}/meta.json: no camera(s) {missing} (has {m['cameras']})")
     high = segment.open_is_high(ref["gripper_convention"])
     H, W = ref["image_size"]
-    imgs, qpos, act, stage, key, ep_id, ends, texts, ep_tasks = ([] for _ in range(9))
+    imgs, qpos, act, stage, key, ep_id, ends, texts, ep_tasks, seeds = ([] for _ in range(10))
     tasks = {}
     n = 0
     for f, m in zip(folders, metas):
@@ -67,12 +67,13 @@ def load_folders(folders, cameras=None, stage_label="per-arm", images=True):
                 imgs.append(np.stack([ep["images"][c] for c in cams], 1))     # (T, C, H, W, 3)
             qpos.append(ep["qpos"]), act.append(ep["action"])
             ep_id.append(np.full(T, len(texts))), texts.append(ep["instruction"]), ep_tasks.append(ep["task"])
+            seeds.append(int(ep["seed"]) if "seed" in ep else None)
             ends.append(np.full(T, n + T - 1))
             n += T
     t = lambda xs, dt=None: torch.from_numpy(np.concatenate(xs)) if dt is None else torch.from_numpy(np.concatenate(xs).astype(dt))
     return dict(images=t(imgs) if images else None, qpos=t(qpos), action=t(act), stage=t(stage), keyframe=t(key),
                 ep_id=t(ep_id, np.int64), end=t(ends, np.int64), texts=texts,
-                ep_tasks=ep_tasks, cameras=cams,
+                ep_tasks=ep_tasks, ep_seeds=seeds, cameras=cams,
                 meta=dict(fps=ref["fps"], robot=ref.get("robot", ""), action_names=ref["action_names"],
                           qpos_names=ref["qpos_names"], gripper_indices=gi, gripper_convention=ref["gripper_convention"],
                           arms=ref.get("arms", []), cameras=cams, image_size=[H, W], tasks=tasks,
@@ -151,6 +152,8 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, cfg: Model
         out["ground_matrix"] = xy[..., None] * torch.eye(2, device=device).expand(B, 2, 2)
         out["ground_offset"] = torch.zeros(B, 2, device=device)
     e = D["ep_id"][idx]
+    if lang[0].dim() == 3:  # train.py --phrasings grammar: (E, N, L), one of its episode's N phrasings per sample
+        e = (e, torch.randint(0, lang[0].shape[1], (B,), generator=g))
     return dict(**seen, lang_ids=to(lang[0][e]), lang_mask=to(lang[1][e]),
                 state=norm.state(with_velocity(qpos, qprev)), actions=norm.action(actions), action_valid=to(valid),
                 stage=stage, keyframe=norm.action(keyframe), gripper_qpos=qpos[:, D["meta"]["gripper_indices"]], **out)

@@ -28,7 +28,7 @@ import numpy as np
 
 import data
 import segment
-from world import sim
+from world import sim, words
 import world
 from data import opt
 from stats import wilson  # Wilson 95% interval (shared with eval_real.py)
@@ -255,10 +255,17 @@ def own_words(text: str, task: str, seeds: list) -> list:
     """--instruction for each seed, its {fields} filled from that seed's layout (the objects it names)."""
     fields = [sim.instruction_fields(sim.TASKS[task].layout(s)) for s in seeds]
     try:
-        return [text.format(**f) for f in fields]
+        texts = [text.format(**f) for f in fields]
     except (KeyError, IndexError, ValueError) as err:
         raise ValueError(f"--instruction {text!r}: {task}'s layouts fill {{{'}, {'.join(fields[0]) or 'nothing'}}} "
                          f"(not {err})") from None
+    # an object that is not there gets this answer, not a reach for whatever the policy makes of the words
+    if absent := {s: a for s, t in zip(seeds, texts) if (a := words.absent_colors(t, task, s))}:
+        s, a = next(iter(absent.items()))
+        raise ValueError(f"--instruction {text!r} asks for a {' and '.join(a)} object, which is not on the table in "
+                         f"{len(absent)} of {len(seeds)} {task} layouts (first: seed {s}); name the layout's own "
+                         f"objects with {{{'}, {'.join(fields[0]) or 'nothing'}}}")
+    return texts
 
 
 def shuffled_instructions(task: str, seeds: list, seed: int) -> list:

@@ -89,6 +89,8 @@ class Options:
                          "positions and joints alike: a demonstration of a layout the data does not hold")
     velocity: bool = opt(False, "the state also holds each joint's change over the last control step (qpos[t] - "
                          "qpos[t-1]; obs['prev_qpos'] at inference)")
+    phrasings: str = opt("templates", "each sample's instruction: 'templates', its episode's own; 'grammar', one of "
+                         "world.words' ways of asking for the same objects, drawn anew per sample")
     batch_size: int = opt(32, "samples per step")
     lr: float = opt(3e-4, "peak learning rate (from scratch; pi0 fine-tunes at 2.5e-5)")
     warmup: int = opt(500, "linear warm-up steps (capped at 10%% of --steps), then cosine")
@@ -117,6 +119,7 @@ class Options:
                   (not self.symmetry or self.grounded_only, "--symmetry needs --grounded-only (the images are not "
                    "transformed, so the policy may see only the positions)"),
                   (self.shift >= 0, "--shift must be >= 0"),
+                  (self.phrasings in ("templates", "grammar"), "--phrasings must be 'templates' or 'grammar'"),
                   (self.log_every > 0 and self.save_every > 0, "--log-every and --save-every must be > 0"),
                   (0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1)")]
         for ok, msg in checks:
@@ -193,6 +196,19 @@ def language(tok: Tokenizer, texts, length: int):
     ids, mask = tok(texts, length)
     n = max(1, int(mask.sum(1).max()))
     return ids[:, :n], mask[:, :n]
+
+
+def grammar_language(tok: Tokenizer, D: dict, length: int):
+    """--phrasings grammar: (ids, mask) (E, N, L), every episode's N ways of asking (world.words), the objects of
+    its layout (task, seed) filled in; an episode's list repeats to the longest one's N."""
+    from world import words
+    if None in D["ep_seeds"] or any(t not in words.GRAMMAR for t in D["ep_tasks"]):
+        raise data.DataError(f"--phrasings grammar needs episodes of the simulated tasks with their layout seeds "
+                             f"(these have tasks {sorted(set(D['ep_tasks']))})")
+    lists = [words.of_layout(t, s) for t, s in zip(D["ep_tasks"], D["ep_seeds"])]
+    n = max(map(len, lists))
+    ids, mask = language(tok, [p[j % len(p)] for p in lists for j in range(n)], length)  # (E*N, L)
+    return ids.unflatten(0, (len(lists), n)), mask.unflatten(0, (len(lists), n))
 
 
 def ema_pairs_of(ema, model) -> tuple:
@@ -352,8 +368,10 @@ def build(opts: Options) -> dict:
     D["meta"]["tasks"] = {**(src["meta"].get("tasks", {}) if src else {}), **D["meta"]["tasks"]}
     model = new_model(cfg, opts.seed).to(device)
     load_weights(model, opts, src, resume, grounding)
-    if cached:
+    if cached:  # from each episode's own instruction, whatever --phrasings
         D["ground"] = dataset.grounded_positions(model, D, opts.data, lang, device)
+    if opts.phrasings == "grammar":
+        lang = grammar_language(tok, D, cfg.lang_len)                                 # (E, N, L) ids, mask
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = make_optimizer(model, opts)
     step = 0

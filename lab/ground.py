@@ -47,6 +47,7 @@ import torch.nn as nn  # noqa: E402
 
 import data  # noqa: E402
 import world  # noqa: E402
+from world import words  # noqa: E402
 from data import git_revision, opt  # noqa: E402
 from model import PRESETS, VISION_PREFIXES, VLA, ModelConfig, Tokenizer, images_to_input, train_tokenizer  # noqa: E402
 from dataset import random_shift  # noqa: E402
@@ -84,6 +85,8 @@ class Options:
                          "weights, head and tokenizer (a curriculum: ground at reset first, then with --expert-frac "
                          "> 0); of another task of the same scene, its weights only (a new head and tokenizer; "
                          "words both tokenizers know keep their embeddings). Same --preset, --keypoints")
+    phrasings: str = opt("templates", "the instruction of each layout: 'templates', the task's own phrasings; "
+                         "'grammar', one of world.words' many ways of asking for the same objects")
     seed: int = opt(0, "seeds weights, batch order and augmentation (layout seeds are fixed by the offset)")
     eval_every: int = opt(100, "steps between held-out evaluations (and checkpoints)")
     threads: int = opt(0, "CPU threads for torch (0: half the cores, train.cpu_threads)")
@@ -96,7 +99,8 @@ class Options:
                   (self.keypoints > 0, "--keypoints must be > 0 (grounding trains the keypoint detectors)"),
                   (len(self.image_size) == 2, "--image-size takes two numbers, H W"),
                   (0 <= self.expert_frac <= 1 and self.workers >= 1, "--expert-frac in [0, 1], --workers >= 1"),
-                  (self.eval_every > 0 and self.warmup >= 0 and self.shift >= 0, "bad --eval-every/--warmup/--shift")]
+                  (self.eval_every > 0 and self.warmup >= 0 and self.shift >= 0, "bad --eval-every/--warmup/--shift"),
+                  (self.phrasings in ("templates", "grammar"), "--phrasings must be 'templates' or 'grammar'")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
@@ -191,6 +195,9 @@ def ground(o: Options, command: str = "") -> dict:
                                          o.image_size, o.expert_frac, o.workers, o.expert_steps, o.grasp_natural)
     Xh, Yh, texts_h, _ = render_parallel(o.task, range(HOLDOUT_SEED_OFFSET, HOLDOUT_SEED_OFFSET + o.holdout), cams,
                                          o.image_size, o.expert_frac, o.workers, o.expert_steps, o.grasp_natural)
+    if o.phrasings == "grammar":  # the same layouts, asked for in other words
+        texts = [words.sample(o.task, s) for s in range(GROUND_SEED_OFFSET, GROUND_SEED_OFFSET + o.layouts)]
+        texts_h = [words.sample(o.task, s) for s in range(HOLDOUT_SEED_OFFSET, HOLDOUT_SEED_OFFSET + o.holdout)]
     print(f"rendered {o.layouts} + {o.holdout} layouts of {o.task} ({cams}) in {time.perf_counter() - t0:.0f} s; "
           f"targets: (x, y) of {roles}")
 
