@@ -155,9 +155,9 @@ def bench(policy, n: int, log=print) -> dict:
     """Per-chunk latency of predict_chunk in process and through the server on loopback (a thread of this
     process), interleaved so that both see the same load; one observation of random images per call."""
     rng = np.random.default_rng(0)
+    q = np.zeros(len(policy.qpos_names), np.float32)
     obs = {"images": {c: rng.integers(0, 256, (*policy.image_size, 3), dtype=np.uint8) for c in policy.cameras},
-           "qpos": np.zeros(len(policy.qpos_names), np.float32), "prev_qpos": np.zeros(len(policy.qpos_names), np.float32),
-           "instruction": "pick up the block"}
+           "qpos": q, "prev_qpos": q, "instruction": "pick up the block"}
     server = serve(policy, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     remote = RemotePolicy(f"ws://127.0.0.1:{server.socket.getsockname()[1]}")
@@ -176,8 +176,9 @@ def bench(policy, n: int, log=print) -> dict:
         remote.close()
         server.shutdown()
     p = lambda x, q: float(np.percentile(x, q))
-    r = {"chunks": n, "device": str(policy.device), "in_process_p50_ms": p(local_ms, 50), "in_process_p99_ms": p(local_ms, 99),
-         "remote_p50_ms": p(remote_ms, 50), "remote_p99_ms": p(remote_ms, 99), "request_bytes": len(packb({"batch": [obs]}))}
+    r = {"chunks": n, "device": str(policy.device), "request_bytes": len(packb({"batch": [obs]})),
+         "in_process_p50_ms": p(local_ms, 50), "in_process_p99_ms": p(local_ms, 99),
+         "remote_p50_ms": p(remote_ms, 50), "remote_p99_ms": p(remote_ms, 99)}
     log(f"{n} chunks (batch 1, {len(policy.cameras)} camera(s) {tuple(policy.image_size)}, device {r['device']}, "
         f"request {r['request_bytes'] / 1000:.1f} kB):")
     for name in ("in_process", "remote"):

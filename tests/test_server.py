@@ -94,6 +94,14 @@ def serving(policy):
         t.join(10)
 
 
+@contextlib.contextmanager
+def refused_url():
+    """ws://127.0.0.1:PORT where nothing listens: the port is bound, not listening, so connecting is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield f"ws://127.0.0.1:{s.getsockname()[1]}"
+
+
 @pytest.fixture(scope="module")
 def bimanual():
     return tiny_policy(data.make_meta(["lift_block"], ["top"], [32, 32]), velocity=True)
@@ -127,7 +135,8 @@ def test_metadata_on_connect_then_the_in_process_chunk_and_timings(bimanual):
         want = in_process(bimanual, [obs], 5)[0][0]
         for r in replies:
             assert r["actions"].dtype == np.float32 and np.array_equal(r["actions"], want)
-            assert r["policy_timing"]["infer_ms"] > 0 and r["server_timing"]["infer_ms"] >= r["policy_timing"]["infer_ms"]
+            timing = r["policy_timing"]["infer_ms"]
+            assert timing > 0 and r["server_timing"]["infer_ms"] >= timing
         assert "prev_total_ms" not in replies[0]["server_timing"] and replies[1]["server_timing"]["prev_total_ms"] > 0
     with serving(bimanual) as url:                           # RemotePolicy: a batch, its noise continued across calls
         remote = client.RemotePolicy(url)
@@ -169,7 +178,8 @@ def test_droid_keys_map_onto_a_franka_checkpoint(bimanual):
              "observation/joint_position": np.linspace(-1, 1, 7), "observation/gripper_position": np.array([0.25]),
              "prompt": "pick up the cube"}
     ours = server.from_droid(droid, franka)
-    assert ours["images"]["front"] is ext and ours["images"]["wrist"] is wrist and ours["instruction"] == "pick up the cube"
+    assert ours["images"]["front"] is ext and ours["images"]["wrist"] is wrist
+    assert ours["instruction"] == "pick up the cube"
     assert np.allclose(ours["qpos"], [*np.linspace(-1, 1, 7), 0.75]) and ours["qpos"].dtype == np.float32
     with serving(franka) as url, connect(url) as ws:
         ws.recv()
@@ -188,13 +198,14 @@ def test_eval_real_remote_seeds_the_servers_noise_with_its_seed():
     franka = tiny_policy(twin.make_meta(["franka_pick_place"], ["front", "wrist"], [32, 32]))
     obs = obs_of(franka, 2)
     with serving(franka) as url:
-        remote = eval_real.load_policy(eval_real.parse_options(["--remote", url, "--seed", "3", "--noise-scale", "0.5"]))
+        o = eval_real.parse_options(["--remote", url, "--seed", "3", "--noise-scale", "0.5"])
+        remote = eval_real.load_policy(o)
         got = [remote.predict_chunk([obs]) for _ in range(2)]
         remote.close()
     franka.noise_scale = 0.5
     assert all(np.array_equal(g, w) for g, w in zip(got, in_process(franka, [obs], 3, calls=2)))
-    with pytest.raises(eval_real.RobotError, match="no policy server at"):
-        eval_real.load_policy(eval_real.parse_options(["--remote", f"ws://127.0.0.1:{free_port()}"]))
+    with refused_url() as url, pytest.raises(eval_real.RobotError, match="no policy server at"):
+        eval_real.load_policy(eval_real.parse_options(["--remote", url]))
 
 
 # ----------------------------------------------------------------------------- eval_sim.py through the server
@@ -210,17 +221,12 @@ def test_eval_sim_through_the_server_gives_the_in_process_outcomes(tmp_path, bim
     assert json.dumps(a) == json.dumps(b)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_bad_input_is_one_line(tmp_path, capsys, bimanual):
+def test_bad_input_is_one_line_and_the_bench_runs(tmp_path, capsys, bimanual):
     assert server.main([str(tmp_path / "none.pt")]) == 2
-    assert capsys.readouterr().err.strip() == f"interop/server.py: error: {tmp_path / 'none.pt'}: no such checkpoint file"
-    with pytest.raises(SystemExit) as e:
-        eval_sim.main(["--remote", f"ws://127.0.0.1:{free_port()}", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert err == f"interop/server.py: error: {tmp_path / 'none.pt'}: no such checkpoint file"
+    with refused_url() as url, pytest.raises(SystemExit) as e:
+        eval_sim.main(["--remote", url, "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err.startswith("error: no policy server at ws://127.0.0.1:") and "\n" not in err
     ckpt = save_ckpt(bimanual, tmp_path / "ckpt.pt")
