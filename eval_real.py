@@ -5,6 +5,7 @@
   franky-sim -s mujoco &                                                          # no robot: the protocol twin
   python eval_real.py --ckpt CKPT --ip 127.0.0.1 --realtime ignore --camera none --instruction "..."
   python eval_real.py --ckpt CKPT --robot mujoco --task franka_pick_place --episodes 50   # the MuJoCo twin
+  python eval_real.py --remote ws://GPU-BOX:8000 ...   # the policy served there (python -m interop.server CKPT)
 
 Demonstrations are recorded with robot/record.py (`python robot/record.py --robot franky|mujoco ...`). The hardware this loop
 drives (the franky backend, the gripper worker, cameras) is in robot/hardware.py. Installation, the safety checklist
@@ -103,6 +104,8 @@ from stats import wilson  # noqa: F401  (Wilson score 95% interval, shared with 
 @dataclass
 class Options:
     ckpt: str = opt("", "checkpoint to run (model.py Policy.load)")
+    remote: str = opt("", "ws://HOST:PORT: the policy served there (python -m interop.server CKPT), in place of --ckpt; "
+                          "its noise is seeded by --seed")
     instruction: str = opt("", "language instruction given to the policy (--robot mujoco: default the layout's)")
     task: str = opt("real", "task name stored in the episode and trials.csv (--robot mujoco: a twin task)")
     robot: str = opt("franky", "robot backend", choices=["franky", "mujoco"])
@@ -498,6 +501,16 @@ def ask_label(ask) -> str:
 # ----------------------------------------------------------------------------- a session on the arm
 
 def load_policy(o: Options):
+    if o.remote:                                         # a GPU box serves, this loop stays here (docs/serving.md)
+        from interop.client import RemotePolicy
+        if o.ckpt:
+            raise RobotError("--ckpt and --remote each name the policy: give one")
+        try:
+            policy = RemotePolicy(o.remote, seed=o.seed)
+        except ConnectionError as e:
+            raise RobotError(str(e)) from None
+        policy.noise_scale = o.noise_scale
+        return policy
     if not o.ckpt or not Path(o.ckpt).is_file():
         raise RobotError(f"--ckpt: no checkpoint at '{o.ckpt}'")
     import torch

@@ -1,6 +1,7 @@
 """Closed-loop evaluation in the MuJoCo scenes, with failure attribution.
 
   python eval_sim.py --ckpt RUN/ckpt.pt --task lift_block --episodes 100 --out DIR [--video 2] [--workers 2]
+  python eval_sim.py --remote ws://HOST:8000 ...      # the policy served by `python -m interop.server RUN/ckpt.pt`
 
 Comparisons, the StaKe probe, the open-loop check and the benchmark (formerly eval_sim.py compare / probe /
 openloop / bench): lab/diagnostics.py.
@@ -37,6 +38,7 @@ from stats import wilson  # Wilson 95% interval (shared with eval_real.py)
 @dataclass
 class EvalConfig:
     ckpt: str = opt("", "checkpoint written by train.py (RUN/ckpt.pt)")
+    remote: str = opt("", "ws://HOST:PORT: the policy served there (python -m interop.server CKPT), in place of --ckpt")
     task: list = opt([], "task name(s); default: the tasks the checkpoint was trained on")
     episodes: int = opt(20, "evaluation episodes per task")
     out: str = opt("outputs/eval", "folder for results.json and videos")
@@ -130,7 +132,9 @@ def rollout_batch(policy, task: str, seeds: list, cfg: EvalConfig, instructions=
     done = [False] * len(seeds)
     chunk = None
     noise = {}
-    if hasattr(policy, "device"):  # the flow's noise is seeded by the batch's first seed: reruns repeat exactly
+    if hasattr(policy, "seed_noise"):  # remote: the server draws it from Generator().manual_seed(seeds[0])
+        policy.seed_noise(int(seeds[0]))
+    elif hasattr(policy, "device"):  # the flow's noise is seeded by the batch's first seed: reruns repeat exactly
         import torch
         noise = {"generator": torch.Generator().manual_seed(int(seeds[0]))}
     for t in range(limit):
@@ -202,15 +206,27 @@ def _worker(args):
     cfg, task, seeds, instructions, record_video = args
     import torch
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(cfg.workers, 1)))
-    if (cfg.ckpt, cfg.device) not in _worker_policy:  # a worker serves one evaluate() call: load once
-        from model import Policy
+    if (cfg.ckpt, cfg.remote, cfg.device) not in _worker_policy:  # a worker serves one evaluate() call: load once
         _worker_policy.clear()
-        _worker_policy[cfg.ckpt, cfg.device] = Policy.load(cfg.ckpt, device=cfg.device)
-    policy = with_eval_options(_worker_policy[cfg.ckpt, cfg.device], cfg)
+        _worker_policy[cfg.ckpt, cfg.remote, cfg.device] = load_policy(cfg)
+    policy = with_eval_options(_worker_policy[cfg.ckpt, cfg.remote, cfg.device], cfg)
     return rollout_batch(policy, task, seeds, cfg, instructions, record_video)
 
 
 _worker_policy = {}
+
+
+def load_policy(cfg: EvalConfig):
+    """cfg.ckpt's Policy in this process, or the one served at cfg.remote (interop/client.py RemotePolicy)."""
+    if cfg.remote and cfg.ckpt:
+        raise ValueError("--ckpt and --remote each name the policy: give one")
+    if cfg.remote:
+        from interop.client import RemotePolicy
+        return RemotePolicy(cfg.remote)
+    from model import Policy
+    if not Path(cfg.ckpt).is_file():
+        raise ValueError(f"--ckpt {cfg.ckpt}: no such checkpoint file")
+    return Policy.load(cfg.ckpt, device=cfg.device)
 
 
 def with_eval_options(policy, cfg: EvalConfig):
@@ -221,16 +237,13 @@ def with_eval_options(policy, cfg: EvalConfig):
 
 def evaluate(cfg: EvalConfig, command: str | None = None) -> dict:
     """Evaluate cfg.ckpt on each task; writes OUT/results.json. `command` (default: this process's argv) is recorded."""
-    from model import Policy
-    if not Path(cfg.ckpt).is_file():
-        raise ValueError(f"--ckpt {cfg.ckpt}: no such checkpoint file")
-    policy = with_eval_options(Policy.load(cfg.ckpt, device=cfg.device), cfg)
+    policy = with_eval_options(load_policy(cfg), cfg)
     trained = list(policy.meta.get("tasks", {}))
     tasks = cfg.task or trained  # default: the tasks it was trained on
     if not tasks:
         raise ValueError("no --task given and the checkpoint names no tasks")
     if unseen := [t for t in tasks if t not in trained]:
-        raise ValueError(f"--task {' '.join(unseen)}: {cfg.ckpt} was trained on {', '.join(trained) or 'no named task'}")
+        raise ValueError(f"--task {' '.join(unseen)}: {cfg.ckpt or cfg.remote} was trained on {', '.join(trained) or 'no named task'}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"command": command or "python " + " ".join(sys.argv), "git_revision": data.git_revision(),
@@ -346,7 +359,7 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         evaluate(data.parse_options(EvalConfig, argv, "eval_sim.py", __doc__.split("\n\n")[0]))
-    except (ValueError, data.DataError) as e:
+    except (ValueError, data.DataError, ConnectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("world", "robot", "lab")
+PACKAGES = ("world", "robot", "lab", "interop")
 
 # module -> project modules it must never import (directly, or through a function body)
 WORLD = ("world.sim", "world.twin", "robot.franka", "world", "world.experts")
@@ -34,14 +34,16 @@ FORBIDDEN = {
     "dataset": ("train", "lab.ground", "eval_sim", "eval_real", "robot.record", "lab.ablation", "world.sim",
                 "world.twin", "world.experts"),
     "train": ("eval_sim", "eval_real", "robot.record", "lab.ablation", "world.sim", "world.twin", "world.experts"),
-    "eval_sim": ("eval_real", "robot.record", "lab.ablation"),
-    "eval_real": ("robot.record", "lab.ablation"),
+    "eval_sim": ("eval_real", "robot.record", "lab.ablation", "interop.server"),  # interop.client only
+    "eval_real": ("robot.record", "lab.ablation", "interop.server"),
     # the real arm's drivers know the Franka facts only: no policy, no simulator
     "robot.hardware": tuple(m for m in ABOVE_WORLD + WORLD + ("data", "dataset", "segment", "stats", "lab.recipe")
                             if m not in ("robot.franka", "robot.hardware")),
 }
 # module -> the only project modules it may import (the leaves, as today)
-ONLY = {"robot.franka": (), "segment": ("plots",), "stats": (), "plots": ()}
+ONLY = {"robot.franka": (), "segment": ("plots",), "stats": (), "plots": (),
+        "interop.client": (),  # numpy, msgpack, websockets: a robot PC runs it without torch
+        "interop.server": ("model", "data", "interop.client")}  # the policy and parse_options; no world, eval, lab
 
 
 def module_files(root: Path = ROOT) -> dict:
@@ -156,6 +158,9 @@ def copy_tree(dst: Path, module: str = "", added: str = "") -> None:
     ("robot.hardware", "from world import twin\n"),      # the drivers know the Franka facts only
     ("robot.franka", "import stats\n"),                  # a leaf
     ("stats", "    import data\n"),
+    ("interop.client", "    import model\n"),          # the remote policy's client needs no project module
+    ("interop.server", "from world import sim\n"),
+    ("eval_sim", "    from interop import server\n"),  # evaluation knows the client only
 ])
 def test_the_check_fails_on_an_added_import(tmp_path, module, line):
     base = graph()
