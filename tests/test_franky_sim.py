@@ -173,6 +173,9 @@ def test_rollout_against_franky_sim(sim_ip, tmp_path):
     assert width < 0.01
     rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
     assert [(r["label"], r["rate"]) for r in rows] == [("success", "1.000")]
+    # polled every step: franky's robot_mode (Move / Idle here) and control_command_success_rate (franky-sim: 1.0
+    # while a motion runs), by the names franky 2.0.0 gives them
+    assert res[0]["command_success_min"] == 1.0 and rows[0]["command_success_mean"] == "1.000"
     print(f"rollout of 30 steps at 10 Hz + homing: {wall:.1f} s wall, {res[0]['overruns']} late steps")
 
 
