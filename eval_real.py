@@ -45,8 +45,11 @@ Safety layers, all on by default, each with a flag:
     reaches the box (cut, not clipped: clipping would need IK and bend the policy's path), the arm stops there
     and the rollout ends 'workspace'; a measured pose 10 mm outside stops it at once; contact reflex thresholds
     (--collision-torque, --collision-force) set at connect and logged;
-  * a failed motion (a reflex, or franky's planner failure: a plain RuntimeError) ends the rollout as 'error'
-    with the arm stopped; the next one starts once the operator confirms;
+  * every step, before the gripper gate, the running motion, the robot mode and the hand are polled: a failed
+    motion (a reflex, or franky's planner failure: a plain RuntimeError), a mode other than Idle / Move (the user
+    stop, even pressed and released while the arm stood still) or a failed gripper command ends the rollout as
+    'error' with the arm stopped; the next one starts once the operator confirms. franky's
+    control_command_success_rate is kept per step and its min / mean per rollout go to trials.csv;
   * camera frames older than --max-frame-age (0.1 s) stop the rollout; step times and frame ages are saved;
   * NaN / inf anywhere in a chunk (gripper included) stop the rollout; the gripper is binarised with hysteresis + a cooldown of at least one
     full stroke, and commanded only on change; Ctrl-C is deferred to the end of the current step (a second one
@@ -200,7 +203,6 @@ def make_backend(o: Options, log=print):
     return FrankyBackend(o.ip, o.arm, o.dynamics, o.realtime, o.gripper_speed, o.gripper_force,
                          recover=not o.dry_run, joint_margin=o.joint_margin, log=log,
                          collision=(list(o.collision_torque), list(o.collision_force)))
-
 
 
 # ----------------------------------------------------------------------------- the control loop
@@ -439,7 +441,6 @@ def go_home(backend, clock=time.monotonic, sleep=time.sleep, interrupted=None, t
 
 
 # ----------------------------------------------------------------------------- recording and trials
-
 
 
 def save_rollout(out: Path, policy, o: Options, rec: dict, fps: float, log=print) -> Path:
