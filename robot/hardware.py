@@ -285,6 +285,8 @@ class FrankyBackend:
 
     def begin(self):
         self.goal = None
+        for failed in self.hand.failures():              # a command the last rollout sent, failed after its end
+            self.log(f"{failed} (after the last rollout ended)")
         clear_errors(self.robot, self.f, self.log)
 
     def read_state(self):
