@@ -46,8 +46,11 @@ Safety layers, all on by default, each with a flag:
     reaches the box (cut, not clipped: clipping would need IK and bend the policy's path), the arm stops there
     and the rollout ends 'workspace'; a measured pose 10 mm outside stops it at once; contact reflex thresholds
     (--collision-torque, --collision-force) set at connect and logged;
-  * a failed motion (a reflex, or franky's planner failure: a plain RuntimeError) ends the rollout as 'error'
-    with the arm stopped; the next one starts once the operator confirms;
+  * every step, before the gripper gate, the running motion, the robot mode and the hand are polled: a failed
+    motion (a reflex, or franky's planner failure: a plain RuntimeError), a mode other than Idle / Move (the user
+    stop, even pressed and released while the arm stood still) or a failed gripper command ends the rollout as
+    'error' with the arm stopped; the next one starts once the operator confirms. franky's
+    control_command_success_rate is kept per step and its min / mean per rollout go to trials.csv;
   * camera frames older than --max-frame-age (0.1 s) stop the rollout; step times and frame ages are saved;
   * NaN / inf anywhere in a chunk (gripper included) stop the rollout; the gripper is binarised with hysteresis + a cooldown of at least one
     full stroke, and commanded only on change; Ctrl-C is deferred to the end of the current step (a second one
@@ -80,6 +83,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -204,7 +208,6 @@ def make_backend(o: Options, log=print):
                          collision=(list(o.collision_torque), list(o.collision_force)))
 
 
-
 # ----------------------------------------------------------------------------- the control loop
 
 def safe_targets(raw, q_measured, lo, hi, max_step) -> np.ndarray:
@@ -292,6 +295,7 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
     black = {c: np.zeros(hw + (3,), np.uint8) for c in policy.cameras}
     # a new gripper command only once the last one can have finished a full stroke (1.6 s at 0.05 m/s)
     cooldown = max(o.gripper_cooldown, getattr(backend, "gripper_stroke_s", 0.0))
+    check = getattr(backend, "check", lambda: math.nan)  # franky: the motion, the robot mode, the hand; every step
     policy.reset()
     rec.setdefault("overruns", 0)
     starts = []                                          # s, when each step began (its state was read)
@@ -316,6 +320,7 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                     return "done"
                 starts.append(clock())
                 q, width = backend.read_state()
+                success = check()                        # a failure ends the rollout here, before the gripper gate
                 bad = ws.violation(q, WORKSPACE_TOL) if ws is not None else None
                 if bad is not None:
                     log(f"workspace guard: the measured {bad[0]} is at {_fmt(bad[1])} m, {bad[2] * 1000:.0f} mm "
@@ -329,6 +334,7 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
                 # twin renders them; record_images=False is for its evaluation rollouts that save no video)
                 images = {c: resize(cam.read(), hw) for c, cam in cameras.items()} if query or record_images else {}
                 rec.setdefault("step_t", []).append(starts[-1] - starts[0])   # s since the first step
+                rec.setdefault("command_success", []).append(success)         # franky's rate; nan: no motion ran
                 for c in images:                         # s, each frame's age when read (nan: not a timed camera)
                     rec.setdefault("frame_age", {}).setdefault(c, []).append(getattr(cameras[c], "last_age", math.nan))
                 qpos = np.append(q, width).astype(np.float32)
@@ -391,6 +397,10 @@ def run_episode(policy, backend, cameras, o: Options, rec: dict, clock=time.mono
 WORKSPACE_TOL = 0.01  # m the measured end effector may pass the box before the rollout stops (tracking error)
 
 
+def _num(x: float) -> str:
+    return f"{x:.3f}" if math.isfinite(x) else ""
+
+
 def _fmt(a) -> str:
     return np.array2string(np.asarray(a, float), precision=3, suppress_small=True)
 
@@ -436,7 +446,6 @@ def go_home(backend, clock=time.monotonic, sleep=time.sleep, interrupted=None, t
 # ----------------------------------------------------------------------------- recording and trials
 
 
-
 def save_rollout(out: Path, policy, o: Options, rec: dict, fps: float, log=print) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     cams = sorted(rec["images"])
@@ -455,7 +464,9 @@ def save_rollout(out: Path, policy, o: Options, rec: dict, fps: float, log=print
     images = {c: np.stack(v) for c, v in rec["images"].items()}
     data.save_episode(path, {"images": images, "qpos": np.stack(rec["qpos"]), "action": np.stack(rec["action"]),
                              "instruction": rec["instruction"], "task": o.task, "seed": o.seed})
-    timing = {"step_t": rec.get("step_t", []), "frame_age": rec.get("frame_age", {})}   # s, per step
+    finite = lambda v: [x if math.isfinite(x) else None for x in v]   # JSON has no NaN: null
+    timing = {"step_t": rec.get("step_t", []), "frame_age": {c: finite(v) for c, v in rec.get("frame_age", {}).items()},
+              "command_success": finite(rec.get("command_success", []))}   # s, s, franky's rate; per step
     data.atomic_write_bytes(path.with_suffix(".timing.json"), lambda f: f.write(json.dumps(timing).encode()))
     if images:
         try:
@@ -467,12 +478,26 @@ def save_rollout(out: Path, policy, o: Options, rec: dict, fps: float, log=print
 
 
 TRIAL_COLUMNS = ["time", "ckpt", "task", "instruction", "label", "steps", "successes_so_far", "trials_so_far",
-                 "rate", "wilson_low", "wilson_high", "episode"]
+                 "rate", "wilson_low", "wilson_high", "episode", "command_success_min", "command_success_mean"]
+
+
+def command_success(rec: dict) -> tuple:
+    """(min, mean) of franky's control_command_success_rate over the steps a motion ran; nan where none did."""
+    v = np.asarray(rec.get("command_success", []), float)
+    v = v[np.isfinite(v)]
+    return (float(v.min()), float(v.mean())) if len(v) else (math.nan, math.nan)
 
 
 def append_trial(csv_path: Path, row: dict) -> dict:
-    """Append a row; the counts cover rows with the same ckpt and task labelled success or fail."""
+    """Append a row; the counts cover rows with the same ckpt and task labelled success or fail. A file with
+    older columns is rewritten first (atomically) with the new ones empty in its rows."""
     rows = list(csv.DictReader(csv_path.open())) if csv_path.exists() else []
+    if rows and list(rows[0]) != TRIAL_COLUMNS:
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, TRIAL_COLUMNS, restval="", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        data.atomic_write_bytes(csv_path, lambda f: f.write(buf.getvalue().encode()))
     same = [r for r in rows + [row] if r["ckpt"] == row["ckpt"] and r["task"] == row["task"]
             and r["label"] in ("success", "fail")]
     k, n = sum(r["label"] == "success" for r in same), len(same)
@@ -552,9 +577,12 @@ def run(o: Options, policy=None, backend=None, cameras=None, clock=time.monotoni
                 ended = run_episode(policy, backend, cameras, o, rec, clock, sleep, log)
             except BaseException as e:                   # saved and logged below, then re-raised
                 error, ended = e, "error"
-            rate = rec.get("rate_hz", 0.0)
+            rate, (cs_min, cs_mean) = rec.get("rate_hz", 0.0), command_success(rec)
             log(f"rollout ended ({ended}) after {len(rec['action'])} steps at {rate:.2f} Hz (target {fps:g}), "
-                f"{rec.get('overruns', 0)} late")
+                f"{rec.get('overruns', 0)} late" + (f"; control command success rate min {cs_min:.3f}, mean "
+                                                    f"{cs_mean:.3f}" if math.isfinite(cs_min) else ""))
+            if cs_min < 0.95:
+                log("WARNING: the robot missed commands (network jitter: a direct cable, a PREEMPT_RT kernel)")
             if rate and rate < 0.95 * fps:
                 log(f"WARNING: the loop held {rate:.2f} Hz, {100 * (1 - rate / fps):.0f}% below {fps:g} Hz: each step "
                     "was longer than the policy was trained on (slow inference or camera? --n-action-steps)")
@@ -567,17 +595,19 @@ def run(o: Options, policy=None, backend=None, cameras=None, clock=time.monotoni
                 label = "dry-run" if o.dry_run else o.label or ask_label(ask)
             row = append_trial(out / "trials.csv", {
                 "time": time.strftime("%Y-%m-%d %H:%M:%S"), "ckpt": o.ckpt, "task": o.task, "instruction": instruction,
-                "label": label, "steps": len(rec["action"]), "episode": path.name if path else ""})
+                "label": label, "steps": len(rec["action"]), "episode": path.name if path else "",
+                "command_success_min": _num(cs_min), "command_success_mean": _num(cs_mean)})
             log(f"{label}: {row['successes_so_far']}/{row['trials_so_far']} so far, 95% Wilson interval "
                 f"[{row['wilson_low']}, {row['wilson_high']}]" + (f"; saved {path}" if path else ""))
             results.append({"episode": path, "label": label, "ended": ended, "steps": len(rec["action"]),
                             "overruns": rec.get("overruns", 0), "rate_hz": rate,
+                            "command_success_min": cs_min, "command_success_mean": cs_mean,
                             "error": f"{type(error).__name__}: {error}" if error is not None else ""})
-            if isinstance(error, MotionError):           # a reflex or a planner failure: the arm is stopped
+            if isinstance(error, MotionError):           # a failed motion, a user stop, a reflex: the arm is stopped
                 log(f"rollout {ep + 1} ended with an error, the arm is stopped: {error}")
                 if ep + 1 < o.episodes:                  # asked even with --label / --yes: a person looks first
-                    ask("After the error: check the arm and the scene (Desk), reset the scene, then press Enter "
-                        "for the next rollout (Ctrl-C ends the session) ")
+                    ask("After the error: release the user stop if pressed, check the arm and the scene (Desk), reset "
+                        "the scene, then press Enter for the next rollout (Ctrl-C ends the session) ")
                 continue
             if error is not None:
                 raise error

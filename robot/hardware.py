@@ -21,7 +21,7 @@ from robot.franka import ARMS, GRIPPER_MAX_WIDTH, Arm
 FCI_PORT = 1337           # libfranka's TCP command port (the gripper uses 1338)
 FRANKY_HINT = ("pip install -r robot/requirements.txt (or: pip install franky-control; for a robot server other "
                "than version 10, franky's wheel index for it: robot/README.md)")
-STALE_WIDTH_S = 1.0       # s; a gripper width older than this is reported (the hand does not answer)
+STALE_WIDTH_S = 1.0       # s; a gripper width older than this is reported, and reads failing this long end the reader
 
 
 class RobotError(RuntimeError):
@@ -29,8 +29,13 @@ class RobotError(RuntimeError):
 
 
 class MotionError(RobotError):
-    """A motion the robot or franky's planner refused or aborted (a reflex, 'Motion planner failed ...'): the
-    arm is stopped; the session goes on with the next rollout once the operator confirms."""
+    """A motion the robot or franky's planner refused or aborted (a reflex, 'Motion planner failed ...'), the
+    robot leaving the modes it moves in (the user stop, a reflex, guiding), or a gripper command that failed:
+    the arm is stopped; the session goes on with the next rollout once the operator confirms."""
+
+
+# franky's RobotMode names (libfranka's) where the robot itself holds the arm: nothing to stop, nothing moves
+HELD_BY_ROBOT = {"Reflex": "a contact reflex", "UserStopped": "the user stop"}
 
 
 def motion_errors(f) -> tuple:
@@ -72,14 +77,17 @@ class GripperWorker:
     """The Franka Hand off the control thread. One thread keeps reading the width (latest() returns the newest
     value and its age, never waiting); another runs the newest requested command with franky's blocking calls.
     A request made while a command runs replaces any request still waiting: only the latest intent is sent, and
-    request() itself never blocks. The width is read at most every `period` s (franky-sim answers in about 1 ms).
-    Commands use franky's blocking calls on the worker's own thread: their futures need no keeping."""
+    request() itself never blocks. The width is read at most every `period` s (franky-sim answers in about 1 ms);
+    a failed read is retried until the last good one is `stale_s` old, then latest() raises. Commands use
+    franky's blocking calls on the worker's own thread (their futures need no keeping); one that fails is
+    logged and kept for the loop (failures())."""
 
-    def __init__(self, gripper, speed=0.05, force=20.0, log=print, period=0.02):
+    def __init__(self, gripper, speed=0.05, force=20.0, log=print, period=0.02, stale_s=STALE_WIDTH_S):
         self.gripper, self.speed, self.force, self.log, self.period = gripper, speed, force, log, period
         self.cond = threading.Condition()                # guards everything below; never held across a gripper call
         self.width, self.t_width = float(gripper.width), time.monotonic()   # m, s: the first read, at connect
-        self.pending, self.busy, self.running, self.error = None, False, True, None
+        self.pending, self.busy, self.running, self.error, self.stale_s = None, False, True, None, stale_s
+        self.failed = []                                 # messages of commands that failed, until failures() takes them
         self.threads = [threading.Thread(target=fn, daemon=True, name=name)  # daemon: a hung call cannot block exit
                         for fn, name in ((self._read, "gripper-width"), (self._command, "gripper-command"))]
         for t in self.threads:
@@ -90,11 +98,14 @@ class GripperWorker:
             t0 = time.monotonic()
             try:
                 w = float(self.gripper.width)            # about 100 ms on a real hand
-            except Exception as e:
-                self.error = e
-                return
-            with self.cond:
-                self.width, self.t_width = w, time.monotonic()
+            except Exception as e:                       # retried until the width is stale_s old
+                if time.monotonic() - self.t_width > self.stale_s:
+                    self.error = e
+                    return
+                w = None
+            if w is not None:
+                with self.cond:
+                    self.width, self.t_width = w, time.monotonic()
             time.sleep(max(0.0, self.period - (time.monotonic() - t0)))
 
     def _command(self):
@@ -110,18 +121,27 @@ class GripperWorker:
                     ok = self.gripper.grasp(0.0, self.speed, self.force, epsilon_inner=1.0, epsilon_outer=1.0)
                 else:
                     ok = self.gripper.open(self.speed)
-                if not ok:
-                    self.log(f"gripper {'close' if closed else 'open'}: the hand reports failure")
+                why = None if ok else "the hand reports failure"
             except Exception as e:
-                self.log(f"gripper {'close' if closed else 'open'} failed: {type(e).__name__}: {e}")
+                why = f"{type(e).__name__}: {e}"
             with self.cond:
+                if why is not None:
+                    self.failed.append(f"gripper {'close' if closed else 'open'} failed: {why}")
+                    self.log(self.failed[-1])
                 self.busy = False
                 self.cond.notify_all()
+
+    def failures(self) -> list:
+        """The commands that failed since the last call (messages), without waiting."""
+        with self.cond:
+            out, self.failed = self.failed, []
+        return out
 
     def latest(self) -> tuple:
         """(width in m, its age in s), without waiting."""
         if self.error is not None:
-            raise RobotError(f"the gripper width cannot be read: {type(self.error).__name__}: {self.error}")
+            raise RobotError(f"the gripper width could not be read for {self.stale_s:g} s: {type(self.error).__name__}: "
+                             f"{self.error}")
         with self.cond:
             return self.width, time.monotonic() - self.t_width
 
@@ -229,7 +249,8 @@ def waypoint_velocities(targets, q_from, v_from, dt, v_max, a_brake, lo, hi) -> 
 
 class FrankyBackend:
     """FR3 / Panda through franky. The backend interface: read_state, send_chunk, set_gripper, stop, close, and
-    optionally begin (before a rollout), motion_finished (homing) and gripper_stroke_s (the gate's cooldown)."""
+    optionally begin (before a rollout), check (every control step), motion_finished (homing) and
+    gripper_stroke_s (the gate's cooldown)."""
 
     def __init__(self, ip, arm="fr3", dynamics=0.2, realtime="enforce", gripper_speed=0.05, gripper_force=20.0,
                  recover=True, joint_margin=0.05, log=print, collision=None):
@@ -264,6 +285,8 @@ class FrankyBackend:
 
     def begin(self):
         self.goal = None
+        for failed in self.hand.failures():              # a command the last rollout sent, failed after its end
+            self.log(f"{failed} (after the last rollout ended)")
         clear_errors(self.robot, self.f, self.log)
 
     def read_state(self):
@@ -303,11 +326,41 @@ class FrankyBackend:
         try:
             return bool(self.robot.poll_motion())
         except motion_errors(self.f) as e:
-            raise MotionError(f"the motion failed: {type(e).__name__}: {e} (see Desk; the next rollout recovers)") from None
+            mode = self.mode()
+            raise MotionError(f"the motion failed: {type(e).__name__}: {e} (robot mode {mode}; see Desk; the next "
+                              "rollout recovers)") from None
+
+    def mode(self) -> str:
+        """franky's RobotState.robot_mode by name (Idle, Move, Reflex, UserStopped, Guiding, ...); '?' unread."""
+        try:
+            return self.robot.state.robot_mode.name
+        except Exception:                                # the state could not be read (connection lost)
+            return "?"
+
+    def check(self) -> float:
+        """Every control step, without waiting: a motion that failed (motion_finished), a robot mode other than
+        Idle or Move (a reflex, the user stop, even pressed and released while the arm stood still; guiding)
+        and a gripper command that failed each raise MotionError. Returns franky's control_command_success_rate
+        while a motion runs (the share of the last 100 commands the robot received; 0 with no motion), else nan."""
+        self.motion_finished()
+        s = self.robot.state
+        mode = s.robot_mode.name
+        if mode not in ("Idle", "Move"):
+            why = HELD_BY_ROBOT.get(mode, "not a mode the arm moves in: a guiding button, Desk?")
+            raise MotionError(f"the robot is in mode {mode} ({why}); the arm is stopped. Release what stopped it and "
+                              "check the arm in Desk; the next rollout recovers")
+        failed = self.hand.failures()
+        if failed:
+            raise MotionError("; ".join(failed) + " (the hand did not do what was commanded)")
+        return float(s.control_command_success_rate) if mode == "Move" else math.nan
 
     def stop(self):
-        """Bring the arm to rest; never raises (it runs in `finally`), but says loudly when it fails."""
+        """Bring the arm to rest; never raises (it runs in `finally`), but says loudly when it fails. In Reflex or
+        UserStopped mode the robot holds the arm itself and refuses motions and franky's stop() alike: said so,
+        nothing sent (the next rollout's begin() recovers)."""
         self.goal = None
+        if self._held():
+            return
         try:
             self.robot.move(self.f.JointStopMotion(), asynchronous=True)
             if self.robot.join_motion(timeout=5.0):
@@ -318,12 +371,20 @@ class FrankyBackend:
         try:
             self.robot.stop()
         except BaseException as e:
-            self.log(f"WARNING: could not stop the robot ({type(e).__name__}: {e}); use the user stop")
+            if not self._held():                         # a reflex during the stop also holds the arm
+                self.log(f"WARNING: could not stop the robot ({type(e).__name__}: {e}); use the user stop")
             return
         try:                                             # the hard stop leaves an error pending for the next move
             clear_errors(self.robot, self.f, self.log)
         except BaseException as e:
             self.log(f"WARNING: after the hard stop: {e}")
+
+    def _held(self) -> bool:
+        """Whether the robot holds the arm itself (HELD_BY_ROBOT); says so."""
+        mode = self.mode()
+        if mode in HELD_BY_ROBOT:
+            self.log(f"stop: the arm is already stopped by {HELD_BY_ROBOT[mode]} (robot mode {mode}); nothing sent")
+        return mode in HELD_BY_ROBOT
 
     def close(self):
         self.hand.close()

@@ -17,8 +17,9 @@ be where the hand had the arm at t+1. One observation more than steps is read; t
 The rate is held by deadlines, as in eval_real.py, with reads that never wait: the gripper's width comes from
 hardware.GripperWorker's thread (a real Franka Hand takes about 100 ms per read) and its commands go through
 it, the cameras' frames from their capture threads. Each episode's rate is measured from the reads' times; an
-episode more than 5% off --fps is not saved, and meta.json's `measured_fps` is the lowest rate of the episodes
-in the folder (its `fps` the rate claimed).
+episode more than 5% off --fps, or with one step interval longer than 1.5 control periods (a stall the mean rate
+hides), or with a gripper command the hand did not carry out, is not saved, saying why. meta.json's
+`measured_fps` is the lowest rate of the episodes in the folder (its `fps` the rate claimed).
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ from robot import hardware as hw  # noqa: E402
 def record_episode(arm, cameras: dict, fps: float, max_steps: int, clock=time.monotonic, sleep=time.sleep,
                    image_size=None) -> dict:
     """Read arm + cameras at `fps` until arm.finished() or max_steps; returns {'images', 'qpos', 'action',
-    'overruns', 'rate_hz'} (rate_hz: the rate held, from the reads' start times on `clock`).
+    'overruns', 'rate_hz', 'max_step_s'} (the rate held and the longest interval between two reads, from the
+    reads' start times on `clock`).
 
     arm: read_state() -> (q (7,), width in [0, 1]); gripper_command() -> 1 open / 0 closed; finished() -> bool.
     """
@@ -70,7 +72,7 @@ def record_episode(arm, cameras: dict, fps: float, max_steps: int, clock=time.mo
     return {"images": {c: np.stack([r[2][c] for r in reads[:T]]) for c in cameras},
             "qpos": np.stack([np.r_[r[0], r[1]] for r in reads[:T]]).astype(np.float32),
             "action": np.stack([np.r_[reads[t + 1][0], reads[t][3]] for t in range(T)]).astype(np.float32),
-            "overruns": overruns, "rate_hz": er.measured_rate(starts)}
+            "overruns": overruns, "rate_hz": er.measured_rate(starts), "max_step_s": float(np.diff(starts).max())}
 
 
 # ----------------------------------------------------------------------------- the twin: the expert's hand
@@ -184,6 +186,12 @@ class FrankyGuide:
     def finished(self):
         return self.done
 
+    def gripper_failures(self) -> list:
+        """The gripper commands of the episode that failed, once the last one has ended (bounded wait)."""
+        if not self.hand.wait_idle(2 * hw.GRIPPER_MAX_WIDTH / self.hand.speed):
+            return ["the last gripper command had not ended two strokes after the episode"]
+        return self.hand.failures()
+
     def close(self):
         self.hand.close()
         self.robot = self.hand = None
@@ -202,19 +210,27 @@ def prepare_out(out: Path, task: str, cameras, image_size, fps) -> None:
         if bad:
             raise hw.RobotError(f"{out}/meta.json differs in {bad}; use another --out for this set-up")
         meta["tasks"] = {**old["tasks"], **meta["tasks"]}
+        if "measured_fps" in old:                        # the lowest rate of the episodes already there
+            meta["measured_fps"] = old["measured_fps"]
     data.save_meta(out, meta)
 
 
 RATE_TOLERANCE = 0.05  # an episode held more than 5% off --fps is not saved: its steps are not the claimed ones
+MAX_STEP_PERIODS = 1.5  # nor one with a step longer than this many periods (a 1 s stall in 60 s passes the mean)
 
 
-def rate_held(ep: dict, fps: float, log=print) -> bool:
-    """Whether the episode was recorded at the rate claimed (within RATE_TOLERANCE); says why not."""
-    ok = abs(ep["rate_hz"] - fps) <= RATE_TOLERANCE * fps
-    if not ok:
+def timing_held(ep: dict, fps: float, log=print) -> bool:
+    """Whether the episode was recorded at the rate claimed (within RATE_TOLERANCE) with no step longer than
+    MAX_STEP_PERIODS periods; says in one line why not."""
+    if abs(ep["rate_hz"] - fps) > RATE_TOLERANCE * fps:
         log(f"held {ep['rate_hz']:.2f} Hz, not the {fps:g} Hz claimed ({ep['overruns']} late steps: a slow camera or "
             "a loaded CPU?): not saved")
-    return ok
+        return False
+    if ep["max_step_s"] > MAX_STEP_PERIODS / fps:
+        log(f"one step took {ep['max_step_s']:.3f} s, over {MAX_STEP_PERIODS:g} periods of {fps:g} Hz (a stall: camera, "
+            "CPU?): not saved")
+        return False
+    return True
 
 
 def note_rate(out: Path, rate: float) -> None:
@@ -317,7 +333,11 @@ def record_franky(a, log=print, keys=None, guide=None, cameras=None, clock=time.
                 guide.start()
                 ep = record_episode(guide, cams, a.fps, a.max_steps, clock, sleep, image_size=tuple(a.image_size))
                 log(f"recorded {len(ep['action'])} steps at {ep['rate_hz']:.2f} Hz ({ep['overruns']} late)")
-                if not rate_held(ep, a.fps, log) or (not a.yes and not keep(keys, log, sleep)):
+                failed = guide.gripper_failures()
+                if failed:
+                    log(f"{failed[0]} ({len(failed)} failed): the episode's gripper commands are not what the hand "
+                        "did: not saved")
+                if failed or not timing_held(ep, a.fps, log) or (not a.yes and not keep(keys, log, sleep)):
                     continue
                 path = save(out, ep, a.instruction, a.task, i)
                 saved.append(path)

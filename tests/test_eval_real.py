@@ -3,6 +3,7 @@
 Also the fast failures: nothing listening at the robot address, franky / camera libraries missing.
 """
 import csv
+import enum
 import os
 import signal
 import sys
@@ -513,15 +514,22 @@ class Limit:
         self.value = np.array(value, float)
 
 
+RobotMode = enum.Enum("RobotMode", "Other Idle Move Guiding Reflex UserStopped AutomaticErrorRecovery")  # franky's
+NOT_POSSIBLE = "libfranka: {} command rejected: command not possible in the current mode ({})!"   # libfranka 0.21.2
+
+
 class FakeRobot:
     """franky's Robot: the arm reaches a motion's last waypoint at once. `stop()` leaves 'Move command preempted'
     pending for the next move / join_motion, as franky 2.0.0 does (checked in franky-sim); `stuck_stop` makes
-    the JointStopMotion time out (so the backend falls back to the hard stop); `reflex` fails every motion."""
+    the JointStopMotion time out (so the backend falls back to the hard stop); `reflex` fails every motion and
+    puts the robot in Reflex mode. In Reflex or UserStopped mode libfranka rejects a move and a stop. `mode`,
+    `command_rate` (control_command_success_rate) and `on_poll(robot)` (called at each poll and state read)
+    let a test script the robot."""
 
     def __init__(self, ip, realtime_config=None):
         self.q, self.has_errors, self.recover_ok, self.recovered = er.READY.copy(), False, True, 0
         self.pending, self.moves, self.stuck_stop, self.reflex, self.running = None, [], False, None, False
-        self.planner_fail_at = None
+        self.planner_fail_at, self.mode, self.command_rate, self.on_poll = None, RobotMode.Idle, 1.0, None
         panda = er.ARMS["panda"]                         # franky 2.0.0's defaults on any robot
         self.joint_velocity_limit, self.joint_acceleration_limit = Limit(panda.dq_max), Limit(panda.ddq_max)
         self.joint_jerk_limit, self.relative_dynamics_factor = Limit(panda.dddq_max), 1.0
@@ -532,7 +540,10 @@ class FakeRobot:
 
     @property
     def state(self):
-        return types.SimpleNamespace(q_d=self.q.copy(), dq_d=np.zeros(7))
+        if self.on_poll:
+            self.on_poll(self)
+        return types.SimpleNamespace(q_d=self.q.copy(), dq_d=np.zeros(7), robot_mode=self.mode,
+                                     control_command_success_rate=self.command_rate)
 
     def _raise_pending(self):
         if self.pending is not None:
@@ -541,13 +552,17 @@ class FakeRobot:
 
     def move(self, motion, asynchronous=False):
         self._raise_pending()
+        if self.mode.name in ("Reflex", "UserStopped"):
+            self.pending = FrankyError(NOT_POSSIBLE.format("Move", self.mode.name))
+            return
         self.moves.append(motion)
         if self.planner_fail_at is not None and len(self.moves) == self.planner_fail_at:
             self.pending = RuntimeError("Motion planner failed with error code -111")   # franky: not franky.Exception
             return
         self.running = motion == "stop" and self.stuck_stop
         if self.reflex:
-            self.pending, self.running = FrankyError(self.reflex), False
+            self.pending, self.running, self.mode = FrankyError(self.reflex), False, RobotMode.Reflex
+            self.has_errors = True
         elif motion != "stop":
             self.q = np.array(motion[-1][0][0], float)   # [(JointState(q, v), ms), ...]
 
@@ -558,14 +573,20 @@ class FakeRobot:
         return True
 
     def poll_motion(self):
+        if self.on_poll:
+            self.on_poll(self)
         return self.join_motion(0)
 
     def stop(self):
+        if self.mode.name in ("Reflex", "UserStopped"):
+            raise FrankyError(NOT_POSSIBLE.format("Stop Move", self.mode.name))
         self.running, self.pending = False, FrankyError("libfranka: Move command preempted!")
 
     def recover_from_errors(self):
         self.recovered += 1
         self.has_errors = not self.recover_ok
+        if self.recover_ok and self.mode == RobotMode.Reflex:
+            self.mode = RobotMode.Idle
         return self.recover_ok
 
     def set_collision_behavior(self, torque, force):
@@ -673,9 +694,9 @@ def test_record_guiding_holds_20hz_with_a_slow_hand(monkeypatch, tmp_path):
 
 def test_recording_off_its_rate_is_not_saved(tmp_path):
     lines = []
-    ep = {"rate_hz": 17.0, "overruns": 30}
-    assert not record.rate_held(ep, 20.0, lines.append) and "not saved" in lines[0]
-    assert record.rate_held({"rate_hz": 19.5, "overruns": 1}, 20.0, lines.append)
+    ep = {"rate_hz": 17.0, "overruns": 30, "max_step_s": 0.05}
+    assert not record.timing_held(ep, 20.0, lines.append) and "not saved" in lines[0]
+    assert record.timing_held({"rate_hz": 19.5, "overruns": 1, "max_step_s": 0.07}, 20.0, lines.append)
 
 
 def test_a_rollout_after_a_hard_stop_starts_cleanly(monkeypatch, tmp_path):

@@ -173,6 +173,9 @@ def test_rollout_against_franky_sim(sim_ip, tmp_path):
     assert width < 0.01
     rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
     assert [(r["label"], r["rate"]) for r in rows] == [("success", "1.000")]
+    # polled every step: franky's robot_mode (Move / Idle here) and control_command_success_rate (franky-sim: 1.0
+    # while a motion runs), by the names franky 2.0.0 gives them
+    assert res[0]["command_success_min"] == 1.0 and rows[0]["command_success_mean"] == "1.000"
     print(f"rollout of 30 steps at 10 Hz + homing: {wall:.1f} s wall, {res[0]['overruns']} late steps")
 
 
@@ -420,6 +423,9 @@ def test_planner_failure_is_survived_against_franky_sim(sim_ip, tmp_path):
     res = er.run(o, policy=WavePolicy(), backend=backend, ask=lambda p: prompts.append(p) or "", log=print)
     print([(r["label"], r["ended"], r["steps"], r["error"]) for r in res])
     assert res[0]["label"] == "error" and "Motion planner failed" in res[0]["error"]
+    # seen by the per-step poll right after chunk 2 was sent at step 5 (6 steps recorded), not at chunk 3's send
+    # (step 10); one step more allowed for franky's control thread to start the motion
+    assert res[0]["steps"] <= 7
     assert res[1]["label"] == "success" and res[1]["steps"] == 30
     assert len(prompts) == 1
     q0, q1, dq, _ = robot_state(sim_ip)
