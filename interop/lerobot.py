@@ -197,14 +197,8 @@ def export(o: ExportOptions) -> dict:
                             ("timestamp", pa.float32())] + [(k, pa.int64()) for k in DEFAULT_FEATURES[1:]])
         (tmp / "data/chunk-000").mkdir(parents=True)
         writer = pq.ParquetWriter(tmp / DATA_PATH.format(chunk_index=0, file_index=0), schema)
-        videos = {}
-        for k in keys:
-            path = tmp / VIDEO_PATH.format(video_key=k, chunk_index=0, file_index=0)
-            path.parent.mkdir(parents=True)
-            box = av.open(str(path), "w")
-            st = box.add_stream("h264", rate=int(fps), options={"g": str(o.gop), "crf": str(o.crf)})
-            st.pix_fmt, st.width, st.height = o.pix_fmt, W, H
-            videos[k] = (box, st)
+        videos = {k: open_video(tmp / VIDEO_PATH.format(video_key=k, chunk_index=0, file_index=0), int(fps), H, W, o)
+                  for k in keys}
         tasks, rows, ep_stats, stake_eps, n = {}, [], [], [], 0
         for e, p in enumerate(paths):
             ep = data.load_episode(p)
@@ -246,19 +240,11 @@ def export(o: ExportOptions) -> dict:
         pq.write_table(pa.Table.from_pylist(rows), _mkdir(tmp / "meta/episodes/chunk-000") / "file-000.parquet")
         pq.write_table(tasks_table(list(tasks)), tmp / "meta/tasks.parquet")
         _write_json(tmp / "meta/stats.json", {k: aggregate([s[k] for s in ep_stats]) for k in ep_stats[0]})
-        features = {STATE: dict(dtype="float32", shape=[Dq], names=list(meta["qpos_names"])),
-                    ACTION: dict(dtype="float32", shape=[A], names=list(meta["action_names"]))}
-        for k in keys:
-            features[k] = dict(dtype="video", shape=[H, W, 3], names=["height", "width", "channels"], info={
-                "video.height": H, "video.width": W, "video.codec": "h264", "video.pix_fmt": o.pix_fmt,
-                "video.is_depth_map": False, "video.fps": int(fps), "video.channels": 3, "has_audio": False})
-        features["timestamp"] = dict(dtype="float32", shape=[1], names=None)
-        features |= {k: dict(dtype="int64", shape=[1], names=None) for k in DEFAULT_FEATURES[1:]}
         info = dict(codebase_version="v3.0", robot_type=o.robot_type or meta.get("robot") or None,
                     total_episodes=len(paths), total_frames=n, total_tasks=len(tasks), chunks_size=1000,
                     data_files_size_in_mb=100, video_files_size_in_mb=200, fps=int(fps),
                     splits={"train": f"0:{len(paths)}"}, data_path=DATA_PATH, video_path=VIDEO_PATH if keys else None,
-                    features=features)
+                    features=features_of(meta, keys, int(fps), o.pix_fmt))
         _write_json(tmp / "meta/info.json", info)
         _write_json(tmp / "meta/stake.json", {"meta": meta, "episodes": stake_eps})
         _finish(tmp, dst)
@@ -266,6 +252,28 @@ def export(o: ExportOptions) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
+
+
+def open_video(path: Path, fps: int, H: int, W: int, o: ExportOptions) -> tuple:
+    """(container, stream) of a new h264 mp4, encoded as lerobot-dataset encodes (its options g and crf)."""
+    path.parent.mkdir(parents=True)
+    box = av.open(str(path), "w")
+    st = box.add_stream("h264", rate=fps, options={"g": str(o.gop), "crf": str(o.crf)})
+    st.pix_fmt, st.width, st.height = o.pix_fmt, W, H
+    return box, st
+
+
+def features_of(meta: dict, keys: list, fps: int, pix_fmt: str) -> dict:
+    """info.json's features: the state, the action, one video per camera, and LeRobot's five default columns."""
+    (H, W), out = meta["image_size"], {
+        STATE: dict(dtype="float32", shape=[len(meta["qpos_names"])], names=list(meta["qpos_names"])),
+        ACTION: dict(dtype="float32", shape=[len(meta["action_names"])], names=list(meta["action_names"]))}
+    for k in keys:
+        out[k] = dict(dtype="video", shape=[H, W, 3], names=["height", "width", "channels"], info={
+            "video.height": H, "video.width": W, "video.codec": "h264", "video.pix_fmt": pix_fmt,
+            "video.is_depth_map": False, "video.fps": fps, "video.channels": 3, "has_audio": False})
+    out["timestamp"] = dict(dtype="float32", shape=[1], names=None)
+    return out | {k: dict(dtype="int64", shape=[1], names=None) for k in DEFAULT_FEATURES[1:]}
 
 
 def _mkdir(path: Path) -> Path:

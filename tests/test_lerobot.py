@@ -77,6 +77,15 @@ def test_round_trip_is_exact_on_numbers_and_within_codec_tolerance_on_video(ours
             assert mean < MEAN_TOL and p99 < P99_TOL, (cam, mean, p99)
 
 
+def test_yuv444p_at_crf_0_is_within_2_grey_levels(ours, tmp_path):
+    """No chroma subsampling, lossless h264: only the RGB <-> YUV rounding is left (measured: at most 1)."""
+    assert lerobot.main(["export", str(ours), str(tmp_path / "lr"), "--pix-fmt", "yuv444p", "--crf", "0"]) == 0
+    assert lerobot.main(["import", str(tmp_path / "lr"), str(tmp_path / "back")]) == 0
+    for p in data.episode_paths(ours):
+        a, b = data.load_episode(p)["images"], data.load_episode(tmp_path / "back" / p.name)["images"]
+        assert all(np.abs(a[c].astype(np.int16) - b[c]).max() <= 2 for c in a)
+
+
 def test_export_writes_the_v3_layout(ours, exported):
     import pyarrow.parquet as pq
     for f in ("meta/info.json", "meta/stats.json", "meta/tasks.parquet", "meta/episodes/chunk-000/file-000.parquet",
