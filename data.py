@@ -1,7 +1,8 @@
 """Demonstrations: the episode format, loading, and the `data.py` CLI.
 
 Episode format (one folder per dataset):
-  DIR/meta.json               fps, dimension names, gripper indices and convention, cameras, image size, tasks
+  DIR/meta.json               fps, dimension names, gripper indices and convention, cameras, image size, tasks;
+                              optionally "segment": segment.py's settings for this data (segment.settings)
   DIR/episode_000000.npz      images/<camera> (T,H,W,3) uint8, qpos (T,D) float32, action (T,A) float32,
                               instruction (str), task (str), seed (int)
 The format is generic in dimensions: meta.json names every qpos / action dimension, so a single-arm
