@@ -1,7 +1,8 @@
 """Demonstrations: the episode format, loading, and the `data.py` CLI.
 
 Episode format (one folder per dataset):
-  DIR/meta.json               fps, dimension names, gripper indices and convention, cameras, image size, tasks
+  DIR/meta.json               fps, dimension names, gripper indices and convention, cameras, image size, tasks;
+                              optionally "segment": segment.py's settings for this data (segment.settings)
   DIR/episode_000000.npz      images/<camera> (T,H,W,3) uint8, qpos (T,D) float32, action (T,A) float32,
                               instruction (str), task (str), seed (int)
 The format is generic in dimensions: meta.json names every qpos / action dimension, so a single-arm
@@ -367,9 +368,10 @@ def show(folder, episode, out) -> Path:
 
 # ----------------------------------------------------------------------------- command-line options (every entry point)
 
-def opt(default, help: str, required: bool = False, choices=None):
-    """A field of an entry point's options dataclass: its default and the help of its --flag (CleanRL style)."""
-    meta = {"help": help, "required": required, "choices": choices}
+def opt(default, help: str, required: bool = False, choices=None, positional: bool = False):
+    """A field of an entry point's options dataclass: its default and the help of its --flag (CleanRL style);
+    positional: a required argument by position (SRC DST) instead of a flag."""
+    meta = {"help": help, "required": required, "choices": choices, "positional": positional}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -378,14 +380,17 @@ def opt(default, help: str, required: bool = False, choices=None):
 def parse_options(cls, argv=None, prog=None, description=None, defaults=None):
     """The options dataclass `cls` from --kebab-case flags, one per field: bools are switches (--x, or --x /
     --no-x where the default is on), lists take one or more values of their default's element type. `defaults`
-    (name -> value) replaces fields' defaults (a named preset). The dataclass checks itself in __post_init__."""
+    (name -> value) replaces fields' defaults (a named preset); fields made with opt(..., positional=True) are
+    taken by position, in field order. The dataclass checks itself in __post_init__."""
     import argparse
     p = argparse.ArgumentParser(prog=prog, description=description)
     for f in dataclasses.fields(cls):
         d = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         d = (defaults or {}).get(f.name, d)
         flag, h, req = "--" + f.name.replace("_", "-"), f.metadata.get("help", ""), f.metadata.get("required", False)
-        if isinstance(d, bool):
+        if f.metadata.get("positional"):
+            p.add_argument(f.name, type=type(d), help=h)
+        elif isinstance(d, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction if d else "store_true", default=d, help=h)
         elif isinstance(d, list):
             p.add_argument(flag, nargs="*", type=type(d[0]) if d else str, default=d, required=req, help=h)

@@ -30,9 +30,10 @@ def load_folders(folders, cameras=None, stage_label="per-arm", images=True):
     metas = [data.load_meta(f) for f in folders]
     ref = metas[0]
     for f, m in zip(folders, metas):
-        for key in ("action_names", "qpos_names", "gripper_indices", "fps", "image_size", "gripper_convention"):
-            if m[key] != ref[key]:
-                raise data.DataError(f"{f}/meta.json: '{key}' = {m[key]} differs from {folders[0]}: {ref[key]} "
+        for key in ("action_names", "qpos_names", "gripper_indices", "fps", "image_size", "gripper_convention",
+                    "segment"):
+            if m.get(key) != ref.get(key):
+                raise data.DataError(f"{f}/meta.json: '{key}' = {m.get(key)} differs from {folders[0]}: {ref.get(key)} "
                                      f"(mixed formats cannot train one policy)")
         if not data.episode_paths(f):
             raise data.DataError(f"{f}: no episode_*.npz files")
@@ -43,7 +44,11 @@ def load_folders(folders, cameras=None, stage_label="per-arm", images=True):
     for f, m in zip(folders, metas):
         if missing := [c for c in cams if c not in m["cameras"]]:
             raise data.DataError(f"{f}/meta.json: no camera(s) {missing} (has {m['cameras']})")
-    high = segment.open_is_high(ref["gripper_convention"])
+    try:  # which gripper channel, levels and thresholds: meta's "segment" (an import's), else 0/1 commands
+        signal, seg_kw = segment.settings(ref)
+        segment.segment(np.zeros((1, len(gi))), **seg_kw)  # bad settings fail here, naming the setting
+    except ValueError as e:
+        raise data.DataError(f"{folders[0]}/meta.json: {e}") from None
     H, W = ref["image_size"]
     imgs, qpos, act, stage, key, ep_id, ends, texts, ep_tasks, seeds = ([] for _ in range(10))
     tasks = {}
@@ -59,7 +64,7 @@ def load_folders(folders, cameras=None, stage_label="per-arm", images=True):
             for c in cams:
                 if c not in ep["images"] or ep["images"][c].shape[1:3] != (H, W):
                     raise data.DataError(f"{p}: needs images/{c} of size {H}x{W} (meta.json image_size)")
-            seg = segment.segment(ep["action"][:, gi], open_is_high=high, levels=(0.0, 1.0) if high else (1.0, 0.0))
+            seg = segment.segment(ep[signal][:, gi], **seg_kw)
             s = seg.stage.astype(np.float32)                                  # (T, G) 1 = closed = skill
             stage.append(s.max(1, keepdims=True) if stage_label == "any" else s)
             key.append(segment.keyframe_targets(ep["action"], seg).astype(np.float32))  # (T, A)

@@ -347,6 +347,27 @@ def open_is_high(convention) -> bool:
     return not ("0=open" in s or "1=closed" in s)
 
 
+SETTINGS = ("signal", "levels", "close_below", "open_above", "min_dwell", "level_percentile", "min_contrast",
+            "min_rel_range", "constant_state")
+
+
+def settings(meta: dict) -> tuple:
+    """(signal, `segment` keyword arguments) for an episode folder's meta.json. Its optional "segment" entry
+    (written by `python -m interop.lerobot import`) names the channel ("action" or "qpos") and any of segment's
+    settings: levels (closed, open), or None to estimate them per episode, thresholds, dwell. Without it: this
+    project's recordings, whose commanded channel sits at the levels 0 and 1 of its gripper_convention."""
+    high = open_is_high(meta["gripper_convention"])
+    s = dict(meta.get("segment") or {})
+    if not s:
+        return "action", dict(open_is_high=high, levels=(0.0, 1.0) if high else (1.0, 0.0))
+    if bad := sorted(set(s) - set(SETTINGS)):
+        raise ValueError(f"'segment' has unknown key(s) {bad} (known: {list(SETTINGS)})")
+    signal = s.pop("signal", "action")
+    if signal not in ("action", "qpos"):
+        raise ValueError(f"'segment': signal must be 'action' or 'qpos', got {signal!r}")
+    return signal, dict(open_is_high=high, **s)
+
+
 def _episode_line(name, ep, seg) -> str:
     ev = ", ".join(f"{k}@{t} a{a}" for t, a, k in seg.events) or "none"
     share = " ".join(f"a{g} {seg.stage[:, g].mean():.2f}" for g in range(seg.stage.shape[1]))

@@ -1,1 +1,2 @@
-"""Data and policies in the ecosystem's formats: LeRobot v3 datasets, an openpi-compatible policy server."""
+"""Data and policies that travel: LeRobot v3 datasets in and out, an openpi-compatible policy server
+(optional extras: interop/requirements.txt)."""

@@ -45,6 +45,12 @@ ONLY = {"robot.franka": (), "segment": ("plots",), "stats": (), "plots": (),
         "interop.client": (),  # numpy, msgpack, websockets: a robot PC runs it without torch
         "interop.server": ("model", "data", "interop.client")}  # the policy and parse_options; no world, eval, lab
 
+# interop/lerobot.py (LeRobot datasets in and out): it reads and writes episodes (data, segment, and what lies below
+# train); only interop/ and lab/ import it.
+FORBIDDEN["interop.lerobot"] = ("train", "eval_sim", "eval_real", "robot.record", "robot.hardware", "world.sim",
+                                "world.twin", "world.experts")
+IMPORTED_ONLY_BY = {"interop.lerobot": ("interop", "lab")}  # module -> the packages that may import it
+
 
 def module_files(root: Path = ROOT) -> dict:
     """Project module name -> file: the top-level *.py files and the packages' modules."""
@@ -123,7 +129,8 @@ def forbidden_edges(g: dict) -> list:
             lab = n == "lab" or n.startswith("lab.")
             if (n in FORBIDDEN.get(m, ()) or (m in ONLY and n not in ONLY[m])
                     or (lab and not (m == "lab" or m.startswith("lab.")))  # nothing outside lab/ imports lab
-                    or (in_world(m) and not (in_world(n) or n == "robot.franka"))):  # the world: itself and franka
+                    or (in_world(m) and not (in_world(n) or n == "robot.franka"))  # the world: itself and franka
+                    or (n in IMPORTED_ONLY_BY and m.split(".")[0] not in IMPORTED_ONLY_BY[n])):
                 bad.add(f"{m} -> {n}")
     return sorted(bad)
 
@@ -134,6 +141,7 @@ def test_imports_have_no_circle_and_no_forbidden_edge():
             "lab.recipe", "lab.ablation", "lab.ground", "lab.diagnostics", "model", "train", "eval_sim", "eval_real",
             "segment"} <= set(g)
     assert "world.sim" in g["world"] and "world.sim" in g["world.twin"] and "robot.franka" in g["robot.hardware"]
+    assert {"data", "segment"} <= g["interop.lerobot"]
     assert cycle(g) is None, f"import circle: {' -> '.join(cycle(g))}"
     assert not forbidden_edges(g), f"forbidden imports: {forbidden_edges(g)}"
 
@@ -161,6 +169,8 @@ def copy_tree(dst: Path, module: str = "", added: str = "") -> None:
     ("interop.client", "    import model\n"),          # the remote policy's client needs no project module
     ("interop.server", "from world import sim\n"),
     ("eval_sim", "    from interop import server\n"),  # evaluation knows the client only
+    ("train", "    from interop import lerobot\n"),   # only interop/ and lab/ import interop.lerobot
+    ("interop.lerobot", "import train\n"),
 ])
 def test_the_check_fails_on_an_added_import(tmp_path, module, line):
     base = graph()

@@ -472,6 +472,20 @@ def test_cli_names_the_bad_file(tmp_path):
     assert r.returncode == 2 and "meta.json: missing (is " in r.stderr, r.stderr
 
 
+def test_settings_from_meta():
+    """meta.json's "segment" (an import's, interop/lerobot.py) reaches segment(); without it, our 0/1 commands."""
+    assert S.settings({"gripper_convention": "1 = open, 0 = closed"}) == ("action", dict(open_is_high=True,
+                                                                                         levels=(0.0, 1.0)))
+    assert S.settings({"gripper_convention": "0 = open, 1 = closed"})[1]["levels"] == (1.0, 0.0)
+    sig, kw = S.settings({"gripper_convention": "open is low: larger = more closed, as in 0 = open, 1 = closed",
+                          "segment": {"signal": "qpos", "levels": None, "min_dwell": 2, "close_below": 0.5}})
+    assert (sig, kw) == ("qpos", dict(open_is_high=False, levels=None, min_dwell=2, close_below=0.5))
+    x = 255 * steps((0, 10), (1, 12), (0, 10))  # 255 = closed
+    assert ev(S.segment(x, **kw)) == [(10, 0, "close"), (22, 0, "open")]
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['min_dwel'\]"):
+        S.settings({"gripper_convention": "1 = open", "segment": {"min_dwel": 2}})
+
+
 def test_segment_imports_only_numpy(tmp_path):
     """`import segment` pulls in nothing but numpy; the CLI reads episodes without data.py (and only
     --plot imports plots.py, hence PIL)."""
