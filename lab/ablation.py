@@ -21,23 +21,11 @@ Protocol, per task (a recipe of recipe.py; the tasks whose base success lies in 
          and pooled (diagnostics.compare), the gain against gripper events, failure types, the simulation
          calibrated on the none arms (stats.calibrate) and the primary test's power (stats.power)
 
-Two designs (--design; docs/pixels.md). "frozen" (presets cpu, gpu): the recipe's policy, on the frozen front
-end's object positions, the state in the prefix where the StaKe queries read it. "pixels" (presets pixels-cpu,
-pixels-gpu), the paper's setting: the front end (ground.py, shipped in frontends/) fine-tuned with the policy at
---vision-lr-scale times its rate, its keypoint tokens read from the pixels in the prefix (no --freeze-vision, no
---grounded-only; --symmetry and --object-tokens need those and are dropped), random shifts (--shift 4), and the state
-in the action expert (--state-in expert), so the stage must be read from the cameras. Deviation from the paper,
-whose base is a VLA pretrained on robot data and fine-tuned per task: our pretrained part is the grounding front
-end; the rest of the policy trains per task from its initial weights.
-
-The pilot (--only pilot) comes before the study: per task the study's SS+KS seed 0 policy, evaluated on
-PILOT_EPISODES held-out episodes and probed along PILOT_ROLLOUTS rollouts (diagnostics.probe), against three
-criteria (pilot_criteria), each printed pass / fail and written to OUT/pilot.json: base success in
-PILOT_SUCCESS; the stage head agreeing with the rollout's own gripper stage at >= PILOT_AGREEMENT of the steps;
-and a stage loss not collapsed early: its metrics.jsonl value at the first line at or past STAGE_LOSS_AT of
-training at least STAGE_LOSS_FLOOR (a BCE of 1e-3 is p = 0.999 on the true stage on average). The frozen design's
-recipes fail it where the issue saw the shortcut (lift_block 4.8e-4 and lift_bar 1.6e-4 at step 1500 of 3000;
-handover 5.9e-3 and franka_pick_place 0.043 at 3000 of 6000 pass; at 10% of training all four were above 0.03).
+Two designs (--design; docs/pixels.md): "frozen" (presets cpu, gpu), the recipes' policy on the frozen front end's
+object positions, the state in the prefix where the StaKe queries read it; "pixels" (pixels-cpu, pixels-gpu), the
+paper's setting: the front end fine-tuned from the pixels, the state in the action expert (train_flags). Deviation
+from the paper, whose base is a VLA pretrained on robot data: ours is the grounding front end (ground.py).
+The pilot (--only pilot, lab/pilot.py) comes first: the study's SS+KS seed 0 policies against the issue's criteria.
 
 Each run executes in this process and is recorded in OUT/runs/NAME.json with the stand-alone command that
 reproduces it and the git revision. A recorded run whose output exists is skipped, and so is one whose every
@@ -45,7 +33,8 @@ user is done (a fresh clone has the evaluations but not the checkpoints); a reco
 error; a killed training continues from its checkpoint (train.py --resume). An invocation stops
 starting runs once --budget-min minutes have passed, and stops a training still running then as Ctrl-C does
 (train.py saves its checkpoint at the end of the step; stop_at): the next invocation resumes it, so a long
-training runs in pieces. It writes the report of what is done and prints one line of JSON. Checkpoints go to runs/ablation/PRESET, demonstrations to data/ablation/PRESET (git-ignored).
+training runs in pieces. It writes the report of what is done and prints one line of JSON. Checkpoints go to
+runs/ablation/PRESET, demonstrations to data/ablation/PRESET (git-ignored).
 """
 from __future__ import annotations
 
@@ -66,6 +55,7 @@ if __package__ in (None, ""): sys.path[0] = str(Path(__file__).resolve().parents
 
 import data  # noqa: E402
 from data import opt  # noqa: E402
+from lab import pilot  # noqa: E402
 from lab.recipe import RECIPES, ROOT  # noqa: E402
 
 VARIANTS = ["none", "SS", "KS", "SS+KS"]
@@ -96,9 +86,6 @@ PRESETS = {  # the protocol's numbers; "gpu" is the same protocol with more seed
                         sweep_task="lift_block", episodes=2, demos=2, steps=2, workers=1, device="cpu", budget_min=0.0),
 }
 MIN_PIECE_S = 60          # a training gets at least this long per invocation, whatever is left of the budget
-PILOT_EPISODES, PILOT_ROLLOUTS = 100, 5
-PILOT_SUCCESS, PILOT_AGREEMENT = (0.3, 0.9), 0.9
-STAGE_LOSS_AT, STAGE_LOSS_FLOOR = 0.5, 1e-3
 PRESETS = {k: {**FROZEN, **v} for k, v in PRESETS.items()}
 STAGES = ["data", "train", "eval"]
 
@@ -254,10 +241,10 @@ def eval_job(o: Options, name: str, train: Job, t: str, ev: Path, episodes: int)
 
 def pilot_plan(o: Options, out: Path, runs: Path, dat: Path) -> list:
     """The pilot's runs: per task the study's demonstrations and SS+KS seed 0 training, and an evaluation on
-    PILOT_EPISODES episodes (its own, in OUT/pilot/)."""
+    pilot.EPISODES episodes (its own, in OUT/pilot/)."""
     jobs = [j for j in plan(o, out, runs, dat) if j.stage == "data" or j.name.endswith("__SS+KS_s0")
             and j.stage == "train"]
-    return jobs + [eval_job(o, f"pilot_eval__{t}", j, t, out / "pilot" / t / "eval", PILOT_EPISODES)
+    return jobs + [eval_job(o, f"pilot_eval__{t}", j, t, out / "pilot" / t / "eval", pilot.EPISODES)
                    for t in o.tasks for j in jobs if j.name == f"train__{t}__SS+KS_s0"]
 
 
@@ -560,59 +547,6 @@ def protocol(o: Options) -> dict:
             if k not in ("only", "dry_run", "budget_min", "workers") and not (k in FROZEN and v == FROZEN[k])}
 
 
-# ----------------------------------------------------------------------------- the pilot
-
-def pilot_criteria(success_rate: float, agreement: float, metrics: list, steps: int) -> dict:
-    """The pilot's three criteria (module docstring) from the evaluation's success rate, the probes' stage
-    agreement over all their steps, and the training's metrics.jsonl lines (dicts) of its `steps` steps."""
-    at = next((m for m in metrics if m["step"] >= STAGE_LOSS_AT * steps and "stage_loss" in m), None)
-    lo, hi = PILOT_SUCCESS
-    return {"base_success": dict(value=success_rate, range=[lo, hi], ok=lo <= success_rate <= hi),
-            "stage_agreement": dict(value=agreement, floor=PILOT_AGREEMENT, ok=agreement >= PILOT_AGREEMENT),
-            "stage_loss": dict(step=at and at["step"], value=at and at["stage_loss"], floor=STAGE_LOSS_FLOOR,
-                               ok=at is not None and at["stage_loss"] >= STAGE_LOSS_FLOOR)}
-
-
-def pilot_report(o: Options, jobs: list, out: Path, records: Path) -> dict:
-    """OUT/pilot.json of the finished pilot runs: per task the criteria (probing the checkpoint along
-    PILOT_ROLLOUTS rollouts, each kept in OUT/pilot/TASK/); made again only where the evaluations changed."""
-    from lab.diagnostics import probe
-    path, evals = out / "pilot.json", [j for j in jobs if j.name.startswith("pilot_eval__")]
-    was = json.loads(path.read_text()) if path.is_file() else {}
-    if was.get("inputs") == inputs(evals, records) and was.get("options") == protocol(o):
-        return was
-    tasks = {}
-    for ev in evals:
-        t, train = ev.name.split("__")[1], ev.needs[0]
-        probes = []
-        for s in range(PILOT_ROLLOUTS):  # the first episode of evaluation blocks 0 .. PILOT_ROLLOUTS - 1
-            made = out / "pilot" / t / f"probe_seed{s}.json"   # written after its plot: a killed probe is redone
-            if not made.is_file():
-                cmd = f"python lab/diagnostics.py probe --ckpt {train.output} --task {t} --seed {s} --out {made.with_suffix('.png')}"
-                res = dict(command=cmd) | probe(str(train.output), t, s, str(made.with_suffix(".png")), o.device)
-                data.atomic_write_bytes(made, lambda f: f.write(json.dumps(res, indent=1).encode()))
-            probes.append(json.loads(made.read_text()))
-        agreement = sum(p["stage_agreement"] * p["steps"] for p in probes) / sum(p["steps"] for p in probes)
-        metrics = [json.loads(l) for l in (train.output.parent / "metrics.jsonl").read_text().splitlines() if l.strip()]
-        rate = json.loads(ev.output.read_text())["tasks"][t]["success_rate"]
-        tasks[t] = dict(criteria=pilot_criteria(rate, agreement, metrics, metrics[-1]["step"]), train=train.command,
-                        eval=ev.command, probes=[p["command"] for p in probes], probe_success=[p["success"] for p in probes])
-    res = dict(preset=o.preset, options=protocol(o), git_revision=data.git_revision(), tasks=tasks,
-               all_pass=all(c["ok"] for t in tasks.values() for c in t["criteria"].values()), inputs=inputs(evals, records))
-    data.atomic_write_bytes(path, lambda f: f.write(json.dumps(res, indent=1, default=str).encode()))
-    return res
-
-
-def print_pilot(res: dict) -> None:
-    for t, r in res["tasks"].items():
-        for name, c in r["criteria"].items():
-            need = f"in {c['range']}" if "range" in c else f">= {c['floor']:g}"
-            at = f" at step {c['step']}" if "step" in c else ""
-            value = "none" if c["value"] is None else f"{c['value']:.3g}"
-            print(f"pilot {t}: {name} {value}{at} (needs {need}): {'pass' if c['ok'] else 'FAIL'}")
-    print(f"pilot: {'every criterion passes' if res['all_pass'] else 'a criterion fails: change the recipe (steps, cameras, image size), not the criterion'}")
-
-
 # ----------------------------------------------------------------------------- main
 
 def ablate(o: Options) -> dict:
@@ -646,10 +580,11 @@ def ablate(o: Options) -> dict:
     reported = False
     if o.only == "pilot" and not o.dry_run and all(is_done(j, records, jobs) for j in jobs):
         was = (out / "pilot.json").read_text() if (out / "pilot.json").is_file() else ""
-        res = pilot_report(o, jobs, out, records)
+        res = pilot.report([j for j in jobs if j.name.startswith("pilot_eval__")], out, o.device, dict(
+            preset=o.preset, options=protocol(o), inputs=inputs(jobs, records)))
         reported = (out / "pilot.json").read_text() != was
         skipped += [] if reported else ["pilot"]
-        print_pilot(res)
+        pilot.show(res)
     if o.only in ("", "report") and not o.dry_run:
         was = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
         if (was.get("inputs") == inputs(jobs, records) and was.get("options") == protocol(o)

@@ -1,6 +1,6 @@
 """The paper's setting as a design of lab/ablation.py (docs/pixels.md): the pixels presets' commands, a tiny pixels
 training (front end unfrozen at its own rate, the state in the expert), a training run in pieces across
-invocations, and the pilot's criteria and report on hand-made inputs."""
+invocations, and the pilot's criteria and report (lab/pilot.py) on hand-made inputs."""
 import dataclasses
 import json
 import signal
@@ -14,7 +14,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tests"))
 import train  # noqa: E402  at collection: importing timm/torchvision after a MuJoCo EGL context segfaults
-from lab import ablation  # noqa: E402
+from lab import ablation, pilot  # noqa: E402
 from model import VISION_PREFIXES  # noqa: E402
 
 
@@ -52,10 +52,10 @@ def test_pixels_presets_plan_the_papers_setting(tmp_path):
     j = frozen["train__handover__SS+KS_s0"]
     assert "--freeze-vision" in map(str, j.argv) and flag(j, "--state-in") is None and flag(j, "--shift") == "0"
     # the pilot: the study's SS+KS seed 0 training and an evaluation of its own
-    pilot = ablation.pilot_plan(o, tmp_path / "res", tmp_path / "runs", tmp_path / "data")
-    names = [j.name for j in pilot]
+    pilot_jobs = ablation.pilot_plan(o, tmp_path / "res", tmp_path / "runs", tmp_path / "data")
+    names = [j.name for j in pilot_jobs]
     assert [n for n in names if n.startswith("train")] == [f"train__{t}__SS+KS_s0" for t in o.tasks]
-    assert {flag(j, "--episodes") for j in pilot if j.stage == "eval"} == {str(ablation.PILOT_EPISODES)}
+    assert {flag(j, "--episodes") for j in pilot_jobs if j.stage == "eval"} == {str(pilot.EPISODES)}
 
 
 def test_a_tiny_pixels_training_unfreezes_the_front_end_at_its_rate(tmp_path):
@@ -126,15 +126,16 @@ def lines(*pairs):
 
 
 def test_pilot_criteria():
-    ok = ablation.pilot_criteria(0.55, 0.93, lines((100, 0.3), (500, 0.01), (1000, 0.004)), 1000)
+    ok = pilot.criteria(0.55, 0.93, 4, lines((100, 0.3), (500, 0.01), (1000, 0.004)), 1000)
     assert all(c["ok"] for c in ok.values()) and ok["stage_loss"]["step"] == 500
     for rate in (0.29, 0.91):
-        assert not ablation.pilot_criteria(rate, 0.93, lines((500, 0.01)), 1000)["base_success"]["ok"]
-    assert ablation.pilot_criteria(0.3, 0.9, lines((500, 1e-3)), 1000)["stage_agreement"]["ok"]
-    assert not ablation.pilot_criteria(0.5, 0.89, lines((500, 0.01)), 1000)["stage_agreement"]["ok"]
-    collapsed = ablation.pilot_criteria(0.5, 0.95, lines((100, 0.3), (500, 4.8e-4), (1000, 1e-5)), 1000)["stage_loss"]
+        assert not pilot.criteria(rate, 0.93, 4, lines((500, 0.01)), 1000)["base_success"]["ok"]
+    assert pilot.criteria(0.3, 0.9, 4, lines((500, 1e-3)), 1000)["stage_agreement"]["ok"]
+    assert not pilot.criteria(0.5, 0.89, 4, lines((500, 0.01)), 1000)["stage_agreement"]["ok"]
+    assert not pilot.criteria(0.5, 0.99, 0, lines((500, 0.01)), 1000)["stage_agreement"]["ok"]  # never closed
+    collapsed = pilot.criteria(0.5, 0.95, 4, lines((100, 0.3), (500, 4.8e-4), (1000, 1e-5)), 1000)["stage_loss"]
     assert not collapsed["ok"] and collapsed["value"] == 4.8e-4
-    assert not ablation.pilot_criteria(0.5, 0.95, [{"step": 500, "policy_loss": 1.0}], 1000)["stage_loss"]["ok"]
+    assert not pilot.criteria(0.5, 0.95, 4, [{"step": 500, "policy_loss": 1.0}], 1000)["stage_loss"]["ok"]
 
 
 def test_pilot_report_on_hand_made_runs(tmp_path, monkeypatch, capsys):
@@ -153,15 +154,19 @@ def test_pilot_report_on_hand_made_runs(tmp_path, monkeypatch, capsys):
         (records / f"{j.name}.json").write_text(json.dumps({"config": j.config(), "command": j.command}))
     calls = []
     monkeypatch.setattr("lab.diagnostics.probe", lambda ckpt, t, s, out, device: calls.append(s) or
-                        {"steps": 100, "success": True, "stage_agreement": 0.95 if s else 0.75, "keyframe_l1_mean": 0.1})
+                        {"steps": 100, "success": True, "stage_agreement": 0.95 if s else 0.75, "keyframe_l1_mean": 0.1,
+                         "events": [[40, 0, "close"], [80, 0, "open"]]})
     s = ablation.ablate(dataclasses.replace(o, only="pilot"))
     res = json.loads((tmp_path / "res" / "pilot.json").read_text())
     c = res["tasks"]["lift_block"]["criteria"]
-    assert calls == list(range(ablation.PILOT_ROLLOUTS)) and s["reported"]
+    assert calls == list(range(pilot.ROLLOUTS)) and s["reported"]
     assert c["stage_agreement"]["value"] == pytest.approx((0.75 + 0.95 * 4) / 5) and c["stage_agreement"]["ok"]
     assert c["base_success"]["ok"] and c["stage_loss"]["ok"] and res["all_pass"]
     out = capsys.readouterr().out
     assert "pilot lift_block: base_success 0.6 (needs in [0.3, 0.9]): pass" in out
+    for j in jobs:  # a fresh clone: the records and evaluations, not the git-ignored checkpoints and metrics
+        if j.stage == "train":
+            j.output.unlink(), (j.output.parent / "metrics.jsonl").unlink()
     s = ablation.ablate(dataclasses.replace(o, only="pilot"))  # a second invocation: all done
-    assert len(calls) == ablation.PILOT_ROLLOUTS and not s["reported"]
+    assert len(calls) == pilot.ROLLOUTS and not s["reported"]
     assert "everything selected is done" in capsys.readouterr().out
