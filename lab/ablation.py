@@ -242,8 +242,7 @@ def eval_job(o: Options, name: str, train: Job, t: str, ev: Path, episodes: int)
 def pilot_plan(o: Options, out: Path, runs: Path, dat: Path) -> list:
     """The pilot's runs: per task the study's demonstrations and SS+KS seed 0 training, and an evaluation on
     pilot.EPISODES episodes (its own, in OUT/pilot/)."""
-    jobs = [j for j in plan(o, out, runs, dat) if j.stage == "data" or j.name.endswith("__SS+KS_s0")
-            and j.stage == "train"]
+    jobs = [j for j in plan(o, out, runs, dat) if j.stage == "data" or (j.stage == "train" and j.name.endswith("__SS+KS_s0"))]
     return jobs + [eval_job(o, f"pilot_eval__{t}", j, t, out / "pilot" / t / "eval", pilot.EPISODES)
                    for t in o.tasks for j in jobs if j.name == f"train__{t}__SS+KS_s0"]
 
