@@ -3,10 +3,14 @@ the StaKe stage / keyframe heads, and the `Policy` wrapper shared by simulation 
 
 Token layout and attention (True = row may attend to column):
 
-                 prefix (images, language, state)   StaKe queries      action tokens
-  prefix         bidirectional (lang padding off)   no                 no
-  StaKe queries  yes                                itself only        no
-  action tokens  yes                                no                 bidirectional
+                 prefix (images, language, state)   StaKe queries      [state]       action tokens
+  prefix         bidirectional (lang padding off)   no                 no            no
+  StaKe queries  yes                                itself only        no            no
+  [state]        yes                                no                 itself        no
+  action tokens  yes                                no                 yes           bidirectional
+
+The state token is in the prefix (state_in="prefix", the default) or, as in pi0, first in the action expert's
+suffix ([state], state_in="expert"), where the StaKe queries cannot read it.
 
 The prefix is encoded once by the backbone and its per-layer keys/values are cached. The StaKe queries
 (backbone weights) and the action tokens (action-expert weights) are separate suffix passes that read
@@ -16,8 +20,9 @@ Deviations from pi0 (openpi), on purpose:
   1. Small from-scratch networks instead of PaliGemma: a pre-norm backbone with LayerNorm + GELU MLP (not
      RMSNorm + GeGLU), learned positions (not RoPE), a BPE tokenizer of the dataset's instructions. The images,
      and what replaces VLM pretraining (grounding on rendered layouts, ground.py), are frontend.py's.
-  2. The state token sits in the prefix and is bidirectional with images and language; pi0 puts it first in
-     the suffix, in its own attention block, processed by the expert. Ours lets the StaKe queries read it.
+  2. By default the state token sits in the prefix, bidirectional with images and language, so the StaKe
+     queries read it; state_in="expert" puts it where pi0 does (first in the suffix, its own attention block,
+     the expert's weights), recomputed at each Euler step (pi0 too; its keys could be cached).
   3. Horizon 20 (1 s at 20 Hz; pi0: 50), executing 10 steps per chunk; 96 px images (pi0: 224).
   4. The expert has the backbone's depth (as in pi0) and its own width; its attention runs at the
      backbone's width so the two streams share keys/values per layer (pi0 shares head count and size).
@@ -94,7 +99,8 @@ class ModelConfig:
     lang_len: int = 24                   # language tokens (padded, masked)
     vocab_size: int = 512                # set to the trained tokenizer's real size
     num_steps: int = 10                  # Euler steps at inference
-    use_state: bool = True               # joint state token in the prefix (False: images + language only)
+    use_state: bool = True               # joint state token (False: images + language only)
+    state_in: str = "prefix"             # where it enters: "prefix" or "expert" (pi0: the suffix; StaKe cannot see it)
     n_stage: int = 0                     # StaKe: stage logits (arms, or 1 for --stage-label any); 0 = no stage head
     keyframe_head: bool = False          # StaKe: keyframe head present
 
@@ -112,6 +118,7 @@ class ModelConfig:
             (1 <= self.n_action_steps <= self.horizon, "need 1 <= n_action_steps <= horizon"),
             (self.depth >= 1 and self.num_steps >= 1 and self.lang_len >= 1, "depth, num_steps, lang_len >= 1"),
             (self.n_stage >= 0, "n_stage must be >= 0"),
+            (self.state_in in ("prefix", "expert"), f"state_in must be 'prefix' or 'expert', not '{self.state_in}'"),
         ]
         for ok, msg in checks + check_config(self):  # + the front end's (frontend.py)
             if not ok:
@@ -195,8 +202,8 @@ class VLA(FrontEnd):
         # language and state
         self.lang_emb = nn.Embedding(cfg.vocab_size, W)
         self.lang_pos = nn.Parameter(torch.zeros(cfg.lang_len, W))
-        if cfg.use_state:
-            self.state_proj = nn.Linear(cfg.state_dim, W)
+        if cfg.use_state:  # a token of the prefix (backbone width) or of the expert's suffix (its width)
+            self.state_proj = nn.Linear(cfg.state_dim, W if cfg.state_in == "prefix" else We)
         self.blocks = nn.ModuleList(Block(W, W, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         # action expert (pi0: action + time -> Linear, swish, Linear)
         self.action_in = nn.Linear(A, We)
@@ -247,7 +254,7 @@ class VLA(FrontEnd):
             valid.append(torch.ones(B, x.shape[1], dtype=torch.bool, device=state.device))
         parts.append(lang)
         valid.append(lang_mask.bool())
-        if self.cfg.use_state:
+        if self.cfg.use_state and self.cfg.state_in == "prefix":
             parts.append(self.state_proj(state)[:, None])                   # (B, 1, W)
             valid.append(torch.ones(B, 1, dtype=torch.bool, device=state.device))
         x, valid = torch.cat(parts, 1), torch.cat(valid, 1)                 # (B, P, W), (B, P)
@@ -277,29 +284,40 @@ class VLA(FrontEnd):
         return x
 
     # ---- action expert
-    def velocity(self, cache, valid, x_t, t, mask=None):
-        """x_t (B, H, A) noisy normalised actions, t (B,) -> predicted velocity (B, H, A).
-        Action tokens see the prefix and each other (pi0); `mask` may be passed in to reuse it."""
+    def expert_state(self) -> bool:  # state_in="expert": the suffix starts with the state token
+        return self.cfg.use_state and self.cfg.state_in == "expert"
+
+    def action_mask(self, valid, H: int):
+        """The suffix mask of velocity: action tokens see each other and the state token; it sees itself only."""
+        S = H + self.expert_state()
+        self_mask = torch.ones(S, S, dtype=torch.bool, device=valid.device)  # (S, S)
+        if self.expert_state():
+            self_mask[0, 1:] = False                                         # the state does not read the actions
+        return self.suffix_mask(valid, self_mask)
+
+    def velocity(self, cache, valid, x_t, t, mask=None, state=None):
+        """x_t (B, H, A) noisy normalised actions, t (B,), state (B, D) (read with state_in="expert") -> predicted
+        velocity (B, H, A). Action tokens see the prefix and each other (pi0); `mask` may be passed in to reuse it."""
         H = x_t.shape[1]
         a = self.action_in(x_t)                                              # (B, H, We)
         te = sincos_time(t, a.shape[-1]).to(a.dtype)[:, None].expand(-1, H, -1)
         a = self.time_mlp_out(F.silu(self.time_mlp_in(torch.cat([a, te], -1)))) + self.action_pos[:H]
         if len(cache) > len(self.expert):  # keypoints: their coordinates reach every action token directly
             a = a + self.kp_direct(cache[len(self.expert)])[:, None]
-        if mask is None:
-            mask = self.suffix_mask(valid, torch.ones(H, H, dtype=torch.bool, device=a.device))
-        a = self._suffix(self.expert, a, cache, mask)
-        return self.action_out(self.expert_norm(a))
+        if self.expert_state():  # pi0: the state token first in the suffix
+            a = torch.cat([self.state_proj(state)[:, None], a], 1)           # (B, 1 + H, We)
+        a = self._suffix(self.expert, a, cache, self.action_mask(valid, H) if mask is None else mask)
+        return self.action_out(self.expert_norm(a[:, -H:]))
 
     @torch.no_grad()
     def sample(self, images, lang_ids, lang_mask, state, noise):
         """10 Euler steps from noise at t = 1 to actions at t = 0; the prefix is encoded once."""
         cache, valid = self.encode_prefix(images, lang_ids, lang_mask, state)
         x, dt = noise, -1.0 / self.cfg.num_steps
-        mask = self.suffix_mask(valid, torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device))
+        mask = self.action_mask(valid, x.shape[1])
         for i in range(self.cfg.num_steps):
             t = torch.full((x.shape[0],), 1.0 + i * dt, device=x.device)
-            x = x + dt * self.velocity(cache, valid, x, t, mask)
+            x = x + dt * self.velocity(cache, valid, x, t, mask, state)
         return x
 
     # ---- StaKe
@@ -324,7 +342,7 @@ class VLA(FrontEnd):
         a, tt = batch["actions"], t[:, None, None]
         x_t = tt * noise + (1 - tt) * a                                      # t = 1 noise, t = 0 data
         u = noise - a
-        v = self.velocity(cache, valid, x_t, t)
+        v = self.velocity(cache, valid, x_t, t, state=batch["state"])
         m = batch["action_valid"].to(v.dtype)                                # (B, H): padded steps off
         per_step = ((v.float() - u.float()) ** 2).mean(-1)                   # (B, H)
         out = {"policy_loss": (per_step * m).sum() / m.sum().clamp(min=1)}

@@ -87,6 +87,11 @@ class Options:
     symmetry: bool = opt(False, "with --grounded-only: half the samples see the scene under its symmetry (the suite's "
                          "SYMMETRY: bimanual table turned half a turn, arms exchanged; twin mirrored in y), objects' "
                          "positions and joints alike: a demonstration of a layout the data does not hold")
+    state_in: str = opt("prefix", "where the state token enters: 'prefix' (with images and language; the StaKe queries "
+                        "read it) or 'expert' (pi0: first in the action expert's suffix, hidden from the StaKe heads); "
+                        "--init-from and --resume keep the checkpoint's (model.ModelConfig.state_in)")
+    vision_lr_scale: float = opt(1.0, "the unfrozen front end's (model.VISION_PREFIXES) learning rate as a fraction of "
+                                 "--lr and its schedule (pi0-style: the pretrained part fine-tuned at a smaller rate)")
     velocity: bool = opt(False, "the state also holds each joint's change over the last control step (qpos[t] - "
                          "qpos[t-1]; obs['prev_qpos'] at inference)")
     phrasings: str = opt("templates", "each sample's instruction: 'templates', its episode's own; 'grammar', one of "
@@ -119,6 +124,10 @@ class Options:
                   (not self.symmetry or self.grounded_only, "--symmetry needs --grounded-only (the images are not "
                    "transformed, so the policy may see only the positions)"),
                   (self.shift >= 0, "--shift must be >= 0"),
+                  (self.state_in in ("prefix", "expert"), "--state-in must be 'prefix' or 'expert'"),
+                  (self.vision_lr_scale > 0, "--vision-lr-scale must be > 0"),
+                  (self.vision_lr_scale == 1 or not self.freeze_vision,
+                   "--vision-lr-scale is the rate of an unfrozen front end: not with --freeze-vision"),
                   (self.phrasings in ("templates", "grammar"), "--phrasings must be 'templates' or 'grammar'"),
                   (self.log_every > 0 and self.save_every > 0, "--log-every and --save-every must be > 0"),
                   (0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1)")]
@@ -173,12 +182,17 @@ def new_model(cfg: ModelConfig, seed: int) -> VLA:
 
 
 def make_optimizer(model, opts: Options):
-    """AdamW (0.9, 0.95) as pi0; weight decay on weight matrices only (not norms, biases, embeddings, tokens)."""
+    """AdamW (0.9, 0.95) as pi0; weight decay on weight matrices only (not norms, biases, embeddings, tokens).
+    With --vision-lr-scale the front end's parameters form their own groups, whose "lr_scale" the loop applies."""
     no_decay = lambda n, p: p.dim() < 2 or any(s in n for s in ("query", "emb", "pos"))
-    decay = [p for n, p in model.named_parameters() if not no_decay(n, p)]
-    rest = [p for n, p in model.named_parameters() if no_decay(n, p)]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=opts.lr, betas=(0.9, 0.95), eps=1e-8,
+    scale = lambda n: opts.vision_lr_scale if n.startswith(VISION_PREFIXES) else 1.0
+    groups = []
+    for s in dict.fromkeys((1.0, opts.vision_lr_scale)):  # one scale (two groups) unless --vision-lr-scale
+        decay = [p for n, p in model.named_parameters() if not no_decay(n, p) and scale(n) == s]
+        rest = [p for n, p in model.named_parameters() if no_decay(n, p) and scale(n) == s]
+        groups += [{"params": decay, "weight_decay": opts.weight_decay, "lr_scale": s},
+                   {"params": rest, "weight_decay": 0.0, "lr_scale": s}]
+    return torch.optim.AdamW(groups, lr=opts.lr, betas=(0.9, 0.95), eps=1e-8,
                              foreach=True)  # one kernel per step for all tensors (the CPU default loops over them)
 
 
@@ -313,11 +327,12 @@ def configure(opts: Options, D: dict, src, grounding):
             **gc, "use_state": True, "action_dim": A, "state_dim": Dq, "n_cameras": len(D["cameras"]),
             "grounded": grounding["head"]["bias"].shape[0] if g else 0, "grounded_only": opts.grounded_only,
             "ground_distances": opts.object_distances, "object_tokens": opts.object_tokens,
-            "ground_mean": gm["target_mean"] if g else (), "ground_std": gm["target_std"] if g else ()})
+            "ground_mean": gm["target_mean"] if g else (), "ground_std": gm["target_std"] if g else (),
+            "state_in": opts.state_in})
     tok = Tokenizer(train_tokenizer(sorted(set(D["texts"])), PRESETS[opts.preset]["vocab_size"]))  # from scratch
     return tok, dataset.compute_stats(D), model_config(opts, D, dataclasses.asdict(ModelConfig.from_preset(
         opts.preset, action_dim=A, state_dim=Dq, n_cameras=len(D["cameras"]),
-        image_size=tuple(meta["image_size"]), vocab_size=tok.vocab_size)))
+        image_size=tuple(meta["image_size"]), vocab_size=tok.vocab_size, state_in=opts.state_in)))
 
 
 def load_weights(model: VLA, opts: Options, src, resume, grounding) -> None:
@@ -451,7 +466,7 @@ def train(opts: Options) -> dict:
             step += 1
             lr = lr_at(step, opts)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # --vision-lr-scale (make_optimizer)
             batch = dataset.make_batch(D, b["lang"], b["norm"], b["g_data"], opts.batch_size, cfg, opts.shift, b["device"],
                                        b["scene"])
             noise, t = sample_noise_time(b["g_flow"], opts.batch_size, cfg.horizon, cfg.action_dim, b["device"])

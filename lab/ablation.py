@@ -4,6 +4,7 @@ so on tasks with more gripper events?
     python lab/ablation.py --preset cpu              # runs for at most --budget-min minutes; rerun to continue
     python lab/ablation.py --preset cpu --dry-run    # every run's command, done or to do
     python lab/ablation.py --preset cpu --only report
+    python lab/ablation.py --preset pixels-cpu --only pilot   # the paper's setting: is it worth the study? (OUT/pilot.json)
     python stats.py power --base 0.5 --seeds 5 --episodes 200   # the gain such a design can detect
 
 Protocol, per task (a recipe of recipe.py; the tasks whose base success lies in 0.15-0.9):
@@ -20,25 +21,31 @@ Protocol, per task (a recipe of recipe.py; the tasks whose base success lies in 
          and pooled (diagnostics.compare), the gain against gripper events, failure types, the simulation
          calibrated on the none arms (stats.calibrate) and the primary test's power (stats.power)
 
-Deviation from the paper, whose base is a VLA pretrained on robot data and fine-tuned per task: our pretrained
-part is the grounding front end (ground.py, shipped in frontends/, frozen); the policy on top of it trains per
-task from its initial weights. A multi-task policy pretrained without the heads is not tried here.
+Two designs (--design; docs/pixels.md): "frozen" (presets cpu, gpu), the recipes' policy on the frozen front end's
+object positions, the state in the prefix where the StaKe queries read it; "pixels" (pixels-cpu, pixels-gpu), the
+paper's setting: the front end fine-tuned from the pixels, the state in the action expert (train_flags). Deviation
+from the paper, whose base is a VLA pretrained on robot data: ours is the grounding front end (ground.py).
+The pilot (--only pilot, lab/pilot.py) comes first: the study's SS+KS seed 0 policies against the issue's criteria.
 
 Each run executes in this process and is recorded in OUT/runs/NAME.json with the stand-alone command that
 reproduces it and the git revision. A recorded run whose output exists is skipped, and so is one whose every
 user is done (a fresh clone has the evaluations but not the checkpoints); a record made by another command is an
 error; a killed training continues from its checkpoint (train.py --resume). An invocation stops
-starting runs once --budget-min minutes have passed, writes the report of what is done and prints one line of
-JSON. Checkpoints go to runs/ablation/PRESET, demonstrations to data/ablation/PRESET (git-ignored).
+starting runs once --budget-min minutes have passed, and stops a training still running then as Ctrl-C does
+(train.py saves its checkpoint at the end of the step; stop_at): the next invocation resumes it, so a long
+training runs in pieces. It writes the report of what is done and prints one line of JSON. Checkpoints go to
+runs/ablation/PRESET, demonstrations to data/ablation/PRESET (git-ignored).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
 import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,9 +55,17 @@ if __package__ in (None, ""): sys.path[0] = str(Path(__file__).resolve().parents
 
 import data  # noqa: E402
 from data import opt  # noqa: E402
+from lab import pilot  # noqa: E402
 from lab.recipe import RECIPES, ROOT  # noqa: E402
 
 VARIANTS = ["none", "SS", "KS", "SS+KS"]
+FROZEN = dict(design="frozen", solo_tasks=0, vision_lr_scale=1.0)  # options added with "pixels": the earlier protocol
+PIXELS = dict(  # the paper's setting (design "pixels"); the numbers of the issue's study
+    # placeholder until the pilot: handover (4 events) and the twin's franka_pick_place (the issue's suggestion; the
+    # pilot shows whether their base success lies in 0.3-0.9 on this design, else the recipe or the tasks change)
+    tasks=["handover", "franka_pick_place"], seeds={"none": 10, "SS+KS": 10, "SS": 5, "KS": 5}, solo_tasks=1,
+    episodes=200, stage_weight=0.1, keyframe_weight=0.1, sweep_task="handover", sweep=[], demos=0, steps=0,
+    design="pixels", vision_lr_scale=0.1)  # pi0-style: the pretrained part at a tenth of the rate
 PRESETS = {  # the protocol's numbers; "gpu" is the same protocol with more seeds
     # every recipe with base success in 0.15-0.9 (README): 1, 2 and 4 gripper events, two twin tasks; appended
     # tasks run after the others, so a task added later leaves the runs done so far valid
@@ -64,7 +79,14 @@ PRESETS = {  # the protocol's numbers; "gpu" is the same protocol with more seed
     "tiny": dict(tasks=["lift_block"], seeds={"none": 2, "SS+KS": 2, "SS": 1, "KS": 1},  # tests: measures nothing
                  episodes=2, stage_weight=0.1, keyframe_weight=0.1, sweep_task="lift_block", sweep=[[1.0, 1.0]],
                  demos=2, steps=2, workers=1, device="cpu", budget_min=0.0),
+    # the same study on either machine, in pieces of at most about 9 minutes (8 and a run that had started)
+    "pixels-cpu": dict(PIXELS, workers=2, device="cpu", budget_min=8.0),
+    "pixels-gpu": dict(PIXELS, workers=14, device="cuda", budget_min=8.0),  # the same batch (32) as on the CPU
+    "pixels-tiny": dict(PIXELS, tasks=["lift_block"], seeds={"none": 1, "SS+KS": 1, "SS": 1, "KS": 1},  # tests
+                        sweep_task="lift_block", episodes=2, demos=2, steps=2, workers=1, device="cpu", budget_min=0.0),
 }
+MIN_PIECE_S = 60          # a training gets at least this long per invocation, whatever is left of the budget
+PRESETS = {k: {**FROZEN, **v} for k, v in PRESETS.items()}
 STAGES = ["data", "train", "eval"]
 
 
@@ -79,7 +101,7 @@ def popt(help):  # a protocol number: its default is the --preset's (parse_optio
 @dataclass
 class Options:
     preset: str = opt("cpu", f"protocol size: {', '.join(PRESETS)}")
-    only: str = opt("", f"run one stage only: {', '.join(STAGES)} or report (default: all, in order)")
+    only: str = opt("", f"run one stage only: {', '.join(STAGES)}, report, or pilot (default: the study, in order)")
     out: str = opt("", "results: per-run JSON, tables, charts, summary (default results/ablation/PRESET)")
     runs_dir: str = opt("", "checkpoints (default runs/ablation/PRESET, git-ignored)")
     data_dir: str = opt("", "demonstrations (default data/ablation/PRESET, git-ignored)")
@@ -95,13 +117,19 @@ class Options:
     steps: int = popt("training steps per policy (0: the recipe's)")
     workers: int = popt("processes for data generation and evaluation")
     device: str = popt("torch device for training and evaluation: cpu or cuda")
-    budget_min: float = popt("start no run after this many minutes (0: no limit); a run started finishes")
+    budget_min: float = popt("start no run after this many minutes (0: no limit) and stop a training then (it "
+                             "resumes next time; at least MIN_PIECE_S per invocation); another run started finishes")
+    design: str = popt("'frozen' (frozen front end's positions, state in the prefix) or 'pixels' (the paper's setting)")
+    solo_tasks: int = popt("SS and KS alone run on the first N tasks (0: on every task)")
+    vision_lr_scale: float = popt("design pixels: the front end's learning rate as a fraction of the policy's")
 
     def __post_init__(self):
         for name in ("seeds", "sweep"):
             if isinstance(getattr(self, name), str):
                 setattr(self, name, json.loads(getattr(self, name)))
-        checks = [(self.only in ("", *STAGES, "report"), f"--only must be one of {STAGES + ['report']}"),
+        checks = [(self.only in ("", *STAGES, "report", "pilot"), f"--only must be one of {STAGES + ['report', 'pilot']}"),
+                  (self.design in ("frozen", "pixels"), "--design must be 'frozen' or 'pixels'"),
+                  (self.solo_tasks >= 0 and self.vision_lr_scale > 0, "--solo-tasks >= 0, --vision-lr-scale > 0"),
                   (not (bad := [t for t in self.tasks if t not in RECIPES]), f"no recipe for {bad}; recipes: {list(RECIPES)}"),
                   (set(self.seeds) == set(VARIANTS) and min(self.seeds.values()) >= 1,
                    f"--seeds needs a count >= 1 for each of {VARIANTS}"),
@@ -162,6 +190,18 @@ def without(flags: tuple, *names) -> list:
     return out
 
 
+def train_flags(o: Options, flags: tuple) -> list:
+    """A recipe's train.py flags for the design, without the loss weights (each run sets them)."""
+    flags = without(flags, "--stage-weight", "--keyframe-weight")
+    if o.design == "frozen":
+        return flags
+    # the paper's setting: the front end trains and its keypoint tokens enter the prefix; --symmetry and
+    # --object-tokens need --grounded-only (the images are not transformed), so they go with it
+    switches = ("--freeze-vision", "--grounded-only", "--symmetry", "--object-tokens")
+    return [f for f in without(flags, "--shift") if f not in switches] + [
+        "--shift", 4, "--state-in", "expert", "--vision-lr-scale", o.vision_lr_scale]
+
+
 def run_name(variant: str, seed: int, w: tuple) -> str:
     return f"{variant}_s{seed}" if variant != "sweep" else f"sweep_ss{w[0]:g}_ks{w[1]:g}_s{seed}"
 
@@ -175,22 +215,36 @@ def plan(o: Options, out: Path, runs: Path, dat: Path) -> list:
                     ["generate", "--task", t, "--out", dat / t, "--workers", o.workers, *r.demos,
                      *(["--episodes", o.demos] if o.demos else [])], dat / t / "meta.json")
         jobs.append(demos)
+        solo = not o.solo_tasks or t in o.tasks[:o.solo_tasks]  # SS and KS alone
         points = [(v, s, o.weights()[v]) for s in range(o.seeds["none"]) for v in ("none", "SS+KS", "SS", "KS")
-                  if s < o.seeds[v]]
+                  if s < o.seeds[v] and (solo or v in ("none", "SS+KS"))]
         points += [("sweep", 0, tuple(w)) for w in o.sweep if t == o.sweep_task]
         for variant, seed, (ws, wk) in points:
             name = run_name(variant, seed, (ws, wk))
             train = Job(f"train__{t}__{name}", "train", "train.py",
                         ["--data", dat / t, "--out", runs / t / name, "--vision-from", front, "--resume",
-                         *without(r.train, "--stage-weight", "--keyframe-weight"), "--stage-weight", ws,
+                         *train_flags(o, r.train), "--stage-weight", ws,
                          "--keyframe-weight", wk, "--seed", seed, "--device", o.device,
                          *(["--steps", o.steps] if o.steps else [])], runs / t / name / "ckpt.pt", [demos])
-            ev = out / "eval" / t / name
-            flags = without(r.evaluate, "--episodes", "--video") + ["--episodes", o.episodes, "--video", 0, "--seed", 0]
-            flags += ["--workers", o.workers, "--device", o.device] if r.evaluator == "eval_sim" else ["--robot", "mujoco"]
-            jobs += [train, Job(f"eval__{t}__{name}", "eval", f"{r.evaluator}.py",
-                                ["--ckpt", train.output, "--task", t, "--out", ev, *flags], ev / "results.json", [train])]
+            jobs += [train, eval_job(o, f"eval__{t}__{name}", train, t, out / "eval" / t / name, o.episodes)]
     return jobs
+
+
+def eval_job(o: Options, name: str, train: Job, t: str, ev: Path, episodes: int) -> Job:
+    """The recipe's evaluator on the first `episodes` held-out seeds (block 0)."""
+    r = RECIPES[t]
+    flags = without(r.evaluate, "--episodes", "--video") + ["--episodes", episodes, "--video", 0, "--seed", 0]
+    flags += ["--workers", o.workers, "--device", o.device] if r.evaluator == "eval_sim" else ["--robot", "mujoco"]
+    return Job(name, "eval", f"{r.evaluator}.py", ["--ckpt", train.output, "--task", t, "--out", ev, *flags],
+               ev / "results.json", [train])
+
+
+def pilot_plan(o: Options, out: Path, runs: Path, dat: Path) -> list:
+    """The pilot's runs: per task the study's demonstrations and SS+KS seed 0 training, and an evaluation on
+    pilot.EPISODES episodes (its own, in OUT/pilot/)."""
+    jobs = [j for j in plan(o, out, runs, dat) if j.stage == "data" or (j.stage == "train" and j.name.endswith("__SS+KS_s0"))]
+    return jobs + [eval_job(o, f"pilot_eval__{t}", j, t, out / "pilot" / t / "eval", pilot.EPISODES)
+                   for t in o.tasks for j in jobs if j.name == f"train__{t}__SS+KS_s0"]
 
 
 # ----------------------------------------------------------------------------- running
@@ -213,15 +267,46 @@ def is_done(job: Job, records: Path, jobs: list) -> bool:
     return bool(users) and all(is_done(u, records, jobs) for u in users)
 
 
-def run_job(job: Job, o: Options, records: Path) -> dict:
+@contextlib.contextmanager
+def stop_at(deadline: float):
+    """Ctrl-C at `deadline` (time.time()): a training saves its checkpoint at the end of the step and stops
+    (train.interruptible). Yields a function: has it fired? Main thread only (signals)."""
+    fired = []
+
+    def handler(sig, frame):
+        fired.append(True)
+        signal.raise_signal(signal.SIGINT)
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, max(deadline - time.time(), 1e-3))
+    try:
+        yield lambda: bool(fired)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def finished_training(ckpt: Path) -> bool:
+    import torch
+    ck = torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt.is_file() else None
+    return ck is not None and ck["step"] >= ck["options"]["steps"]
+
+
+def run_job(job: Job, o: Options, records: Path, deadline: float = 0.0) -> dict | None:
+    """Runs the job and records it; None where a training stopped at `deadline` unfinished (a piece: the next
+    invocation's train.py --resume continues it)."""
     import importlib
     print(f"\n== {job.name}\n$ {job.command}", flush=True)
     t0 = time.time()
-    try:
-        code = importlib.import_module(job.script[:-3].replace("/", ".")).main([str(a) for a in job.argv])
-    except SystemExit as e:
-        code = e.code
-    if code or not job.output.is_file():
+    pieces = job.stage == "train" and deadline
+    with stop_at(max(deadline, t0 + MIN_PIECE_S)) if pieces else contextlib.nullcontext(lambda: False) as fired:
+        try:
+            code = importlib.import_module(job.script[:-3].replace("/", ".")).main([str(a) for a in job.argv])
+        except SystemExit as e:
+            code = e.code
+    if fired() and not finished_training(job.output):
+        print(f"{job.name}: stopped at the budget, after {time.time() - t0:.0f} s; the next invocation resumes it")
+        return None
+    if (code and not fired()) or not job.output.is_file():
         raise AblationError(f"{job.name} failed (exit {code}); command: {job.command}")
     result = {}
     if job.stage == "eval":
@@ -454,9 +539,11 @@ def inputs(jobs, records) -> dict:  # by content, not time: a fresh clone's file
             if j.stage == "eval" and is_done(j, records, jobs)}
 
 
-def protocol(o: Options) -> dict:  # the options that shape the results (not which part this invocation runs)
+def protocol(o: Options) -> dict:
+    """The options that shape the results (not which part this invocation runs); those added with the pixels
+    design are left out at their frozen-design values, so the earlier protocol's report stays done."""
     return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(o))).items()
-            if k not in ("only", "dry_run", "budget_min", "workers")}
+            if k not in ("only", "dry_run", "budget_min", "workers") and not (k in FROZEN and v == FROZEN[k])}
 
 
 # ----------------------------------------------------------------------------- main
@@ -465,8 +552,8 @@ def ablate(o: Options) -> dict:
     out = Path(o.out or f"results/ablation/{o.preset}")
     runs, dat = Path(o.runs_dir or f"runs/ablation/{o.preset}"), Path(o.data_dir or f"data/ablation/{o.preset}")
     records = out / "runs"
-    jobs = plan(o, out, runs, dat)
-    chosen = [j for j in jobs if not o.only or j.stage == o.only]
+    jobs = pilot_plan(o, out, runs, dat) if o.only == "pilot" else plan(o, out, runs, dat)
+    chosen = [j for j in jobs if o.only in ("", "pilot") or j.stage == o.only]
     t0, ran, stopped = time.time(), [], False
     skipped = [j.name for j in chosen if is_done(j, records, jobs)]
     todo = [j for j in chosen if j.name not in skipped]
@@ -485,9 +572,18 @@ def ablate(o: Options) -> dict:
         if not all(is_done(n, records, jobs) for n in job.needs):
             raise AblationError(f"{job.name} needs {', '.join(n.name for n in job.needs)}: run "
                                 f"`python lab/ablation.py --preset {o.preset}` without --only first")
-        run_job(job, o, records)
+        if run_job(job, o, records, o.budget_min and t0 + 60 * o.budget_min) is None:
+            stopped = True
+            break
         ran.append(job.name)
     reported = False
+    if o.only == "pilot" and not o.dry_run and all(is_done(j, records, jobs) for j in jobs):
+        was = (out / "pilot.json").read_text() if (out / "pilot.json").is_file() else ""
+        res = pilot.report([j for j in jobs if j.name.startswith("pilot_eval__")], out, o.device, dict(
+            preset=o.preset, options=protocol(o), inputs=inputs(jobs, records)))
+        reported = (out / "pilot.json").read_text() != was
+        skipped += [] if reported else ["pilot"]
+        pilot.show(res)
     if o.only in ("", "report") and not o.dry_run:
         was = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
         if (was.get("inputs") == inputs(jobs, records) and was.get("options") == protocol(o)
@@ -498,7 +594,7 @@ def ablate(o: Options) -> dict:
     progress = {s: f"{sum(is_done(j, records, jobs) for j in jobs if j.stage == s)}/{sum(j.stage == s for j in jobs)}" for s in STAGES}
     summary = dict(preset=o.preset, only=o.only or "all", ran=len(ran), skipped=len(skipped), reported=reported,
                    stopped_at_budget=stopped, progress=progress, wall_s=round(time.time() - t0, 1), out=str(out))
-    if not ran and not reported and not o.dry_run:
+    if not ran and not reported and not stopped and not o.dry_run:
         print(f"everything selected is done: {len(skipped)} skipped, nothing run ({out})")
     print(json.dumps(summary))
     return summary

@@ -185,17 +185,20 @@ def seed_matrices(base_runs: list, other_runs: list, task: str):
 
 def probe(ckpt: str, task: str, seed: int, out: str, device="cpu") -> dict:
     """Roll out the policy once; at every step read the StaKe heads (which inference never uses) and plot the
-    stage head's probability against the rollout's true gripper stage, and the keyframe head's error."""
+    stage head's probability against the rollout's true gripper stage, and the keyframe head's error. A twin
+    task rolls out in twin.Env directly (not through eval_real.py's client)."""
     import torch
     import plots
     from model import Policy
+    from world import twin
+    scene = twin if task in twin.TASKS else sim
     torch.manual_seed(seed)  # select_action draws the flow's noise from the global generator
     policy = Policy.load(ckpt, device=device)
-    env = sim.Env(task, cameras=policy.cameras, image_size=tuple(policy.image_size))
+    env = scene.Env(task, cameras=policy.cameras, image_size=tuple(policy.image_size))
     obs = env.reset(eval_seeds(seed, 1)[0])
     policy.reset()
     probs, keys, acts = [], [], []
-    for _ in range(sim.TASKS[task].max_steps):
+    for _ in range(scene.TASKS[task].max_steps):
         pr = policy.probe(obs)
         probs.append(np.asarray(pr["stage_prob"], np.float32))
         keys.append(np.asarray(pr["keyframe"], np.float32))
@@ -205,10 +208,10 @@ def probe(ckpt: str, task: str, seed: int, out: str, device="cpu") -> dict:
         if env.success:
             break
     acts, probs, keys = np.stack(acts), np.stack(probs), np.stack(keys)
-    seg = segment.segment(acts[:, sim.GRIPPER_INDICES], levels=(0.0, 1.0))
+    seg = segment.segment(acts[:, scene.GRIPPER_INDICES], levels=(0.0, 1.0))
     true_stage = seg.stage.astype(np.float32)  # (T, 2) from the executed commanded gripper
     true_key = segment.keyframe_targets(acts, seg)
-    key_err = np.abs(keys - true_key)[:, [i for i in range(acts.shape[1]) if i not in sim.GRIPPER_INDICES]].mean(1)
+    key_err = np.abs(keys - true_key)[:, [i for i in range(acts.shape[1]) if i not in scene.GRIPPER_INDICES]].mean(1)
     T = len(acts)
     plots.stage_probe(out, f"{task} seed {env.seed}: success={env.success}; stage head p(skill) vs true stage",
                       probs, true_stage, key_err, seg.events)

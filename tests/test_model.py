@@ -91,18 +91,19 @@ def test_stake_losses_reach_shared_weights():
             assert not torch.equal(before[name], after[name]), f"{loss_name} did not change {name}"
 
 
-def test_actions_independent_of_stake_queries():
+@pytest.mark.parametrize("state_in", ["prefix", "expert"])
+def test_actions_independent_of_stake_queries(state_in):
     """Same weights, same noise: the StaKe model and the same weights without heads give identical
     velocities and sampled chunks (after some training, so the queries are not at their init)."""
     torch.manual_seed(0)
-    cfg = tiny_cfg(n_stage=2, keyframe_head=True)
+    cfg = tiny_cfg(n_stage=2, keyframe_head=True, state_in=state_in)
     stake = VLA(cfg, seed=0)
     opt = torch.optim.AdamW(stake.parameters(), lr=1e-2)
     for i in range(3):
         out = stake(fake_batch(cfg, seed=i), torch.randn(4, cfg.horizon, 6), torch.rand(4))
         (out["policy_loss"] + out["stage_loss"] + out["keyframe_l1"]).backward()
         opt.step(), opt.zero_grad()
-    plain = VLA(tiny_cfg(), seed=0)
+    plain = VLA(tiny_cfg(state_in=state_in), seed=0)
     missing, unexpected = plain.load_state_dict(stake.state_dict(), strict=False)
     assert not missing and unexpected and all(k.startswith(("stage_", "keyframe_")) for k in unexpected)
     batch, noise, t = fake_batch(cfg, seed=9), torch.randn(4, cfg.horizon, 6), torch.rand(4)
@@ -113,6 +114,41 @@ def test_actions_independent_of_stake_queries():
     x_stake, x_plain = stake.sample(*args), plain.sample(*args)
     torch.testing.assert_close(x_stake, x_plain, rtol=0, atol=1e-6)
     assert not torch.allclose(x_stake, noise)  # the sampler did something
+
+
+def test_state_in_expert_hides_the_state_from_the_stake_heads():
+    """state_in="expert" (pi0): another state leaves the StaKe heads' outputs bit-identical and changes the
+    actions; in the prefix (the default, and what a checkpoint without the field gets) it changes both."""
+    assert ModelConfig.from_dict({k: v for k, v in vars(tiny_cfg()).items() if k != "state_in"}).state_in == "prefix"
+    for state_in, heads_see_it in (("expert", False), ("prefix", True)):
+        torch.manual_seed(0)
+        model = VLA(tiny_cfg(n_stage=2, keyframe_head=True, state_in=state_in), seed=0).eval()
+        b1 = fake_batch(model.cfg, seed=1)
+        b2 = {**b1, "state": b1["state"] + 1.0}
+        noise = torch.randn(4, model.cfg.horizon, 6, generator=torch.Generator().manual_seed(2))
+        heads, chunks = [], []
+        for b in (b1, b2):
+            cache, valid = model.encode_prefix(b["images"], b["lang_ids"], b["lang_mask"], b["state"])
+            heads.append(model.stake(cache, valid))
+            chunks.append(model.sample(b["images"], b["lang_ids"], b["lang_mask"], b["state"], noise))
+        for n in ("stage", "keyframe"):
+            assert torch.equal(heads[0][n], heads[1][n]) != heads_see_it, f"{state_in}: {n} head"
+        assert not torch.allclose(chunks[0], chunks[1]), f"{state_in}: the actions ignore the state"
+
+
+def test_sample_and_forward_share_the_suffix_layout():
+    """One Euler step from t = 1 gives noise - v; forward at t = 1 on that chunk as the actions has target
+    u = noise - actions = v, so its policy loss is 0 only if both passes build the same suffix (state token,
+    mask) from the same state."""
+    for state_in in ("expert", "prefix"):
+        torch.manual_seed(0)
+        model = VLA(tiny_cfg(state_in=state_in, num_steps=1), seed=0).eval()
+        b = fake_batch(model.cfg, seed=3)
+        noise = torch.randn(4, model.cfg.horizon, 6, generator=torch.Generator().manual_seed(4))
+        x = model.sample(b["images"], b["lang_ids"], b["lang_mask"], b["state"], noise)
+        with torch.no_grad():
+            loss = model({**b, "actions": x}, noise, torch.ones(4))["policy_loss"]
+        assert float(loss) < 1e-10, f"{state_in}: forward and sample disagree ({float(loss):.3g})"
 
 
 def test_base_weights_identical_across_variants():
