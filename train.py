@@ -3,6 +3,7 @@
     python train.py --data DIR [DIR ...] --out RUN --steps N [--stage-weight W --keyframe-weight W] [--resume]
     python train.py --data DIR --out RUN --vision-from GROUND_CKPT --freeze-vision --grounded --grounded-only \\
         --shift 0 --symmetry --velocity ...                      # the recipe that succeeds (README)
+    torchrun --nproc-per-node N train.py ...   # data-parallel over N GPUs (or CPU processes): docs/distributed.md
     python lab/diagnostics.py train-bench [--presets tiny small] [--json results/bench_train_cpu.json]   # was train.py bench
 
 Several folders train one multi-task, language-conditioned policy. `--init-from` fine-tunes an earlier
@@ -31,11 +32,14 @@ import random
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 import data
 import dataset
@@ -52,8 +56,13 @@ SAVE_SECONDS = 90       # a checkpoint at least this often: a kill loses little 
 def cpu_threads() -> int:
     """torch's CPU threads by default: half the cores. OpenMP threads spin while they wait for each other, so
     with as many threads as cores, one core taken by another process stalls them all (measured on 2 cores:
-    about 5 samples/s with 2 threads beside a busy process against 50 with 1)."""
-    return max(1, (os.cpu_count() or 2) // 2)
+    about 5 samples/s with 2 threads beside a busy process against 50 with 1); torchrun's processes share them."""
+    return max(1, (os.cpu_count() or 2) // 2 // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
+def distributed() -> tuple:
+    """(rank, local rank, world size) as torchrun sets them in the environment; (0, 0, 1) for a plain run."""
+    return tuple(int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
 
 
 @dataclass
@@ -96,7 +105,7 @@ class Options:
                          "qpos[t-1]; obs['prev_qpos'] at inference)")
     phrasings: str = opt("templates", "each sample's instruction: 'templates', its episode's own; 'grammar', one of "
                          "world.words' ways of asking for the same objects, drawn anew per sample")
-    batch_size: int = opt(32, "samples per step")
+    batch_size: int = opt(32, "samples per step (under torchrun: in all, split evenly across the processes)")
     lr: float = opt(3e-4, "peak learning rate (from scratch; pi0 fine-tunes at 2.5e-5)")
     warmup: int = opt(500, "linear warm-up steps (capped at 10%% of --steps), then cosine")
     weight_decay: float = opt(1e-4, "AdamW weight decay on weight matrices (not norms, biases, embeddings)")
@@ -109,7 +118,10 @@ class Options:
     stop_after: int = opt(0, "stop after this many steps of this invocation, as if killed (run in pieces, --resume)")
 
     def __post_init__(self):
+        world = distributed()[2]
         checks = [(self.steps > 0, "--steps must be > 0"), (self.batch_size > 0, "--batch-size must be > 0"),
+                  (self.batch_size % world == 0, f"--batch-size {self.batch_size} must be a multiple of the {world} "
+                   "torchrun processes (it is the global batch, split evenly)"),
                   (self.preset in PRESETS, f"--preset must be one of {list(PRESETS)}"),
                   (self.stage_weight >= 0 and self.keyframe_weight >= 0, "loss weights must be >= 0"),
                   (self.stage_label in ("per-arm", "any"), "--stage-label must be 'per-arm' or 'any'"),
@@ -246,9 +258,11 @@ def load_checkpoint(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def train_step(model, optimizer, batch, noise, t, opts: Options, amp: bool):
+def train_step(model, optimizer, batch, noise, t, opts: Options, amp: bool, share=None):
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
         out = model(batch, noise, t)
+    if share is not None:  # torchrun: weighed so that the ranks' mean is the global batch's (see shard)
+        out["policy_loss"] = out["policy_loss"] * share
     loss = out["policy_loss"]
     if "stage_loss" in out:
         loss = loss + opts.stage_weight * out["stage_loss"]      # StaKe
@@ -259,6 +273,17 @@ def train_step(model, optimizer, batch, noise, t, opts: Options, amp: bool):
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
     optimizer.step()
     return out, loss, grad_norm
+
+
+def shard(batch: dict, noise, t, rank: int, world: int):
+    """torchrun: this rank's slice of the global batch, which every rank draws alike from the same generators, and
+    its policy loss's share. That loss is a mean over the chunk steps that are valid, which slices hold unevenly:
+    times world * (valid in the slice) / (valid in the batch), the ranks' mean (DDP's gradient, the logged loss) is
+    the global batch's. The other losses are plain means over equal slices."""
+    part = slice(rank * len(t) // world, (rank + 1) * len(t) // world)
+    mine = {k: v[part] for k, v in batch.items()}                                 # every entry is (B, ...)
+    share = world * mine["action_valid"].sum() / batch["action_valid"].sum()
+    return mine, noise[part], t[part], share
 
 
 # ----------------------------------------------------------------------------- training
@@ -369,6 +394,11 @@ def build(opts: Options) -> dict:
     g_data, g_flow = torch.Generator().manual_seed(opts.seed), torch.Generator().manual_seed(opts.seed + 1)
     device = torch.device("cuda" if opts.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if opts.device == "auto" else opts.device))
+    if distributed()[2] > 1 and not dist.is_initialized():  # torchrun: a GPU per process, or a share of the CPU
+        if device.type == "cuda":
+            device = torch.device("cuda", distributed()[1])
+            torch.cuda.set_device(device)
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")  # CPU tensors by gloo
     if device.type == "cuda":  # bf16 autocast on CUDA; fp32 on the CPU
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.set_num_threads(opts.threads or cpu_threads())
@@ -443,8 +473,16 @@ def train(opts: Options) -> dict:
     b = build(opts)
     D, cfg, model, ema, optimizer, step, run = b["D"], b["cfg"], b["model"], b["ema"], b["optimizer"], b["step"], b["run"]
     out_dir, amp = Path(opts.out), b["device"].type == "cuda"
-    print(f"run {run} on {b['device']} | {len(D['texts'])} episodes, {len(D['action'])} steps, cameras {D['cameras']}")
-    print(f"{format_counts(param_counts(model))} | vocab {b['tok'].vocab_size} | start step {step}")
+    rank, _, world = distributed()
+    lead = rank == 0  # under torchrun, rank 0 alone prints and writes (checkpoints, metrics, plot)
+    # DDP averages the gradients in backward; static_graph: the parameters a forward leaves unused (the last backbone
+    # block's without StaKe heads, the keypoint tokens' with --grounded-only) are the same every step, and keep no grad
+    net = model if world == 1 else DistributedDataParallel(model, static_graph=True)
+    warnings.filterwarnings("ignore", "Grad strides do not match")  # DDP: the StaKe queries' grads, slices of one cat
+    if lead:
+        print(f"run {run} on {b['device']}{f' x {world} processes' if world > 1 else ''} | {len(D['texts'])} "
+              f"episodes, {len(D['action'])} steps, cameras {D['cameras']}")
+        print(f"{format_counts(param_counts(model))} | vocab {b['tok'].vocab_size} | start step {step}")
 
     def checkpoint(s):
         save_checkpoint(out_dir / "ckpt.pt", dict(
@@ -455,9 +493,10 @@ def train(opts: Options) -> dict:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
-    kept = [l for l in metrics_path.read_text().splitlines() if json.loads(l)["step"] <= step] if (
-        step and metrics_path.exists()) else []
-    metrics_path.write_text("".join(l + "\n" for l in kept))
+    if lead:
+        kept = [l for l in metrics_path.read_text().splitlines() if json.loads(l)["step"] <= step] if (
+            step and metrics_path.exists()) else []
+        metrics_path.write_text("".join(l + "\n" for l in kept))
     acc, t_log, t_bar, t_save, first, last = {}, time.perf_counter(), 0.0, time.perf_counter(), step, {}
     high, ema_pairs = segment.open_is_high(D["meta"]["gripper_convention"]), ema_pairs_of(ema, model)
     tty = sys.stderr.isatty()  # a bar redrawn in place; in a log, a line every 30 s
@@ -470,22 +509,33 @@ def train(opts: Options) -> dict:
             batch = dataset.make_batch(D, b["lang"], b["norm"], b["g_data"], opts.batch_size, cfg, opts.shift, b["device"],
                                        b["scene"])
             noise, t = sample_noise_time(b["g_flow"], opts.batch_size, cfg.horizon, cfg.action_dim, b["device"])
-            out, loss, gn = train_step(model, optimizer, batch, noise, t, opts, amp)
+            batch, noise, t, share = shard(batch, noise, t, rank, world) if world > 1 else (batch, noise, t, None)
+            out, loss, gn = train_step(net, optimizer, batch, noise, t, opts, amp, share)
             ema_update(ema_pairs, min(opts.ema_decay, (1 + step) / (10 + step)))
             for k, v in batch_metrics(out, batch, loss, gn, opts.stage_label, high).items():
                 acc[k] = acc.get(k, 0.0) + v.detach().float()
             stop = (opts.stop_after and step - first >= opts.stop_after) or interrupted()
+            if world > 1:  # the ranks stop at the same step (a Ctrl-C may reach them during different ones)
+                flag = torch.tensor(float(bool(stop)))
+                dist.all_reduce(flag, dist.ReduceOp.MAX)
+                stop = bool(flag)
             if step % opts.log_every == 0 or step == opts.steps or stop:
                 n_steps, dt = step - (last.get("step") or first), time.perf_counter() - t_log
+                if world > 1:  # the ranks' mean: each saw an equal slice of the batch
+                    mean = torch.stack(list(acc.values())) / world
+                    dist.all_reduce(mean)
+                    acc = dict(zip(acc, mean))
                 last = {"step": step, **{k: round(float(v) / n_steps, 6) for k, v in acc.items()}, "lr": lr,
                         "samples_per_s": round(n_steps * opts.batch_size / dt, 2)}
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(last) + "\n")
+                if lead:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(last) + "\n")
                 acc, t_log = {}, time.perf_counter()
-            if step % opts.save_every == 0 or step == opts.steps or stop or time.perf_counter() - t_save > SAVE_SECONDS:
+            if lead and (step % opts.save_every == 0 or step == opts.steps or stop or
+                         time.perf_counter() - t_save > SAVE_SECONDS):
                 t_save = time.perf_counter()
                 checkpoint(step)
-            if time.perf_counter() - t_bar > (0.25 if tty else 30) or step == opts.steps or stop:  # a log: a line / 30 s
+            if lead and (time.perf_counter() - t_bar > (0.25 if tty else 30) or step == opts.steps or stop):
                 t_bar = time.perf_counter()
                 done = int(30 * step / opts.steps)
                 extra = " ".join(f"{k} {last[k]:.3f}" for k in ("policy_loss", "stage_acc", "keyframe_l1") if k in last)
@@ -494,11 +544,13 @@ def train(opts: Options) -> dict:
                 print("\r" + line if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
             if stop:
                 break
-        if tty:
+        if tty and lead:
             print(file=sys.stderr)
         if interrupted():
             raise KeyboardInterrupt(f"interrupted at step {step}, saved in {out_dir / 'ckpt.pt'}")
-    if step == opts.steps:
+    if world > 1:
+        dist.barrier()  # the ranks leave together, after rank 0's last checkpoint (what a next run would resume)
+    if step == opts.steps and lead:
         import plots
         plots.loss_curves([json.loads(l) for l in metrics_path.read_text().splitlines() if l.strip()],
                           out_dir / "loss.png")
@@ -515,6 +567,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as e:
         print(f"\ntrain.py: {e or 'interrupted'}; rerun the same command (with --resume) to continue", file=sys.stderr)
         return 130
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
