@@ -23,11 +23,13 @@ then on from torch.Generator().manual_seed(seed) (without one: the server's glob
 from __future__ import annotations
 
 import http
+import json
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -50,6 +52,7 @@ class Options:
     seed: int = opt(0, "the global torch seed: the noise of requests on connections that sent no noise_seed")
     bench: int = opt(0, "time this many chunks in process and through the server on loopback, print p50 / p99, "
                         "and exit (0: serve)")
+    out: str = opt("", "with --bench: also write its figures, the command and the git revision to this JSON file")
 
     def __post_init__(self):
         if not 0.0 <= self.noise_scale <= 1.0:
@@ -204,7 +207,11 @@ def main(argv=None) -> int:
             raise ValueError(f"{o.ckpt}: no such checkpoint file") from None
         torch.manual_seed(o.seed)
         if o.bench:
-            bench(policy, o.bench)
+            r = bench(policy, o.bench) | {"ckpt": o.ckpt, "threads": torch.get_num_threads(),
+                                          "command": "python -m interop.server " + " ".join(argv), "git": data.git_revision()}
+            if o.out:
+                Path(o.out).parent.mkdir(parents=True, exist_ok=True)
+                data.atomic_write_bytes(Path(o.out), lambda f: f.write((json.dumps(r, indent=1) + "\n").encode()))
             return 0
         server = serve(policy, o.host, o.port, o.noise_scale, log=lambda s: print(s, file=sys.stderr))
         print(f"serving {o.ckpt} on ws://{o.host}:{server.socket.getsockname()[1]} (GET /healthz; Ctrl-C stops)",

@@ -230,5 +230,7 @@ def test_bad_input_is_one_line_and_the_bench_runs(tmp_path, capsys, bimanual):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err.startswith("error: no policy server at ws://127.0.0.1:") and "\n" not in err
     ckpt = save_ckpt(bimanual, tmp_path / "ckpt.pt")
-    assert server.main([ckpt, "--bench", "2"]) == 0                # the benchmark runs (its figures: docs/serving.md)
+    assert server.main([ckpt, "--bench", "2", "--out", str(tmp_path / "b.json")]) == 0  # the benchmark runs
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert b["chunks"] == 2 and b["remote_p50_ms"] > 0 and b["command"].startswith("python -m interop.server --ckpt")
     assert "remote / in-process: p50" in capsys.readouterr().out
