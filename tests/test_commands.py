@@ -40,6 +40,7 @@ SKIP = {  # a command's start -> the test that runs it instead
     "python lab/recipe.py lift_block": "tests/test_recipe.py::test_recipe_end_to_end_tiny_then_resumes",
     "python -m pytest": "the suite itself",
     "python -m interop.server": "tests/test_server.py::test_bad_input_is_one_line_and_the_bench_runs",  # serves until stopped
+    "python -m interop.lerobot": "tests/test_lerobot.py::test_bad_input_gets_one_line",
     "python eval_sim.py --remote": "tests/test_server.py::test_eval_sim_through_the_server_gives_the_in_process_outcomes",
 }
 HARDWARE = "--ip"  # a real robot's address: tests/test_franky_sim.py runs the client against franky-sim

@@ -10,14 +10,18 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from websockets.exceptions import ConnectionClosedError
-from websockets.sync.client import connect
 
-import data
-import eval_sim
-from interop import client, server
-from model import VLA, ModelConfig, Policy, Tokenizer, train_tokenizer
-from world import twin
+EXTRAS = "the optional extras are not installed: pip install -r interop/requirements.txt"
+pytest.importorskip("msgpack", reason=EXTRAS)
+pytest.importorskip("websockets", reason=EXTRAS)
+from websockets.exceptions import ConnectionClosedError  # noqa: E402
+from websockets.sync.client import connect  # noqa: E402
+
+import data  # noqa: E402
+import eval_sim  # noqa: E402
+from interop import client, server  # noqa: E402
+from model import VLA, ModelConfig, Policy, Tokenizer, train_tokenizer  # noqa: E402
+from world import twin  # noqa: E402
 
 TINY = dict(patch_size=16, vit_width=32, vit_depth=1, vit_heads=2, width=32, depth=1, heads=2, expert_width=32,
             horizon=4, n_action_steps=2, lang_len=8)
