@@ -81,6 +81,19 @@ RECIPES = {
         train=POLICY + ("--steps", "3000", "--symmetry", "--velocity"),
         evaluate=EVAL_SIM,
         evaluator="eval_sim"),
+    # lift_block in the user's own words: the front end and the policy trained on world/words.py's grammar (156
+    # ways of asking, the templates among them); held-out sentences: README, results/phrasings
+    "lift_block_words": Recipe(
+        task="lift_block",
+        demos=DEMOS,
+        front_end="frontends/lift_block_words.pt",
+        ground=(("--layouts", "6000", "--steps", "1000"),
+                ("--layouts", "6000", "--steps", "2000", "--expert-frac", "0.5", "--init-from", "{prev}"),
+                ("--layouts", "6000", "--steps", "1000", "--expert-frac", "0.5", "--phrasings", "grammar",
+                 "--init-from", "{prev}")),
+        train=POLICY + ("--steps", "3000", "--symmetry", "--velocity", "--phrasings", "grammar"),
+        evaluate=EVAL_SIM,
+        evaluator="eval_sim"),
     "franka_pick_place": Recipe(
         task="franka_pick_place",
         demos=DEMOS,
