@@ -120,7 +120,7 @@ def random_shift(x, shifts, pad: int):
 
 
 def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, cfg: ModelConfig, shift: int, device,
-               scene=None, word_dropout: float = 0.0):
+               scene=None):
     """Sample B steps uniformly over all episodes (generator g only); chunks running past an episode's end
     repeat its last action and are masked. Images are augmented and normalised on the device.
     With `scene` (scene_augmentation's tensors, on the device: --symmetry) half the samples, drawn last, are
@@ -159,10 +159,7 @@ def make_batch(D, lang, norm: Normalizer, g: torch.Generator, B: int, cfg: Model
     e = D["ep_id"][idx]
     if lang[0].dim() == 3:  # train.py --phrasings grammar: (E, N, L), one of its episode's N phrasings per sample
         e = (e, torch.randint(0, lang[0].shape[1], (B,), generator=g))
-    ids, mask = lang[0][e], lang[1][e]                                             # (B, L)
-    if word_dropout:  # train.py --word-dropout: each token masked out with this probability, the first always kept
-        mask = mask & ((torch.rand(mask.shape, generator=g) >= word_dropout) | (torch.arange(mask.shape[1]) == 0))
-    return dict(**seen, lang_ids=to(ids), lang_mask=to(mask),
+    return dict(**seen, lang_ids=to(lang[0][e]), lang_mask=to(lang[1][e]),
                 state=norm.state(with_velocity(qpos, qprev)), actions=norm.action(actions), action_valid=to(valid),
                 stage=stage, keyframe=norm.action(keyframe), gripper_qpos=qpos[:, D["meta"]["gripper_indices"]], **out)
 

@@ -105,8 +105,6 @@ class Options:
                          "qpos[t-1]; obs['prev_qpos'] at inference)")
     phrasings: str = opt("templates", "each sample's instruction: 'templates', its episode's own; 'grammar', one of "
                          "world.words' ways of asking for the same objects, drawn anew per sample")
-    word_dropout: float = opt(0.0, "each instruction token of a sample is masked out with this probability (the "
-                              "first is kept): a policy that leans less on the exact words")
     batch_size: int = opt(32, "samples per step (under torchrun: in all, split evenly across the processes)")
     lr: float = opt(3e-4, "peak learning rate (from scratch; pi0 fine-tunes at 2.5e-5)")
     warmup: int = opt(500, "linear warm-up steps (capped at 10%% of --steps), then cosine")
@@ -143,7 +141,6 @@ class Options:
                   (self.vision_lr_scale == 1 or not self.freeze_vision,
                    "--vision-lr-scale is the rate of an unfrozen front end: not with --freeze-vision"),
                   (self.phrasings in ("templates", "grammar"), "--phrasings must be 'templates' or 'grammar'"),
-                  (0 <= self.word_dropout < 1, "--word-dropout must be in [0, 1)"),
                   (self.log_every > 0 and self.save_every > 0, "--log-every and --save-every must be > 0"),
                   (0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1)")]
         for ok, msg in checks:
@@ -510,7 +507,7 @@ def train(opts: Options) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)  # --vision-lr-scale (make_optimizer)
             batch = dataset.make_batch(D, b["lang"], b["norm"], b["g_data"], opts.batch_size, cfg, opts.shift, b["device"],
-                                       b["scene"], opts.word_dropout)
+                                       b["scene"])
             noise, t = sample_noise_time(b["g_flow"], opts.batch_size, cfg.horizon, cfg.action_dim, b["device"])
             batch, noise, t, share = shard(batch, noise, t, rank, world) if world > 1 else (batch, noise, t, None)
             out, loss, gn = train_step(net, optimizer, batch, noise, t, opts, amp, share)
