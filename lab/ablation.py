@@ -240,11 +240,15 @@ def eval_job(o: Options, name: str, train: Job, t: str, ev: Path, episodes: int)
 
 
 def pilot_plan(o: Options, out: Path, runs: Path, dat: Path) -> list:
-    """The pilot's runs: per task the study's demonstrations and SS+KS seed 0 training, and an evaluation on
-    pilot.EPISODES episodes (its own, in OUT/pilot/)."""
-    jobs = [j for j in plan(o, out, runs, dat) if j.stage == "data" or (j.stage == "train" and j.name.endswith("__SS+KS_s0"))]
-    return jobs + [eval_job(o, f"pilot_eval__{t}", j, t, out / "pilot" / t / "eval", pilot.EPISODES)
-                   for t in o.tasks for j in jobs if j.name == f"train__{t}__SS+KS_s0"]
+    """The pilot's runs, task by task (a task's criteria come before the next task is paid for): the study's
+    demonstrations and SS+KS seed 0 training, and an evaluation on pilot.EPISODES episodes (its own, OUT/pilot/)."""
+    study = {j.name: j for j in plan(o, out, runs, dat)}
+    jobs = []
+    for t in o.tasks:
+        train = study[f"train__{t}__SS+KS_s0"]
+        jobs += [study[f"data__{t}"], train, eval_job(o, f"pilot_eval__{t}", train, t, out / "pilot" / t / "eval",
+                                                      pilot.EPISODES)]
+    return jobs
 
 
 # ----------------------------------------------------------------------------- running
@@ -577,10 +581,12 @@ def ablate(o: Options) -> dict:
             break
         ran.append(job.name)
     reported = False
-    if o.only == "pilot" and not o.dry_run and all(is_done(j, records, jobs) for j in jobs):
+    evals = [j for j in jobs if j.name.startswith("pilot_eval__")]
+    if o.only == "pilot" and not o.dry_run and any(is_done(j, records, jobs) for j in evals):  # the tasks done so far
         was = (out / "pilot.json").read_text() if (out / "pilot.json").is_file() else ""
-        res = pilot.report([j for j in jobs if j.name.startswith("pilot_eval__")], out, o.device, dict(
-            preset=o.preset, options=protocol(o), inputs=inputs(jobs, records)))
+        res = pilot.report([j for j in evals if is_done(j, records, jobs)], out, o.device, dict(
+            preset=o.preset, options=protocol(o), inputs=inputs(jobs, records),
+            pending=[j.name.split("__")[1] for j in evals if not is_done(j, records, jobs)]))
         reported = (out / "pilot.json").read_text() != was
         skipped += [] if reported else ["pilot"]
         pilot.show(res)

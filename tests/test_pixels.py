@@ -170,3 +170,27 @@ def test_pilot_report_on_hand_made_runs(tmp_path, monkeypatch, capsys):
     s = ablation.ablate(dataclasses.replace(o, only="pilot"))  # a second invocation: all done
     assert len(calls) == pilot.ROLLOUTS and not s["reported"]
     assert "everything selected is done" in capsys.readouterr().out
+
+
+def test_the_pilot_runs_task_by_task_and_reports_each_task_when_it_is_done(tmp_path, monkeypatch, capsys):
+    o, _ = options(tmp_path, "pixels-tiny")
+    o = dataclasses.replace(o, tasks=["lift_block", "lift_bar"])
+    jobs = ablation.pilot_plan(o, tmp_path / "res", tmp_path / "runs", tmp_path / "data")
+    assert [j.name for j in jobs] == [f"{s}__{t}" + ("__SS+KS_s0" if s == "train" else "") for t in o.tasks
+                                      for s in ("data", "train", "pilot_eval")]
+    records = tmp_path / "res" / "runs"
+    records.mkdir(parents=True)
+    for j in jobs[:3]:  # lift_block done, lift_bar not started
+        j.output.parent.mkdir(parents=True, exist_ok=True)
+        j.output.write_text(json.dumps({"tasks": {"lift_block": {"success_rate": 0.6}}}) if j.stage == "eval" else "x")
+        if j.stage == "train":
+            (j.output.parent / "metrics.jsonl").write_text("\n".join(map(json.dumps, lines((1, 0.5), (2, 0.02)))) + "\n")
+        (records / f"{j.name}.json").write_text(json.dumps({"config": j.config(), "command": j.command}))
+    monkeypatch.setattr("lab.diagnostics.probe", lambda ckpt, t, s, out, device:
+                        {"steps": 100, "success": True, "stage_agreement": 0.95, "keyframe_l1_mean": 0.1,
+                         "events": [[40, 0, "close"]]})
+    monkeypatch.setattr(ablation, "run_job", lambda *a, **k: None)  # lift_bar's runs stop at the budget at once
+    ablation.ablate(dataclasses.replace(o, only="pilot", budget_min=1.0))
+    res = json.loads((tmp_path / "res" / "pilot.json").read_text())
+    assert list(res["tasks"]) == ["lift_block"] and res["pending"] == ["lift_bar"] and not res["all_pass"]
+    assert "pilot: still to run: lift_bar" in capsys.readouterr().out
