@@ -19,6 +19,7 @@ A test's own @settings should set only what the profiles leave open (e.g. health
 derandomize or database there would override the profile.
 """
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -26,6 +27,10 @@ from hypothesis import settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+# A suite started in the background (`nohup ... &`) inherits SIGINT ignored; the Ctrl-C tests send a real SIGINT and
+# expect what a terminal gives Python: KeyboardInterrupt from its default handler.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
