@@ -594,7 +594,7 @@ def run(o: Options, policy=None, backend=None, cameras=None, clock=time.monotoni
             else:
                 label = "dry-run" if o.dry_run else o.label or ask_label(ask)
             row = append_trial(out / "trials.csv", {
-                "time": time.strftime("%Y-%m-%d %H:%M:%S"), "ckpt": o.ckpt, "task": o.task, "instruction": instruction,
+                "time": time.strftime("%Y-%m-%d %H:%M:%S"), "ckpt": o.ckpt or o.remote, "task": o.task, "instruction": instruction,
                 "label": label, "steps": len(rec["action"]), "episode": path.name if path else "",
                 "command_success_min": _num(cs_min), "command_success_mean": _num(cs_mean)})
             log(f"{label}: {row['successes_so_far']}/{row['trials_so_far']} so far, 95% Wilson interval "

@@ -307,6 +307,11 @@ def test_run_records_episode_video_and_trials(tmp_path):
     assert meta["cameras"] == ["front"] and meta["gripper_indices"] == [7] and meta["fps"] == 10.0
     rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
     assert [r["trials_so_far"] for r in rows] == ["1", "2"] and rows[-1]["rate"] == "1.000"
+    remote = opts(out=str(tmp_path), episodes=1, camera="opencv:0", remote="ws://gpu-box:8000")  # a served policy
+    er.run(remote, policy=FakePolicy(), backend=FakeBackend(), cameras={"front": FakeCamera()}, clock=clock,
+           sleep=clock.sleep, ask=lambda p: "", log=lambda *a: None)
+    rows = list(csv.DictReader((tmp_path / "trials.csv").open()))
+    assert rows[-1]["ckpt"] == "ws://gpu-box:8000" and rows[-1]["trials_so_far"] == "1"  # counted apart from ck.pt
     pytest.importorskip("imageio_ffmpeg")
     assert (tmp_path / "episode_000000.mp4").stat().st_size > 0
 
