@@ -33,6 +33,16 @@ def closing_policy():
                                                       [1.0] * 8 if k == 0 else [1.0] + [0.0] * 7]))
 
 
+def polled_by(f, hook) -> None:
+    """Every fake Robot the session makes calls hook(robot) at each poll and state read."""
+    make = f.Robot
+
+    def robot(ip, realtime_config=None):
+        r = make(ip, realtime_config)
+        r.on_poll = hook
+        return r
+    f.Robot = robot
+
 def test_a_failed_motion_ends_the_rollout_within_a_step_before_the_gripper_moves(monkeypatch):
     """A reflex aborts chunk 1's motion right after it is sent (step 4). The next step's poll sees it and ends the
     rollout there, before the gate closes the hand (step 5), not at the next chunk (step 8)."""
@@ -81,13 +91,7 @@ def test_user_stop_pressed_and_released_while_idle_needs_the_operator(monkeypatc
         robot.mode = RobotMode.UserStopped if t0 + 0.55 <= clock.t < t0 + 0.65 else RobotMode.Idle
         if robot.mode == RobotMode.UserStopped:
             seen.setdefault("moves", len(robot.moves))
-    make = f.Robot
-
-    def robot(ip, realtime_config=None):
-        r = make(ip, realtime_config)
-        r.on_poll = user_stop
-        return r
-    f.Robot = robot
+    polled_by(f, user_stop)
     o = opts(out=str(tmp_path), episodes=2, max_steps=12, ip="fake")
     moving = FakePolicy(lambda k, obs: np.column_stack([np.tile(er.READY + 0.01 * (k + 1), (8, 1)), np.ones(8)]))
     res = er.run(o, policy=moving, clock=clock, sleep=clock.sleep, log=lambda *a: None,   # the operator takes 5 s
@@ -111,13 +115,7 @@ def test_control_command_success_rate_is_logged_per_rollout(monkeypatch, tmp_pat
         t0 = t.setdefault("t0", clock.t)
         robot.mode = RobotMode.Move
         robot.command_rate = 0.9 if t0 + 0.25 < clock.t < t0 + 0.45 else 1.0
-    make = f.Robot
-
-    def robot(ip, realtime_config=None):
-        r = make(ip, realtime_config)
-        r.on_poll = jitter
-        return r
-    f.Robot = robot
+    polled_by(f, jitter)
     o = opts(out=str(tmp_path), max_steps=10, ip="fake", ckpt="ck.pt")
     res = er.run(o, policy=FakePolicy(), clock=clock, sleep=clock.sleep, ask=lambda p: "", log=lambda *a: None)
     assert res[0]["command_success_min"] == pytest.approx(0.9) and res[0]["command_success_mean"] == pytest.approx(0.98)
