@@ -51,6 +51,7 @@ class Recipe:
     train: tuple       # train.py: the policy on the frozen front end's object positions
     evaluate: tuple    # the evaluator's flags
     evaluator: str     # "eval_sim" (bimanual scenes) or "eval_real" (the Franka twin, --robot mujoco)
+    recovery: tuple = ()  # lab/dagger.py takeover flags, one entry per round (none: the policy of the demonstrations)
 
 
 # why each piece is there, with the measurements: notebooks-2026-12-07:docs/experiments_recipe.md
@@ -248,6 +249,14 @@ def commands(o: Options) -> list:
     train = ["--data", demos, "--out", policy, "--vision-from", front, "--resume", *r.train]
     train += ["--seed", o.seed] + (["--steps", o.steps] if o.steps else [])
     cmds.append(("policy", "train.py", train, policy))
+    folders = [demos]  # recovery rounds: the expert takes over the last policy's rollouts; train again on all
+    for i, flags in enumerate(r.recovery, 1):
+        rd = out / f"round{i}"
+        cmds.append((f"takeovers, round {i}", "lab/dagger.py", ["takeover", "--ckpt", policy / "ckpt.pt", "--data", demos,
+                                                               "--out", rd / "data", *flags], rd / "data"))
+        folders.append(rd / "data")
+        policy = rd / "policy"
+        cmds.append((f"policy, round {i}", "train.py", ["--data", *folders, "--out", policy, *train[4:]], policy))
     evaluate = ["--ckpt", policy / "ckpt.pt", "--task", r.task, "--out", ev, *r.evaluate, "--seed", o.eval_seed]
     evaluate += ["--workers", o.workers] if r.evaluator == "eval_sim" else ["--robot", "mujoco"]
     evaluate += ["--episodes", o.episodes] if o.episodes else []
@@ -298,10 +307,15 @@ def stage_inputs(argv: list) -> dict:
     flag = {"--vision-from": "front end", "--init-from": "front end", "--ckpt": "checkpoint"}
     found = {name: digest(argv[i + 1]) for i, a in enumerate(argv[:-1]) if (name := flag.get(a))
              and Path(argv[i + 1]).is_file()}
-    if "--data" in argv and (rec := Path(argv[argv.index("--data") + 1]) / "done.json").is_file():
-        made = json.loads(rec.read_text())  # what made them, not when
-        blob = json.dumps([made.get("settings"), made.get("inputs")], sort_keys=True).encode()
-        found["demonstrations"] = hashlib.sha256(blob).hexdigest()[:16]
+    if "--data" in argv:
+        i = argv.index("--data") + 1
+        while i < len(argv) and not argv[i].startswith("--"):  # each folder's record (recovery rounds: several)
+            if (rec := Path(argv[i]) / "done.json").is_file():
+                made = json.loads(rec.read_text())  # what made them, not when
+                blob = json.dumps([made.get("settings"), made.get("inputs")], sort_keys=True).encode()
+                found["demonstrations" + (f" {i - argv.index('--data')}" if i > argv.index("--data") + 1 else "")] = \
+                    hashlib.sha256(blob).hexdigest()[:16]
+            i += 1
     return found
 
 
@@ -360,7 +374,8 @@ def run(o: Options) -> dict:
     print(compare([str(ev)], str(report)))
     videos = sorted(ev.rglob("*.mp4"), key=lambda p: ("ok" not in p.name, p.name))  # a success first
     res = json.loads((ev / "results.json").read_text())["tasks"][RECIPES[o.name].task]
-    charts = [p for p in (out / "policy" / "loss.png", report / "success.png")
+    policy = Path(cmds[-1][2][cmds[-1][2].index("--ckpt") + 1]).parent  # the last round's
+    charts = [p for p in (policy / "loss.png", report / "success.png")
               if p.is_file()]
     summary = {"recipe": o.name, "success_rate": res["success_rate"], "wilson95": res["wilson95"],
                "episodes": res["episodes"], "wall_s": walls, "total_wall_s": round(sum(walls.values()), 1),

@@ -288,6 +288,132 @@ FRANKA_PLANS = {"franka_pick_place": _plan_franka_pick_place, "franka_stack": _p
                 "franka_put_in_bin": _plan_franka_bin}
 
 
+# ============================================================================ acting from any state
+# The plans above are fixed at the start of each move and always begin at home: they cannot finish a task from
+# where a policy (or a push) left it. `closed_loop` replans after every primitive (at most about 2 s) from the live
+# state: what each arm pinches (env.grasped_by), what is already in place (the task's own "place_*" stage
+# predicates), and where the arms are. Its primitives are the plans': pick, place, home, plus `clear` (open, rise
+# out of the way). lab/dagger.py has it take over a policy's rollouts, to teach recovery.
+
+PLACEMENTS = {  # task -> (role to place, role it goes onto), in order; each is done when the stage place_ROLE holds
+    "place_block": (("target", "pad"),), "franka_pick_place": (("target", "pad"),),
+    "franka_put_in_bin": (("target", "bin"),), "franka_stack": (("block1", "block0"),),
+    "stack_two": (("block0", "pad"), ("block1", "block0")),
+    "stack_three": (("block0", "pad"), ("block1", "block0"), ("block2", "block1")),
+}
+CLEAR_Z = 0.10  # m above the table: an arm that is about to cross the table rises to this first
+
+
+def sync(x: Expert):
+    """Start x from the arms' measured joints (not home); each gripper closed only if it pinches something."""
+    e, d = x.e, x.e._ik_data
+    for a in e.arms:
+        x.q[a] = e.data.qpos[e.arm_qadr[a]].copy()
+        d.qpos[e.arm_qadr[a]] = x.q[a]
+        mujoco.mj_kinematics(e.model, d)
+        x.pose[a] = (d.site_xpos[e.tcp[a]].copy(), d.site_xmat[e.tcp[a]].reshape(3, 3).copy())
+        x.grip[a] = 0.0 if holding(e, a) else 1.0
+
+
+def holding(e, arm) -> set:
+    return {o.name for o in e.objects if o.name in e.obj_qadr and arm in e.grasped_by(o.name)}
+
+
+def clear(x: Expert, arm):
+    """Open the hand (dropping whatever it holds) and rise to CLEAR_Z, straight up."""
+    if x.grip[arm] < 0.5:
+        yield from x.wait(x.RELEASE_WAIT, grip={arm: 1.0})
+    p, R = x.pose[arm]
+    if p[2] < CLEAR_Z:
+        yield from x.move({arm: (np.r_[p[:2], CLEAR_Z], R)}, steps=8)
+
+
+def _home_pose(x: Expert, arm):
+    d = x.e._ik_data
+    d.qpos[x.e.arm_qadr[arm]] = x.e.home[arm]
+    mujoco.mj_kinematics(x.e.model, d)
+    return d.site_xpos[x.e.tcp[arm]].copy()
+
+
+def _target(e, onto):
+    """Where a placed object goes: (xy, height of the surface it rests on)."""
+    n = e.layout.roles[onto]
+    p = e.obj_pos(n)
+    if onto.startswith("pad"):
+        return p[:2], 0.0
+    if onto == "bin":
+        from world import twin
+        return p[:2], 2 * twin.BIN_HALF[2] + 0.01
+    return p[:2], p[2] + BLOCK
+
+
+def _arm_for(e, name):
+    """The arm that picks `name` now: the one holding it, else the one on its side of the table."""
+    held = [a for a in e.arms if name in holding(e, a)]
+    if held:
+        return held[0]
+    return e.arms[0] if len(e.arms) == 1 else ("left" if e.obj_pos(name)[0] < 0 else "right")
+
+
+def _next_placement(x: Expert):
+    """The next primitive of a pick-and-place task (PLACEMENTS), or None when every placement holds."""
+    e = x.e
+    placed = {name[len("place_"):]: pred for name, _, pred in e.stages if name.startswith("place_")}
+    for role, onto in PLACEMENTS[e.task.name]:
+        if placed[role](e):
+            continue
+        n = e.layout.roles[role]
+        arm = _arm_for(e, n)
+        others = [a for a in e.arms if a != arm and (holding(e, a) or
+                  np.linalg.norm(x.pose[a][0] - _home_pose(x, a)) > 0.05)]
+        if others:  # the other hand out of the way first: drop what it holds, go home
+            return _chain(clear(x, others[0]), x.go_home([others[0]]))
+        if n in holding(e, arm):
+            return x.place(arm, n, *_target(e, onto))
+        if holding(e, arm) or x.grip[arm] < 0.5 or x.pose[arm][0][2] < CLEAR_Z - 0.01:
+            return clear(x, arm)
+        return x.pick(arm, n, lift=0.06 + 0.04 * int(role[-1]) if role[-1].isdigit() else 0.10)
+    return None
+
+
+def _next_lift(x: Expert):
+    e = x.e
+    n = e.layout.roles["target"]
+    arm = _arm_for(e, n)
+    if n in holding(e, arm):
+        p, R = x.pose[arm]
+        return None if e.obj_pos(n)[2] > BLOCK + 0.06 else x.move({arm: (np.r_[p[:2], BLOCK + 0.12], R)}, steps=10)
+    others = [a for a in e.arms if a != arm and np.linalg.norm(x.pose[a][0] - _home_pose(x, a)) > 0.05]
+    if others:
+        return _chain(clear(x, others[0]), x.go_home([others[0]]))
+    if holding(e, arm) or x.grip[arm] < 0.5 or x.pose[arm][0][2] < CLEAR_Z - 0.01:
+        return clear(x, arm)
+    return x.pick(arm, n, lift=0.12)
+
+
+def _chain(*gens):
+    for g in gens:
+        yield from g
+
+
+NEXT = {**{t: _next_placement for t in PLACEMENTS}, "lift_block": _next_lift}
+
+
+def closed_loop(x: Expert, max_primitives: int = 40):
+    """Actions that finish x's task from the current state (after sync): replan after every primitive."""
+    if x.e.task.name not in NEXT:
+        raise ValueError(f"no closed-loop expert for {x.e.task.name}; there is one for {', '.join(NEXT)}")
+    for _ in range(max_primitives):
+        step = NEXT[x.e.task.name](x)
+        if step is None:
+            break
+        yield from step
+    away = [a for a in x.e.arms if not holding(x.e, a) and np.linalg.norm(x.pose[a][0] - _home_pose(x, a)) > 0.02]
+    if away and x.e.task.name not in FRANKA_PLANS:  # as the plans: the bimanual arms end at home, the twin stays
+        yield from x.go_home(away)
+    yield from x.wait(30 if x.e.task.name == "lift_block" else 12)  # success holds 20 steps (lift) or 10
+
+
 def make_expert(env) -> Expert:
     """The scripted expert for env's task, whichever suite (sim.py or twin.py) it belongs to."""
     return FrankaExpert(env) if env.task.name in FRANKA_PLANS else Expert(env)
