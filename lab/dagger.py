@@ -131,6 +131,8 @@ class TakeoverOptions:
     takeovers: int = opt(2, "takeovers per layout")
     latest: float = opt(0.7, "takeover steps are drawn uniformly from 1 .. latest x the task's step limit")
     noise_scale: float = opt(0.0, "the policy's flow noise, as its recipe evaluates it")
+    perturb: str = opt("none", "at the takeover: none, open (the hands) or shove (the free objects 2-5 cm): new "
+                       "object positions near the demonstrations' layouts", choices=PERTURBATIONS)
     seed: int = opt(0, "seed of the takeover steps' draws")
 
     def __post_init__(self):
@@ -169,7 +171,8 @@ def takeover(o: TakeoverOptions, command: str) -> dict:
     out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)
     gen = {"task": task, "takeover": {"ckpt": str(o.ckpt), "data": str(o.data), "takeovers": o.takeovers,
-                                      "latest": o.latest, "noise_scale": o.noise_scale, "seed": o.seed}}
+                                      "latest": o.latest, "noise_scale": o.noise_scale, "seed": o.seed,
+                                      **({"perturb": o.perturb} if o.perturb != "none" else {})}}
     was = data.load_meta(out) if (out / "meta.json").is_file() else None
     if was and was.get("generation") != gen:
         raise ValueError(f"{out}: holds takeovers made with other settings; choose a new folder")
@@ -186,7 +189,8 @@ def takeover(o: TakeoverOptions, command: str) -> dict:
         gen_i = torch.Generator().manual_seed(o.seed * 1_000_003 + i)
         row = {"seed": s, "takeover_step": k, "policy_done": policy_until(policy, env, s, k, gen_i)}
         if not row["policy_done"]:
-            row["expert_success"], ep = expert_from(env, 2 * limit, record=True)
+            perturb(env, o.perturb, np.random.default_rng([o.seed, i]))
+            row["expert_success"], ep = expert_from(env, 2 * limit, record=True, open_hands=o.perturb == "open")
             if row["expert_success"]:
                 row["episode"], row["frames"] = sum("episode" in r for r in rows), len(ep["action"])
                 data.save_episode(out / f"episode_{row['episode']:06d}.npz", ep)

@@ -5,6 +5,7 @@ eval_sim.py, train.py and data.py; the evaluation itself stays in eval_sim.py).
   python lab/diagnostics.py compare none=D1,D2 stake=D3,D4 --out R      # several training seeds per variant
   python lab/diagnostics.py probe --ckpt RUN/ckpt.pt --task T --out probe.png   # StaKe heads along a rollout
   python lab/diagnostics.py openloop --ckpt RUN/ckpt.pt --data DIR       # chunk error on demonstrations, by step and phase
+  python lab/diagnostics.py true-positions --ckpt RUN/ckpt.pt --task T   # the same seeds with the simulator's positions
   python lab/diagnostics.py bench --ckpt RUN/ckpt.pt [--task T]           # episodes/min, as evaluation was and as it is
   python lab/diagnostics.py train-bench [--presets tiny small] [--json results/bench_train_cpu.json]   # training samples/s
   python lab/diagnostics.py experts [--seeds 100] [--tasks T ...] [--out results/experts.json]   # expert success per task
@@ -220,6 +221,43 @@ def probe(ckpt: str, task: str, seed: int, out: str, device="cpu") -> dict:
     return {"steps": T, "success": bool(env.success), "stage_agreement": agree,
             "keyframe_l1_mean": float(key_err.mean()), "events": seg.events}
 
+
+
+# ============================================================================ perception or control?
+
+def true_positions(ckpt: str, task: str, episodes: int, noise_scale: float = 0.0, max_steps: int = 0) -> dict:
+    """A grounded policy on the same seeds twice: with its front end's object positions, and with the simulator's
+    (lab/ground.py located, at every query). A gap says the front end limits the policy; none, its control."""
+    import torch
+    from eval_sim import environments
+    from lab.ground import located
+    from model import Policy
+    policy = Policy.load(ckpt)
+    policy.noise_scale = noise_scale
+    fe = next((m for m in policy.model.modules() if hasattr(m, "ground_head")), None)
+    if fe is None or not fe.cfg.grounded:
+        raise ValueError(f"{ckpt}: not a grounded policy (train.py --grounded): it reads no object positions")
+    mu, sd = torch.tensor(fe.cfg.ground_mean), torch.tensor(fe.cfg.ground_std)
+    shown = fe.ground_head
+
+    class Truth(torch.nn.Module):  # stands in for ground_head: the env's positions, normalised as the head's output
+        def forward(self, xy):  # (B, C*K*2) -> (B, 2R)
+            return ((torch.as_tensor(located(env)[1], dtype=torch.float32) - mu) / sd).expand(len(xy), -1).to(xy)
+
+    cfg = EvalConfig(ckpt=ckpt, task=[task], episodes=episodes, batch=1, noise_scale=noise_scale, max_steps=max_steps)
+    env = environments(task, tuple(policy.cameras), tuple(policy.image_size), 1)[0]  # the one rollout_batch steps
+    out = {}
+    for name, head in (("front_end", shown), ("true_positions", Truth())):
+        fe.ground_head = head
+        out[name] = [rollout_batch(policy, task, [s], cfg)[0]["success"] for s in eval_seeds(0, episodes)]
+    fe.ground_head = shown
+    a, b = out["front_end"], out["true_positions"]
+    res = {"task": task, "episodes": episodes, "noise_scale": noise_scale, "front_end": sum(a),
+           "true_positions": sum(b), "mcnemar_p": mcnemar_exact(sum(x and not y for x, y in zip(a, b)),
+                                                                sum(y and not x for x, y in zip(a, b)))}
+    print(f"{task}: {res['front_end']}/{episodes} with the front end's positions, {res['true_positions']}/{episodes} "
+          f"with the simulator's (same seeds; exact McNemar p {res['mcnemar_p']:.2g})")
+    return res
 
 
 # ============================================================================ benchmark
@@ -548,6 +586,18 @@ def main(argv=None) -> int:
                    **bench(a.ckpt, a.task, a.episodes, a.batch)}
             if a.json:
                 data.atomic_write_bytes(Path(a.json), lambda f: f.write(json.dumps(res, indent=1).encode()))
+        elif argv[:1] == ["true-positions"]:
+            p = argparse.ArgumentParser(prog="diagnostics.py true-positions", description=true_positions.__doc__.split("\n")[0])
+            p.add_argument("--ckpt", required=True)
+            p.add_argument("--task", required=True)
+            p.add_argument("--episodes", type=int, default=50)
+            p.add_argument("--noise-scale", type=float, default=0.0)
+            p.add_argument("--out", default="", help="JSON file to write")
+            a = p.parse_args(argv[1:])
+            res = {"command": "python lab/diagnostics.py " + " ".join(argv), "git_revision": data.git_revision(),
+                   **true_positions(a.ckpt, a.task, a.episodes, a.noise_scale)}
+            if a.out:
+                data.atomic_write_bytes(Path(a.out), lambda f: f.write(json.dumps(res, indent=1).encode()))
         elif argv[:1] == ["train-bench"]:
             train_bench(argv[1:])
         elif argv[:1] in (["experts"], ["data-bench"]):

@@ -178,6 +178,12 @@ RECIPES = {
         evaluate=EVAL_SIM_FULL_NOISE,
         evaluator="eval_sim"),
 }
+# Recovery rounds (docs/recovery.md): the recipe, then rounds where the closed-loop expert takes over the last policy's
+# rollouts on the same 50 layouts, the free objects shoved 2-5 cm at the takeover (new reach targets), and the policy
+# trains again on everything; 200 evaluation episodes, the bar
+RECOVERY = tuple(("--takeovers", "4", "--perturb", "shove", "--seed", str(r)) for r in (1, 2))
+RECIPES["place_block_recovery"] = dataclasses.replace(
+    RECIPES["place_block"], recovery=RECOVERY, evaluate=("--episodes", "200", *EVAL_SIM[2:]))
 # lift_block in the user's own words: its front end grounded one stage more and its policy trained on world/words.py's
 # grammar (156 ways of asking, the templates among them); the held-out sentences: README, results/phrasings
 _lift = RECIPES["lift_block"]

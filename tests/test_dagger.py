@@ -62,7 +62,7 @@ def test_shove_moves_the_free_objects_only():
     assert len(held) == 1 and len(free) >= 2 and sorted(moved) == sorted(free)
 
 
-def test_recovery_round_tiny_end_to_end_then_resumes(tmp_path, capsys):
+def test_recovery_round_tiny_end_to_end_then_resumes(tmp_path, capsys, monkeypatch):
     """A recipe with one recovery round, at toy size: the takeovers are recorded in the demonstrations' format,
     the next policy trains on both folders, and a rerun finds every stage done."""
     import dataclasses
@@ -87,6 +87,12 @@ def test_recovery_round_tiny_end_to_end_then_resumes(tmp_path, capsys):
         capsys.readouterr()
         assert recipe.main(argv) == 0
         assert capsys.readouterr().out.count("done already") == 5  # data, policy, takeovers, policy 1, evaluation
+        # diagnostics true-positions on that policy: the simulator's positions read at each query of its second pass
+        from lab import diagnostics, ground
+        calls, real = [], ground.located
+        monkeypatch.setattr(ground, "located", lambda env: calls.append(env.t) or real(env))
+        res = diagnostics.true_positions(str(out / "round1" / "policy" / "ckpt.pt"), "place_block", 1, max_steps=20)
+        assert calls == [0, 10] and res["front_end"] == res["true_positions"] == 0
     finally:
         del recipe.RECIPES["_tiny_recovery"]
 
