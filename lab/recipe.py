@@ -343,6 +343,10 @@ def run_script(script: str, argv: list) -> int:
 
 
 def run(o: Options) -> dict:
+    # torch and timm before any stage renders: importing them after a MuJoCo EGL context exists segfaults the
+    # process (with --workers 1 the demonstrations render in this process, and the policy stage follows)
+    import timm  # noqa: F401
+    import torch  # noqa: F401
     t_start, walls = time.time(), {}
     cmds, out = commands(o), shown(out_folder(o))
     front = ROOT / RECIPES[o.name].front_end

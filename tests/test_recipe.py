@@ -71,6 +71,16 @@ def test_recipe_end_to_end_tiny_then_resumes(tmp_path, capsys):
     assert seeds == [0, 1]
 
 
+def test_recipe_in_one_process_from_the_command_line(tmp_path):
+    """--workers 1 records the demonstrations in the recipe's own process (a MuJoCo EGL context), then trains:
+    torch imported after that context segfaulted the process at the policy stage (this suite imports torch first,
+    so only a fresh interpreter shows it)."""
+    r = subprocess.run([sys.executable, "lab/recipe.py", "lift_block", "--out", str(tmp_path / "r"), "--demos", "1",
+                        "--steps", "1", "--episodes", "1", "--workers", "1"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0 and "lift_block: success" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+
 def test_recipe_list_and_errors(capsys):
     assert recipe.main(["--list"]) == 0
     text = capsys.readouterr().out
