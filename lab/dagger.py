@@ -104,6 +104,13 @@ class ExpertOptions:
     episodes: int = opt(100, "seeds per perturbation (held-out evaluation seeds)")
     out: str = opt("", "results JSON (default: print only)")
 
+    def __post_init__(self):
+        from world import experts
+        if self.task not in experts.NEXT:
+            raise ValueError(f"--task {self.task}: no closed-loop expert; there is one for {', '.join(experts.NEXT)}")
+        if self.episodes < 1:
+            raise ValueError("--episodes must be >= 1")
+
 
 def measure_experts(o: ExpertOptions, command: str) -> dict:
     import world

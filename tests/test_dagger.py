@@ -97,9 +97,11 @@ def test_recovery_round_tiny_end_to_end_then_resumes(tmp_path, capsys, monkeypat
         del recipe.RECIPES["_tiny_recovery"]
 
 
-def test_takeover_refuses_other_settings_in_its_folder(tmp_path, capsys):
+def test_bad_input_gets_one_line(tmp_path, capsys):  # a folder data.py did not make; a task without the expert
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "meta.json").write_text(json.dumps({"generation": {"task": "place_block"}}))
     assert dagger.main(["takeover", "--ckpt", str(tmp_path / "none.pt"), "--data", str(tmp_path / "t"),
                         "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.startswith("dagger.py: error: ")
+    assert dagger.main(["experts", "--task", "handover"]) == 2
+    assert "no closed-loop expert" in capsys.readouterr().err
