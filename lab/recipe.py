@@ -252,9 +252,8 @@ def commands(o: Options) -> list:
             cmds.append((f"front end, stage {i}", "lab/ground.py", argv, run))
             prev = run / "ckpt.pt"
         front = prev
-    train = ["--data", demos, "--out", policy, "--vision-from", front, "--resume", *r.train]
-    train += ["--seed", o.seed] + (["--steps", o.steps] if o.steps else [])
-    cmds.append(("policy", "train.py", train, policy))
+    settings = ["--vision-from", front, "--resume", *r.train, "--seed", o.seed] + (["--steps", o.steps] if o.steps else [])
+    cmds.append(("policy", "train.py", ["--data", demos, "--out", policy, *settings], policy))
     folders = [demos]  # recovery rounds: the expert takes over the last policy's rollouts; train again on all
     for i, flags in enumerate(r.recovery, 1):
         rd = out / f"round{i}"
@@ -262,7 +261,7 @@ def commands(o: Options) -> list:
                                                                "--out", rd / "data", *flags], rd / "data"))
         folders.append(rd / "data")
         policy = rd / "policy"
-        cmds.append((f"policy, round {i}", "train.py", ["--data", *folders, "--out", policy, *train[4:]], policy))
+        cmds.append((f"policy, round {i}", "train.py", ["--data", *folders, "--out", policy, *settings], policy))
     evaluate = ["--ckpt", policy / "ckpt.pt", "--task", r.task, "--out", ev, *r.evaluate, "--seed", o.eval_seed]
     evaluate += ["--workers", o.workers] if r.evaluator == "eval_sim" else ["--robot", "mujoco"]
     evaluate += ["--episodes", o.episodes] if o.episodes else []
@@ -313,15 +312,13 @@ def stage_inputs(argv: list) -> dict:
     flag = {"--vision-from": "front end", "--init-from": "front end", "--ckpt": "checkpoint"}
     found = {name: digest(argv[i + 1]) for i, a in enumerate(argv[:-1]) if (name := flag.get(a))
              and Path(argv[i + 1]).is_file()}
-    if "--data" in argv:
-        i = argv.index("--data") + 1
-        while i < len(argv) and not argv[i].startswith("--"):  # each folder's record (recovery rounds: several)
-            if (rec := Path(argv[i]) / "done.json").is_file():
-                made = json.loads(rec.read_text())  # what made them, not when
-                blob = json.dumps([made.get("settings"), made.get("inputs")], sort_keys=True).encode()
-                found["demonstrations" + (f" {i - argv.index('--data')}" if i > argv.index("--data") + 1 else "")] = \
-                    hashlib.sha256(blob).hexdigest()[:16]
-            i += 1
+    rest = argv[argv.index("--data") + 1:] if "--data" in argv else []
+    folders = rest[:next((i for i, a in enumerate(rest) if a.startswith("--")), len(rest))]
+    for k, folder in enumerate(folders):  # each folder's record (recovery rounds train on several)
+        if (rec := Path(folder) / "done.json").is_file():
+            made = json.loads(rec.read_text())  # what made them, not when
+            blob = json.dumps([made.get("settings"), made.get("inputs")], sort_keys=True).encode()
+            found["demonstrations" + (f" {k + 1}" if k else "")] = hashlib.sha256(blob).hexdigest()[:16]
     return found
 
 
