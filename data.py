@@ -57,6 +57,9 @@ def save_episode(path: Path, episode: dict) -> None:
     arrays["instruction"] = np.array(episode["instruction"])
     arrays["task"] = np.array(episode["task"])
     arrays["seed"] = np.array(int(episode["seed"]), np.int64)
+    if episode.get("positions") is not None:  # the simulator's (x, y) of the named objects (world.located)
+        arrays["positions"] = np.asarray(episode["positions"], np.float32)
+        arrays["position_roles"] = np.array(list(episode["position_roles"]))
     atomic_write_bytes(path, lambda f: np.savez_compressed(f, **arrays))
 
 
@@ -67,7 +70,8 @@ def save_meta(folder: Path, meta: dict) -> None:
 # ----------------------------------------------------------------------------- reading (validated)
 
 def load_episode(path) -> dict:
-    """Load one episode as {'images': {cam: (T,H,W,3) uint8}, 'qpos', 'action', 'instruction', 'task', 'seed'}.
+    """Load one episode as {'images': {cam: (T,H,W,3) uint8}, 'qpos', 'action', 'instruction', 'task', 'seed'},
+    plus 'positions' (T, 2R) and 'position_roles' (R names) where the simulator recorded them.
 
     Raises DataError naming the file and the key when something is missing or malformed.
     """
@@ -99,8 +103,14 @@ def load_episode(path) -> dict:
     for cam, img in images.items():
         if img.dtype != np.uint8 or img.ndim != 4 or img.shape[0] != T or img.shape[-1] != 3:
             raise DataError(f"{path}: key 'images/{cam}' must be ({T}, H, W, 3) uint8; got {img.shape} {img.dtype}")
-    return {"images": images, "qpos": qpos.astype(np.float32), "action": action.astype(np.float32),
-            "instruction": str(raw["instruction"]), "task": str(raw["task"]), "seed": int(raw["seed"])}
+    ep = {"images": images, "qpos": qpos.astype(np.float32), "action": action.astype(np.float32),
+          "instruction": str(raw["instruction"]), "task": str(raw["task"]), "seed": int(raw["seed"])}
+    if "positions" in raw:  # optional: recorded in simulation only (train.py --positions simulator)
+        pos, roles = raw["positions"], [str(r) for r in raw.get("position_roles", [])]
+        if pos.shape != (T, 2 * len(roles)) or not np.isfinite(pos).all():
+            raise DataError(f"{path}: 'positions' must be ({T}, 2 x {len(roles)} roles) and finite; got {pos.shape}")
+        ep |= {"positions": pos.astype(np.float32), "position_roles": roles}
+    return ep
 
 
 def load_meta(folder) -> dict:

@@ -50,8 +50,8 @@ def load_folders(folders, cameras=None, stage_label="per-arm", images=True):
     except ValueError as e:
         raise data.DataError(f"{folders[0]}/meta.json: {e}") from None
     H, W = ref["image_size"]
-    imgs, qpos, act, stage, key, ep_id, ends, texts, ep_tasks, seeds = ([] for _ in range(10))
-    tasks = {}
+    imgs, qpos, act, stage, key, ep_id, ends, texts, ep_tasks, seeds, pos = ([] for _ in range(11))
+    tasks, roles, why = {}, None, ""  # the simulator's object positions, where every episode has them
     n = 0
     for f, m in zip(folders, metas):
         tasks.update(m["tasks"])
@@ -73,12 +73,20 @@ def load_folders(folders, cameras=None, stage_label="per-arm", images=True):
             qpos.append(ep["qpos"]), act.append(ep["action"])
             ep_id.append(np.full(T, len(texts))), texts.append(ep["instruction"]), ep_tasks.append(ep["task"])
             seeds.append(int(ep["seed"]) if "seed" in ep else None)
+            if "positions" not in ep:
+                why = why or f"{p} holds no simulator positions (data.py generate records them)"
+            elif roles not in (None, ep["position_roles"]):
+                why = why or f"{p} locates {ep['position_roles']}, an earlier episode {roles}"
+            else:
+                roles = ep["position_roles"]
+                pos.append(ep["positions"])
             ends.append(np.full(T, n + T - 1))
             n += T
     t = lambda xs, dt=None: torch.from_numpy(np.concatenate(xs)) if dt is None else torch.from_numpy(np.concatenate(xs).astype(dt))
     return dict(images=t(imgs) if images else None, qpos=t(qpos), action=t(act), stage=t(stage), keyframe=t(key),
                 ep_id=t(ep_id, np.int64), end=t(ends, np.int64), texts=texts,
                 ep_tasks=ep_tasks, ep_seeds=seeds, cameras=cams,
+                positions=None if why else t(pos), position_roles=roles, positions_why=why,  # (N, 2R) metres
                 meta=dict(fps=ref["fps"], robot=ref.get("robot", ""), action_names=ref["action_names"],
                           qpos_names=ref["qpos_names"], gripper_indices=gi, gripper_convention=ref["gripper_convention"],
                           arms=ref.get("arms", []), cameras=cams, image_size=[H, W], tasks=tasks,

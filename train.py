@@ -86,6 +86,11 @@ class Options:
                          "and give those positions to the policy (model.ModelConfig.grounded)")
     grounded_only: bool = opt(False, "with --grounded: the policy sees only those positions (one token), not the "
                               "keypoints they are read from")
+    positions: str = opt("front_end", "with a frozen front end, --grounded-only and --shift 0, the object positions the "
+                         "policy trains on: 'front_end', its output on the demonstrations' images; 'simulator', the "
+                         "(x, y) data.py records with each frame (privileged, like the front end's own labels; "
+                         "evaluation reads the front end). Trained on the front end's errors (2-6 cm on place_block's "
+                         "frames) a policy learns a blurred map from positions to joints (docs/findings.md)")
     object_distances: bool = opt(False, "with --grounded: the distances between the named objects join their "
                                  "positions (model.ModelConfig.ground_distances): a block already on the pad and "
                                  "one still to pick differ there")
@@ -141,6 +146,10 @@ class Options:
                   (self.vision_lr_scale == 1 or not self.freeze_vision,
                    "--vision-lr-scale is the rate of an unfrozen front end: not with --freeze-vision"),
                   (self.phrasings in ("templates", "grammar"), "--phrasings must be 'templates' or 'grammar'"),
+                  (self.positions in ("front_end", "simulator"), "--positions must be 'front_end' or 'simulator'"),
+                  (self.positions == "front_end" or (self.freeze_vision and self.grounded_only and self.shift == 0),
+                   "--positions simulator replaces the cached positions of a frozen front end: it needs "
+                   "--freeze-vision --grounded-only --shift 0"),
                   (self.log_every > 0 and self.save_every > 0, "--log-every and --save-every must be > 0"),
                   (0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1)")]
         for ok, msg in checks:
@@ -186,6 +195,19 @@ def model_config(opts: Options, D, base: dict) -> ModelConfig:
     this run asks for: a head whose weight is 0 is not created."""
     n_stage = D["stage"].shape[1] if opts.stage_weight > 0 else 0
     return ModelConfig.from_dict({**base, "n_stage": n_stage, "keyframe_head": opts.keyframe_weight > 0})
+
+
+def simulator_positions(D, cfg: ModelConfig, roles: list) -> torch.Tensor:
+    """--positions simulator: (N, 2R) the positions recorded with the frames, normalised as the front end's head
+    reports them (its roles, in its order)."""
+    if D["positions"] is None:
+        raise data.DataError(f"--positions simulator: {D['positions_why']}")
+    if roles is None:
+        raise data.DataError("--positions simulator: the checkpoint names no front end roles (not trained so)")
+    if D["position_roles"] != list(roles):
+        raise data.DataError(f"--positions simulator: the data locates {D['position_roles']}, the front end {roles}")
+    D["meta"]["ground_roles"] = list(roles)  # in the checkpoint: a --resume finds them there
+    return (D["positions"] - torch.tensor(cfg.ground_mean)) / torch.tensor(cfg.ground_std)
 
 
 def new_model(cfg: ModelConfig, seed: int) -> VLA:
@@ -413,7 +435,9 @@ def build(opts: Options) -> dict:
     D["meta"]["tasks"] = {**(src["meta"].get("tasks", {}) if src else {}), **D["meta"]["tasks"]}
     model = new_model(cfg, opts.seed).to(device)
     load_weights(model, opts, src, resume, grounding)
-    if cached:  # from each episode's own instruction, whatever --phrasings
+    if cached and opts.positions == "simulator":
+        D["ground"] = simulator_positions(D, cfg, grounding["meta"]["roles"] if grounding else src["meta"].get("ground_roles"))
+    elif cached:  # from each episode's own instruction, whatever --phrasings
         D["ground"] = dataset.grounded_positions(model, D, opts.data, lang, device)
     if opts.phrasings == "grammar":
         lang = grammar_language(tok, D, cfg.lang_len)                                 # (E, N, L) ids, mask

@@ -60,21 +60,7 @@ def expert_from(env, steps_cap: int, record: bool = False, open_hands: bool = Fa
         for a in env.arms:
             x.grip[a] = 1.0
     obs = env.observe(render=record)
-    frames, qpos, actions = {c: [] for c in env.cameras}, [], []
-    for t, act in enumerate(experts.closed_loop(x)):
-        if t >= steps_cap or env.success:
-            break
-        if record:
-            for c, img in obs["images"].items():
-                frames[c].append(img)
-            qpos.append(obs["qpos"])
-            actions.append(act)
-        obs = env.step(act, render=record)
-    ep = None
-    if record and actions:
-        ep = {"images": {c: np.stack(v) for c, v in frames.items()}, "qpos": np.stack(qpos),
-              "action": np.stack(actions), "instruction": env.layout.instruction, "task": env.task.name,
-              "seed": env.seed}
+    ep = experts.rollout(env, obs, experts.closed_loop(x), record, stop=lambda t: t >= steps_cap or env.success)
     return bool(env.success), ep
 
 

@@ -227,10 +227,10 @@ def probe(ckpt: str, task: str, seed: int, out: str, device="cpu") -> dict:
 
 def true_positions(ckpt: str, task: str, episodes: int, noise_scale: float = 0.0, max_steps: int = 0) -> dict:
     """A grounded policy on the same seeds twice: with its front end's object positions, and with the simulator's
-    (lab/ground.py located, at every query). A gap says the front end limits the policy; none, its control."""
+    (world.located, at every query). A gap says the front end limits the policy; none, its control."""
     import torch
     from eval_sim import environments
-    from lab.ground import located
+    from world import located
     from model import Policy
     policy = Policy.load(ckpt)
     policy.noise_scale = noise_scale

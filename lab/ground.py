@@ -15,7 +15,7 @@ GROUND_SEED_OFFSET on, disjoint from demonstration and evaluation seeds) and the
 positions as labels. It trains exactly the modules the policy uses to see (the ViT, the spatial-softmax
 keypoint detectors with their language shift, the word embeddings; `VLA.encode_keypoints`) plus a linear head
 from all cameras' keypoint coordinates to the (x, y) on the table of every object the instruction names
-(`layout.roles`, e.g. the block to lift; a rod or the bar by two points, `located`). train.py --vision-from loads the rest and the tokenizer (with
+(`layout.roles`, e.g. the block to lift; a rod or the bar by two points, `world.located`). train.py --vision-from loads the rest and the tokenizer (with
 --grounded the head too, as model.ground_head), and --freeze-vision keeps them fixed while the policy learns to
 act on them.
 
@@ -107,23 +107,6 @@ class Options:
         world.suite_of(self.task)  # a clear error naming the known tasks
 
 
-LONG_KINDS = ("rod", "bar")
-
-
-def located(env) -> tuple:
-    """(names, (2R,) metres): the (x, y) of every object the instruction names, by role. A long object (a rod,
-    the bar) is located twice, as role "r" at its centre and "r_end" at its end on the +x side: how to grasp
-    it turns with its yaw, which a single point does not tell."""
-    names, xy = [], []
-    for r in sorted(env.layout.roles):
-        n = env.layout.roles[r]
-        names.append(r), xy.append(env.obj_pos(n)[:2])
-        if next(o.kind for o in env.objects if o.name == n) in LONG_KINDS:
-            axis = env.obj_axis(n)[:2] * (1 if env.obj_axis(n)[0] >= 0 else -1)
-            names.append(f"{r}_end"), xy.append(xy[-1] + env.objects_half(n)[0] * axis)
-    return names, np.concatenate(xy)
-
-
 def render(task: str, seeds, cameras, image_size, expert_frac: float = 0.0, expert_steps: int = 0,
            grasp_natural: bool = False) -> tuple:
     """(images (N, C, H, W, 3) uint8, targets (N, 2R) metres, instructions, role names) of the seeds' layouts.
@@ -147,7 +130,7 @@ def render(task: str, seeds, cameras, image_size, expert_frac: float = 0.0, expe
                     break
                 env.apply(action)  # physics only; one render below
             obs = env.observe()
-        roles, xy = located(env)
+        roles, xy = world.located(env)
         images.append(np.stack([obs["images"][c] for c in cameras]))
         targets.append(xy)
         texts.append(obs["instruction"])
@@ -368,7 +351,7 @@ def check(ckpt: str, folder: str, steps=(0, 10, 20, 30), out: str = "", command:
             if np.abs(obs["qpos"] - ep["qpos"][t]).max() > 1e-3:
                 raise data.DataError(f"{path}: replaying its actions leaves its recorded qpos at step {t} (not made "
                                      f"by this simulator version, or edited): no labels past that step")
-            labels.append(located(env)[1])
+            labels.append(world.located(env)[1])
             obs = env.step(ep["action"][t])
         y = torch.tensor(np.stack([labels[t] for t in ts]), dtype=torch.float32)   # (len(ts), 2R)
         ids, mask = tok([ep["instruction"]] * len(ts), cfg.lang_len)

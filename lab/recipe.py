@@ -120,7 +120,7 @@ RECIPES = {
     "lift_bar": Recipe(
         task="lift_bar",
         demos=DEMOS,
-        front_end="frontends/lift_bar.pt",  # the bar by two points, its centre and one end (ground.located)
+        front_end="frontends/lift_bar.pt",  # the bar by two points, its centre and one end (world.located)
         ground=from_front_end("frontends/lift_block.pt", "800"),
         train=POLICY + ("--steps", "3000", "--symmetry", "--velocity"),
         evaluate=EVAL_SIM,

@@ -88,9 +88,10 @@ def test_recovery_round_tiny_end_to_end_then_resumes(tmp_path, capsys, monkeypat
         assert recipe.main(argv) == 0
         assert capsys.readouterr().out.count("done already") == 5  # data, policy, takeovers, policy 1, evaluation
         # diagnostics true-positions on that policy: the simulator's positions read at each query of its second pass
-        from lab import diagnostics, ground
-        calls, real = [], ground.located
-        monkeypatch.setattr(ground, "located", lambda env: calls.append(env.t) or real(env))
+        import world
+        from lab import diagnostics
+        calls, real = [], world.located
+        monkeypatch.setattr(world, "located", lambda env: calls.append(env.t) or real(env))
         res = diagnostics.true_positions(str(out / "round1" / "policy" / "ckpt.pt"), "place_block", 1, max_steps=20)
         assert calls == [0, 10] and res["front_end"] == res["true_positions"] == 0
     finally:

@@ -173,7 +173,7 @@ def test_ground_init_from_another_task_of_the_scene(grounded, tmp_path):
 
 def test_long_objects_are_located_by_two_points():
     """A rod or the bar: its centre and its end on the +x side, half its length along its axis."""
-    from lab.ground import located
+    from world import located
     import world
     env = world.make_env("handover", render=False)
     env.reset(3)
@@ -287,3 +287,40 @@ def test_cached_front_end_gives_the_batches_it_replaces(grounded, tmp_path):
     shutil.copy(other / "episode_000001.npz", ds / "episode_000001.npz")
     train(Options(out=str(tmp_path / "run3"), **kw))
     assert len(set(Path(ds).glob("grounded_*.npy"))) == 3
+
+
+def test_policy_trains_on_the_simulator_positions(grounded, tmp_path, monkeypatch):
+    """--positions simulator: data.py records the named objects' (x, y) with every frame (world.located at that
+    step, before its action); the policy's cached positions are those, normalised as the front end's head reports
+    them, and the front end never runs on the frames. Data without them, or a run that is not a frozen cached one,
+    gets one line."""
+    import dataset as T
+    import train as TR
+    import world
+    small = dict(cameras=["top"], image_size=(32, 32), quiet=True)
+    data.generate("place_block", 1, tmp_path / "p", seed=3, **small)
+    ep, env = data.load_episode(data.episode_paths(tmp_path / "p")[0]), world.make_env("place_block", render=False)
+    env.reset(ep["seed"])  # replaying the recorded actions meets the recorded positions at every step
+    for t in range(len(ep["action"])):
+        names, xy = world.located(env)
+        assert names == ep["position_roles"] == ["pad", "target"] and np.allclose(xy, ep["positions"][t], atol=1e-6), t
+        env.step(ep["action"][t], render=False)
+    assert np.abs(ep["positions"][-1] - ep["positions"][0])[2:].max() > 0.05  # the block was carried to the pad
+    ds = tmp_path / "d"
+    data.generate("lift_block", 2, ds, seed=3, **small)
+    seen, real = {}, TR.simulator_positions
+    monkeypatch.setattr(T, "grounded_positions", lambda *a, **k: pytest.fail("the front end ran on the frames"))
+    monkeypatch.setattr(TR, "simulator_positions", lambda *a: seen.setdefault("ground", real(*a)))
+    kw = dict(data=[str(ds)], steps=2, batch_size=8, warmup=1, save_every=100, vision_from=str(grounded / "ckpt.pt"),
+              freeze_vision=True, grounded=True, grounded_only=True, shift=0, positions="simulator")
+    train(Options(out=str(tmp_path / "run"), **kw))
+    ck = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    mc, D = ck["model_config"], T.load_folders([str(ds)], images=False)
+    back = seen["ground"] * torch.tensor(mc["ground_std"]) + torch.tensor(mc["ground_mean"])
+    assert torch.allclose(back, D["positions"], atol=1e-5) and ck["meta"]["ground_roles"] == ["target"]
+    train(Options(out=str(tmp_path / "run"), **{**kw, "steps": 2}, resume=True))  # the roles come from the checkpoint
+    syn = make_dataset(tmp_path / "syn", n_episodes=2, T=20, image_size=(32, 32))
+    with pytest.raises(data.DataError, match="holds no simulator positions"):
+        train(Options(out=str(tmp_path / "run2"), **{**kw, "data": [str(syn)]}))
+    with pytest.raises(ValueError, match="--positions simulator replaces the cached positions"):
+        Options(out=str(tmp_path / "run3"), **{**kw, "shift": 4})

@@ -427,16 +427,27 @@ def run_expert(task: str, seed: int, env: Env | None = None, record=False, grasp
     obs = env.reset(seed)
     x = make_expert(env)
     x.GRASP_YAW = not grasp_natural
-    frames, qpos, actions = {c: [] for c in env.cameras}, [], []
-    for act in x.actions():
+    ep = rollout(env, obs, x.actions(), record)
+    return env.success, env.stage, env.t, ep
+
+
+def rollout(env, obs: dict, acts, record: bool, stop=lambda t: False):
+    """Step env through the actions `acts` from its observation `obs` until stop(t) or they run out. With
+    `record`, returns the frames as data.py saves them: each step's images, qpos, action and the named objects'
+    (x, y) (world.located: "positions", in the order of "position_roles"); else None."""
+    import world  # above this module
+    ep = {"images": {c: [] for c in env.cameras}, "qpos": [], "positions": [], "action": []}
+    for t, act in enumerate(acts):
+        if stop(t):
+            break
         if record:
             for c, img in obs["images"].items():
-                frames[c].append(img)
-            qpos.append(obs["qpos"])
-            actions.append(act)
-        obs = env.step(act)
-    ep = None
-    if record:
-        ep = {"images": {c: np.stack(v) for c, v in frames.items()}, "qpos": np.stack(qpos),
-              "action": np.stack(actions), "instruction": env.layout.instruction, "task": task, "seed": seed}
-    return env.success, env.stage, env.t, ep
+                ep["images"][c].append(img)
+            ep["qpos"].append(obs["qpos"]), ep["positions"].append(world.located(env)[1]), ep["action"].append(act)
+        obs = env.step(act, render=record)
+    if not record or not ep["action"]:
+        return None
+    return {"images": {c: np.stack(v) for c, v in ep["images"].items()}, "qpos": np.stack(ep["qpos"]),
+            "action": np.stack(ep["action"]), "positions": np.stack(ep["positions"]),
+            "position_roles": world.located(env)[0], "instruction": env.layout.instruction, "task": env.task.name,
+            "seed": env.seed}
