@@ -196,9 +196,10 @@ def train_flags(o: Options, flags: tuple) -> list:
     if o.design == "frozen":
         return flags
     # the paper's setting: the front end trains and its keypoint tokens enter the prefix; --symmetry and
-    # --object-tokens need --grounded-only (the images are not transformed), so they go with it
+    # --object-tokens need --grounded-only (the images are not transformed), so they go with it, as does
+    # --positions (it replaces a frozen front end's cached output)
     switches = ("--freeze-vision", "--grounded-only", "--symmetry", "--object-tokens")
-    return [f for f in without(flags, "--shift") if f not in switches] + [
+    return [f for f in without(flags, "--shift", "--positions") if f not in switches] + [
         "--shift", 4, "--state-in", "expert", "--vision-lr-scale", o.vision_lr_scale]
 
 

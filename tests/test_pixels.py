@@ -194,3 +194,13 @@ def test_the_pilot_runs_task_by_task_and_reports_each_task_when_it_is_done(tmp_p
     res = json.loads((tmp_path / "res" / "pilot.json").read_text())
     assert list(res["tasks"]) == ["lift_block"] and res["pending"] == ["lift_bar"] and not res["all_pass"]
     assert "pilot: still to run: lift_bar" in capsys.readouterr().out
+
+
+def test_pixels_design_drops_the_frozen_front_ends_switches(tmp_path):
+    """A recipe trained on a frozen front end's cached (or simulator) positions becomes the pixels design's run:
+    the switches that need the frozen cache leave with it, so train.py accepts the command."""
+    from lab.recipe import RECIPES
+    o, _ = options(tmp_path, "pixels-cpu")
+    for t in ("place_block", "stack_two", "franka_stack"):
+        a = list(map(str, ablation.train_flags(o, RECIPES[t].train)))
+        assert "--positions" in RECIPES[t].train and not {"--positions", "--freeze-vision", "--grounded-only"} & set(a)
