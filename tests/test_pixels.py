@@ -201,6 +201,6 @@ def test_pixels_design_drops_the_frozen_front_ends_switches(tmp_path):
     the switches that need the frozen cache leave with it, so train.py accepts the command."""
     from lab.recipe import RECIPES
     o, _ = options(tmp_path, "pixels-cpu")
-    for t in ("place_block", "stack_two", "franka_stack"):
+    for t in ("place_block", "place_block_recovery"):
         a = list(map(str, ablation.train_flags(o, RECIPES[t].train)))
         assert "--positions" in RECIPES[t].train and not {"--positions", "--freeze-vision", "--grounded-only"} & set(a)
