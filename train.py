@@ -86,11 +86,10 @@ class Options:
                          "and give those positions to the policy (model.ModelConfig.grounded)")
     grounded_only: bool = opt(False, "with --grounded: the policy sees only those positions (one token), not the "
                               "keypoints they are read from")
-    positions: str = opt("front_end", "with a frozen front end, --grounded-only and --shift 0, the object positions the "
-                         "policy trains on: 'front_end', its output on the demonstrations' images; 'simulator', the "
-                         "(x, y) data.py records with each frame (privileged, like the front end's own labels; "
-                         "evaluation reads the front end). Trained on the front end's errors (2-6 cm on place_block's "
-                         "frames) a policy learns a blurred map from positions to joints (docs/findings.md)")
+    positions: str = opt("front_end", "with a frozen front end, --grounded-only and --shift 0, the positions the policy "
+                         "trains on: 'front_end', its output on the demonstrations' images; 'simulator', the (x, y) "
+                         "data.py records with each frame (privileged like the front end's labels; evaluation reads the "
+                         "front end): on the front end's errors a policy learns a blurred map (docs/findings.md)")
     object_distances: bool = opt(False, "with --grounded: the distances between the named objects join their "
                                  "positions (model.ModelConfig.ground_distances): a block already on the pad and "
                                  "one still to pick differ there")
@@ -202,9 +201,7 @@ def simulator_positions(D, cfg: ModelConfig, roles: list) -> torch.Tensor:
     reports them (its roles, in its order)."""
     if D["positions"] is None:
         raise data.DataError(f"--positions simulator: {D['positions_why']}")
-    if roles is None:
-        raise data.DataError("--positions simulator: the checkpoint names no front end roles (not trained so)")
-    if D["position_roles"] != list(roles):
+    if roles is None or D["position_roles"] != list(roles):
         raise data.DataError(f"--positions simulator: the data locates {D['position_roles']}, the front end {roles}")
     D["meta"]["ground_roles"] = list(roles)  # in the checkpoint: a --resume finds them there
     return (D["positions"] - torch.tensor(cfg.ground_mean)) / torch.tensor(cfg.ground_std)
