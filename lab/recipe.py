@@ -132,7 +132,8 @@ RECIPES = {
         front_end="frontends/place_block.pt",
         ground=from_front_end("frontends/lift_block.pt", "1600"),
         # 500 more steps on the natural-grasp expert's frames (the pad at the place 3.0 -> 2.5 cm): 11/100 against
-        # 12, not kept (notebooks-2026-12-07:docs/experiments_recipe.md)
+        # 12, not kept (notebooks-2026-12-07:docs/experiments_recipe.md); by hand with --positions simulator 37/100
+        # against 26 (p 0.10), not yet shipped (docs/findings.md)
         # --object-distances: block on the pad or not; re-grasping rollouts 90 -> 67 of 100, success 6 -> 12
         # --positions simulator (the demonstrations' objects where the simulator has them, not where the front end
         # sees them, 2-6 cm off): 12 -> 26/100 on the same seeds (McNemar p 0.024; docs/findings.md)
