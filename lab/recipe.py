@@ -130,10 +130,11 @@ RECIPES = {
         task="place_block",
         demos=DEMOS,
         front_end="frontends/place_block.pt",
-        ground=from_front_end("frontends/lift_block.pt", "1600"),
-        # 500 more steps on the natural-grasp expert's frames (the pad at the place 3.0 -> 2.5 cm): 11/100 against
-        # 12, not kept (notebooks-2026-12-07:docs/experiments_recipe.md); by hand with --positions simulator 37/100
-        # against 26 (p 0.10), not yet shipped (docs/findings.md)
+        # then 500 steps on the natural-grasp expert's frames, the whole rollout: the pad while the arms move 6.1-6.4
+        # -> 5.0-5.1 cm, the block 2.1-3.1 -> 1.7-2.3 (ground.py check on the demonstrations); with --positions
+        # simulator 26 -> 37/100 by hand (docs/findings.md; without it 12 -> 11)
+        ground=from_front_end("frontends/lift_block.pt", "1600") +
+        (("--init-from", "{prev}", "--layouts", "2000", "--steps", "500", "--expert-frac", "0.75", "--grasp-natural"),),
         # --object-distances: block on the pad or not; re-grasping rollouts 90 -> 67 of 100, success 6 -> 12
         # --positions simulator (the demonstrations' objects where the simulator has them, not where the front end
         # sees them, 2-6 cm off): 12 -> 26/100 on the same seeds (McNemar p 0.024; docs/findings.md)
