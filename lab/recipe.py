@@ -152,21 +152,24 @@ RECIPES = {
         demos=DEMOS,
         front_end="frontends/stack_two.pt",  # --word-order: the instruction names base and top by order
         # 1200 steps: blocks at 2.5 / 3.17 cm and 3/100; then 500 steps on the reach's frames (notebooks-2026-12-07:docs/experiments_recipe.md)
+        # then 2000 steps on 4000 layouts of the natural-grasp expert's whole rollout: held-out 2.35 / 2.53 / 1.05 ->
+        # 0.97 / 1.27 / 0.50 cm (blocks, pad); 800 steps on 2000 layouts had left success at 7/100
+        # (notebooks-2026-12-07:docs/experiments_recipe.md)
         ground=from_front_end("frontends/lift_block.pt", "2000", "--word-order") +
         (("--init-from", "{prev}", "--layouts", "2000", "--steps", "500", "--expert-frac", "0.75", "--expert-steps", "30",
-          "--grasp-natural", "--word-order"),),
-        # 800 more steps over the whole rollout (the top block while carried 6.8-9.7 -> 1.8-2.9 cm) left success
-        # at 7/100 and its first grasps within 2 cm at 37 against 44: not kept (notebooks-2026-12-07:docs/experiments_recipe.md)
+          "--grasp-natural", "--word-order"),
+         ("--init-from", "{prev}", "--layouts", "4000", "--steps", "2000", "--expert-frac", "0.75", "--grasp-natural",
+          "--word-order")),
         # --object-tokens: its two reaches start from one home pose; a policy reading all blocks through one
         # linear map blends them (first grasps within 2 cm: 15 of 100 -> 40)
-        # --positions simulator: 13/100 against 11 on the same seeds (p 0.82), not kept (docs/findings.md)
-        train=POLICY + ("--steps", "6000", "--symmetry", "--velocity", "--object-tokens"),
+        # --positions simulator: 13/100 against 11 on the earlier front end (p 0.82); with this one (docs/findings.md)
+        train=POLICY + ("--steps", "6000", "--symmetry", "--velocity", "--object-tokens", "--positions", "simulator"),
         evaluate=EVAL_SIM,
         evaluator="eval_sim"),
     "stack_three": Recipe(
         task="stack_three",
         demos=DEMOS,
-        front_end="frontends/stack_three.pt",  # from stack_two's, which already reads the roles by word order
+        front_end="frontends/stack_three.pt",  # made from stack_two's as at 7edf837, before its last stage
         # then 1500 steps on the natural-grasp expert's frames, the whole rollout: blocks 2.8-3.2 -> 1.6-1.8 cm
         # held-out, 5.0-6.7 -> 3.4-4.2 during the first reach (ground.py check on the demonstrations)
         ground=from_front_end("frontends/stack_two.pt", "1000", "--word-order") +
