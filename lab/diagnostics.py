@@ -254,7 +254,9 @@ def true_positions(ckpt: str, task: str, episodes: int, noise_scale: float = 0.0
     a, b = out["front_end"], out["true_positions"]
     res = {"task": task, "episodes": episodes, "noise_scale": noise_scale, "front_end": sum(a),
            "true_positions": sum(b), "mcnemar_p": mcnemar_exact(sum(x and not y for x, y in zip(a, b)),
-                                                                sum(y and not x for x, y in zip(a, b)))}
+                                                                sum(y and not x for x, y in zip(a, b))),
+           "per_episode": [{"seed": s, "front_end": bool(x), "true_positions": bool(y)}  # for paired comparisons
+                           for s, x, y in zip(eval_seeds(0, episodes), a, b)]}
     print(f"{task}: {res['front_end']}/{episodes} with the front end's positions, {res['true_positions']}/{episodes} "
           f"with the simulator's (same seeds; exact McNemar p {res['mcnemar_p']:.2g})")
     return res

@@ -94,6 +94,7 @@ def test_recovery_round_tiny_end_to_end_then_resumes(tmp_path, capsys, monkeypat
         monkeypatch.setattr(world, "located", lambda env: calls.append(env.t) or real(env))
         res = diagnostics.true_positions(str(out / "round1" / "policy" / "ckpt.pt"), "place_block", 1, max_steps=20)
         assert calls == [0, 10] and res["front_end"] == res["true_positions"] == 0
+        assert res["per_episode"] == [{"seed": res["per_episode"][0]["seed"], "front_end": False, "true_positions": False}]
     finally:
         del recipe.RECIPES["_tiny_recovery"]
 
