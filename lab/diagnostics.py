@@ -227,10 +227,11 @@ def probe(ckpt: str, task: str, seed: int, out: str, device="cpu") -> dict:
 
 def true_positions(ckpt: str, task: str, episodes: int, noise_scale: float = 0.0, max_steps: int = 0) -> dict:
     """A grounded policy on the same seeds twice: with its front end's object positions, and with the simulator's
-    (world.located, at every query). A gap says the front end limits the policy; none, its control."""
+    (world.located, at every query). A gap says the front end limits the policy; none, its control. Bimanual tasks
+    roll out at batch 1; twin tasks through eval_real.py --robot mujoco's loop, as their recipes evaluate."""
     import torch
     from eval_sim import environments
-    from world import located
+    from world import located, twin
     from model import Policy
     policy = Policy.load(ckpt)
     policy.noise_scale = noise_scale
@@ -242,21 +243,45 @@ def true_positions(ckpt: str, task: str, episodes: int, noise_scale: float = 0.0
 
     class Truth(torch.nn.Module):  # stands in for ground_head: the env's positions, normalised as the head's output
         def forward(self, xy):  # (B, C*K*2) -> (B, 2R)
-            return ((torch.as_tensor(located(env)[1], dtype=torch.float32) - mu) / sd).expand(len(xy), -1).to(xy)
+            return ((torch.as_tensor(located(at["env"])[1], dtype=torch.float32) - mu) / sd).expand(len(xy), -1).to(xy)
 
-    cfg = EvalConfig(ckpt=ckpt, task=[task], episodes=episodes, batch=1, noise_scale=noise_scale, max_steps=max_steps)
-    env = environments(task, tuple(policy.cameras), tuple(policy.image_size), 1)[0]  # the one rollout_batch steps
-    out = {}
-    for name, head in (("front_end", shown), ("true_positions", Truth())):
-        fe.ground_head = head
-        out[name] = [rollout_batch(policy, task, [s], cfg)[0]["success"] for s in eval_seeds(0, episodes)]
-    fe.ground_head = shown
+    at, out = {}, {}  # at["env"]: the environment whose positions Truth reads
+    if task in twin.TASKS:  # the Franka twin: eval_real.py --robot mujoco's loop, as its recipes evaluate
+        import eval_real
+        make = twin.TwinBackend
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))  # as eval_real.load_policy: the same rollouts
+
+        def keep(*a, **k):  # the backend evaluate_twin builds, so that Truth reads its env
+            b = make(*a, **k)
+            at["env"] = b.env
+            return b
+        twin.TwinBackend = keep
+        try:
+            for name, head in (("front_end", shown), ("true_positions", Truth())):
+                fe.ground_head = head
+                torch.manual_seed(0)
+                with tempfile.TemporaryDirectory() as tmp:
+                    o = eval_real.Options(ckpt=ckpt, task=task, robot="mujoco", episodes=episodes, out=tmp,
+                                          noise_scale=noise_scale, max_steps=max_steps or 600)
+                    res = eval_real.evaluate_twin(o, policy=policy, log=lambda *a: None)
+                out[name] = [e["success"] for e in res["tasks"][task]["per_episode"]]
+                seeds = [e["seed"] for e in res["tasks"][task]["per_episode"]]
+        finally:
+            twin.TwinBackend, fe.ground_head = make, shown
+    else:
+        cfg = EvalConfig(ckpt=ckpt, task=[task], episodes=episodes, batch=1, noise_scale=noise_scale, max_steps=max_steps)
+        at["env"] = environments(task, tuple(policy.cameras), tuple(policy.image_size), 1)[0]  # rollout_batch's one
+        seeds = eval_seeds(0, episodes)
+        for name, head in (("front_end", shown), ("true_positions", Truth())):
+            fe.ground_head = head
+            out[name] = [rollout_batch(policy, task, [s], cfg)[0]["success"] for s in seeds]
+        fe.ground_head = shown
     a, b = out["front_end"], out["true_positions"]
     res = {"task": task, "episodes": episodes, "noise_scale": noise_scale, "front_end": sum(a),
            "true_positions": sum(b), "mcnemar_p": mcnemar_exact(sum(x and not y for x, y in zip(a, b)),
                                                                 sum(y and not x for x, y in zip(a, b))),
            "per_episode": [{"seed": s, "front_end": bool(x), "true_positions": bool(y)}  # for paired comparisons
-                           for s, x, y in zip(eval_seeds(0, episodes), a, b)]}
+                           for s, x, y in zip(seeds, a, b)]}
     print(f"{task}: {res['front_end']}/{episodes} with the front end's positions, {res['true_positions']}/{episodes} "
           f"with the simulator's (same seeds; exact McNemar p {res['mcnemar_p']:.2g})")
     return res

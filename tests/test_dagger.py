@@ -107,3 +107,19 @@ def test_bad_input_gets_one_line(tmp_path, capsys):  # a folder data.py did not 
     assert capsys.readouterr().err.startswith("dagger.py: error: ")
     assert dagger.main(["experts", "--task", "handover"]) == 2
     assert "no closed-loop expert" in capsys.readouterr().err
+
+
+def test_true_positions_on_the_twin_reads_its_backends_env(tmp_path, monkeypatch):
+    """diagnostics true-positions on a twin task runs eval_real's loop (its front-end column is the recipe's
+    evaluation), and the simulator's positions come from the environment that loop steps."""
+    import world
+    from lab import diagnostics, recipe
+    out = tmp_path / "r"
+    assert recipe.main(["franka_stack", "--out", str(out), "--demos", "1", "--steps", "1", "--episodes", "1",
+                        "--workers", "1"]) == 0
+    calls, real = [], world.located
+    monkeypatch.setattr(world, "located", lambda env: calls.append((type(env).__name__, env.t)) or real(env))
+    res = diagnostics.true_positions(str(out / "policy" / "ckpt.pt"), "franka_stack", 1, max_steps=20)
+    assert calls == [("FrankaEnv", 0), ("FrankaEnv", 10)]
+    evaluated = json.loads((out / "eval_seed0" / "results.json").read_text())["tasks"]["franka_stack"]["per_episode"]
+    assert res["per_episode"][0]["seed"] == evaluated[0]["seed"]
