@@ -65,8 +65,10 @@ class Options:
     holdout: int = opt(300, "held-out layouts for the error curve")
     steps: int = opt(1500, "optimiser steps")
     batch_size: int = opt(64, "layouts per step")
-    lr: float = opt(5e-4, "peak learning rate (linear warm-up over --warmup steps, then constant)")
+    lr: float = opt(5e-4, "peak learning rate (linear warm-up over --warmup steps, then constant, then --decay)")
     warmup: int = opt(100, "linear warm-up steps")
+    decay: int = opt(0, "the last this many steps take the rate down in a line towards 0 (0: constant to the end, "
+                     "where the last step's weights are one noisy draw)")
     weight_decay: float = opt(1e-4, "AdamW weight decay")
     shift: int = opt(4, "random-shift augmentation in pixels, as train.py --shift")
     preset: str = opt("small", f"model size: {', '.join(PRESETS)} (the policy must use the same)")
@@ -100,6 +102,7 @@ class Options:
                   (len(self.image_size) == 2, "--image-size takes two numbers, H W"),
                   (0 <= self.expert_frac <= 1 and self.workers >= 1, "--expert-frac in [0, 1], --workers >= 1"),
                   (self.eval_every > 0 and self.warmup >= 0 and self.shift >= 0, "bad --eval-every/--warmup/--shift"),
+                  (0 <= self.decay <= self.steps, f"--decay must be in [0, --steps]; got {self.decay}"),
                   (self.phrasings in ("templates", "grammar"), "--phrasings must be 'templates' or 'grammar'")]
         for ok, msg in checks:
             if not ok:
@@ -242,7 +245,7 @@ def ground(o: Options, command: str = "") -> dict:
     while step < o.steps:
         step += 1
         for group in optimizer.param_groups:
-            group["lr"] = o.lr * min(1.0, step / max(1, o.warmup))
+            group["lr"] = lr_at(step, o)
         i = torch.randint(0, len(X), (o.batch_size,), generator=g)
         images = images_to_input(X[i], cfg.image_size)                     # (B, C, 3, H, W)
         if o.shift:
@@ -268,6 +271,11 @@ def ground(o: Options, command: str = "") -> dict:
                   command=command or "python lab/ground.py " + " ".join(sys.argv[1:]), git=git_revision())
     data.atomic_write_bytes(out / "ground.json", lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))
     return result
+
+
+def lr_at(step: int, o: Options) -> float:
+    """Linear warm-up, constant, then down in a line over the last --decay steps (the last at 1/(decay + 1))."""
+    return o.lr * min(1.0, step / max(1, o.warmup), (o.steps - step + 1) / (o.decay + 1))
 
 
 def load_front_end(path) -> tuple:

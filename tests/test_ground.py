@@ -1,4 +1,5 @@
 """lab/ground.py (grounding pretraining) and train.py --vision-from / --freeze-vision, on tiny settings."""
+import dataclasses
 import json
 import math
 import subprocess
@@ -78,6 +79,18 @@ def test_ground_resume_equals_uninterrupted(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), f"{k} differs after resume"
     with pytest.raises(ValueError, match="options differ"):
         ground(GroundOptions(out=str(tmp_path / "cut"), steps=6, resume=True, **{**TINY, "lr": 1e-3}))
+
+
+def test_decay_takes_the_rate_down_over_the_last_steps(tmp_path):
+    from lab.ground import lr_at
+    o = GroundOptions(out=str(tmp_path / "d"), steps=4, decay=2, **{**TINY, "lr": 1.0})
+    assert [lr_at(s, o) for s in range(1, 5)] == [1.0, 1.0, 2 / 3, 1 / 3]
+    assert [lr_at(s, GroundOptions(steps=4, **{**TINY, "lr": 1.0})) for s in range(1, 5)] == [1.0] * 4
+    ground(dataclasses.replace(o, lr=5e-4))
+    assert torch.load(tmp_path / "d" / "ckpt.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"] == \
+        pytest.approx(5e-4 / 3)  # what the last step ran with
+    with pytest.raises(ValueError, match="--decay must be in"):
+        GroundOptions(steps=4, decay=5, **TINY)
 
 
 def test_vision_from_loads_and_freezes(grounded, tmp_path):
