@@ -630,9 +630,9 @@ def twin_episode(env, seed: int, rec: dict, ended: str) -> dict:
     return {**eval_sim.episode_record(env, seed, rec["instruction"], acts, [7]), "ended": ended}
 
 
-def evaluate_twin(o: Options, policy=None, log=print, command: str | None = None) -> dict:
+def evaluate_twin(o: Options, policy=None, log=print, command: str | None = None, backend=None) -> dict:
     """`eval_real.py --robot mujoco`: o.episodes randomised rollouts of twin task o.task through run_episode,
-    scored by the task's success predicate. Writes OUT/results.json as eval_sim.py does: {command, git_revision,
+    scored by the task's success predicate (backend: a twin.TwinBackend built by the caller; default, o's). Writes OUT/results.json as eval_sim.py does: {command, git_revision,
     config (the options as run: caps, dynamics, arm, the task's max_steps), tasks: {task: eval_sim.summarise},
     wall_s}."""
     import eval_sim
@@ -645,8 +645,8 @@ def evaluate_twin(o: Options, policy=None, log=print, command: str | None = None
     bad = [c for c in policy.cameras if c not in twin.CAMERAS]
     if bad:
         raise RobotError(f"the checkpoint's camera(s) {bad} are not the twin's ({', '.join(twin.CAMERAS)})")
-    backend = twin.TwinBackend(o.task, list(policy.cameras), tuple(policy.image_size), o.dynamics, o.arm,
-                               workspace=workspace(o))
+    backend = backend or twin.TwinBackend(o.task, list(policy.cameras), tuple(policy.image_size), o.dynamics, o.arm,
+                                          workspace=workspace(o))
     cameras = {c: twin.TwinCamera(backend.env, c) for c in policy.cameras}
     run_o = dataclasses.replace(o, max_steps=min(o.max_steps, twin.TASKS[o.task].max_steps),  # never past the task's
                                 fps=o.fps or float(policy.fps), n_action_steps=o.n_action_steps or policy.n_action_steps)

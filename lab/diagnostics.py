@@ -248,14 +248,7 @@ def true_positions(ckpt: str, task: str, episodes: int, noise_scale: float = 0.0
     at, out = {}, {}  # at["env"]: the environment whose positions Truth reads
     if task in twin.TASKS:  # the Franka twin: eval_real.py --robot mujoco's loop, as its recipes evaluate
         import eval_real
-        make = twin.TwinBackend
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))  # as eval_real.load_policy: the same rollouts
-
-        def keep(*a, **k):  # the backend evaluate_twin builds, so that Truth reads its env
-            b = make(*a, **k)
-            at["env"] = b.env
-            return b
-        twin.TwinBackend = keep
         try:
             for name, head in (("front_end", shown), ("true_positions", Truth())):
                 fe.ground_head = head
@@ -263,11 +256,14 @@ def true_positions(ckpt: str, task: str, episodes: int, noise_scale: float = 0.0
                 with tempfile.TemporaryDirectory() as tmp:
                     o = eval_real.Options(ckpt=ckpt, task=task, robot="mujoco", episodes=episodes, out=tmp,
                                           noise_scale=noise_scale, max_steps=max_steps or 600)
-                    res = eval_real.evaluate_twin(o, policy=policy, log=lambda *a: None)
+                    backend = twin.TwinBackend(task, list(policy.cameras), tuple(policy.image_size), o.dynamics,
+                                               o.arm, workspace=eval_real.workspace(o))  # as evaluate_twin builds it
+                    at["env"] = backend.env
+                    res = eval_real.evaluate_twin(o, policy=policy, log=lambda *a: None, backend=backend)
                 out[name] = [e["success"] for e in res["tasks"][task]["per_episode"]]
                 seeds = [e["seed"] for e in res["tasks"][task]["per_episode"]]
         finally:
-            twin.TwinBackend, fe.ground_head = make, shown
+            fe.ground_head = shown
     else:
         cfg = EvalConfig(ckpt=ckpt, task=[task], episodes=episodes, batch=1, noise_scale=noise_scale, max_steps=max_steps)
         at["env"] = environments(task, tuple(policy.cameras), tuple(policy.image_size), 1)[0]  # rollout_batch's one
