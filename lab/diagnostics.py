@@ -225,10 +225,12 @@ def probe(ckpt: str, task: str, seed: int, out: str, device="cpu") -> dict:
 
 # ============================================================================ perception or control?
 
-def true_positions(ckpt: str, task: str, episodes: int, noise_scale: float = 0.0, max_steps: int = 0) -> dict:
+def true_positions(ckpt: str, task: str, episodes: int, noise_scale: float = 0.0, max_steps: int = 0,
+                   batch: int = 25) -> dict:
     """A grounded policy on the same seeds twice: with its front end's object positions, and with the simulator's
     (world.located, at every query). A gap says the front end limits the policy; none, its control. Bimanual tasks
-    roll out at batch 1; twin tasks through eval_real.py --robot mujoco's loop, as their recipes evaluate."""
+    roll out as eval_sim.py does (batches of `batch` seeds); twin tasks through eval_real.py --robot mujoco's loop,
+    as their recipes evaluate."""
     import torch
     from eval_sim import environments
     from world import located, twin
@@ -243,7 +245,8 @@ def true_positions(ckpt: str, task: str, episodes: int, noise_scale: float = 0.0
 
     class Truth(torch.nn.Module):  # stands in for ground_head: the env's positions, normalised as the head's output
         def forward(self, xy):  # (B, C*K*2) -> (B, 2R)
-            return ((torch.as_tensor(located(at["env"])[1], dtype=torch.float32) - mu) / sd).expand(len(xy), -1).to(xy)
+            where = np.stack([located(e)[1] for e in at["envs"]]) if "envs" in at else located(at["env"])[1][None]
+            return ((torch.as_tensor(where, dtype=torch.float32) - mu) / sd).expand(len(xy), -1).to(xy)
 
     at, out = {}, {}  # at["env"]: the environment whose positions Truth reads
     if task in twin.TASKS:  # the Franka twin: eval_real.py --robot mujoco's loop, as its recipes evaluate
@@ -264,14 +267,28 @@ def true_positions(ckpt: str, task: str, episodes: int, noise_scale: float = 0.0
                 seeds = [e["seed"] for e in res["tasks"][task]["per_episode"]]
         finally:
             fe.ground_head = shown
-    else:
-        cfg = EvalConfig(ckpt=ckpt, task=[task], episodes=episodes, batch=1, noise_scale=noise_scale, max_steps=max_steps)
-        at["env"] = environments(task, tuple(policy.cameras), tuple(policy.image_size), 1)[0]  # rollout_batch's one
-        seeds = eval_seeds(0, episodes)
-        for name, head in (("front_end", shown), ("true_positions", Truth())):
-            fe.ground_head = head
-            out[name] = [rollout_batch(policy, task, [s], cfg)[0]["success"] for s in seeds]
-        fe.ground_head = shown
+    else:  # eval_sim's rollouts; each observation carries its env, so Truth reads the live envs of each query
+        cfg = EvalConfig(ckpt=ckpt, task=[task], episodes=episodes, batch=batch, noise_scale=noise_scale,
+                         max_steps=max_steps)
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))  # as eval_sim.py --workers 2: the same rollouts
+        envs = environments(task, tuple(policy.cameras), tuple(policy.image_size), min(batch, episodes))
+        predict, seeds = policy.predict_chunk, eval_seeds(0, episodes)
+
+        def predict_reading(obs, **kw):  # (B obs) -> the envs whose positions Truth returns, in the batch's order
+            at["envs"] = [o["env"] for o in obs]
+            return predict(obs, **kw)
+        for e in envs:
+            e.observe = (lambda f, env: lambda *a, **k: f(*a, **k) | {"env": env})(e.observe, e)
+        policy.predict_chunk = predict_reading
+        try:
+            for name, head in (("front_end", shown), ("true_positions", Truth())):
+                fe.ground_head = head
+                out[name] = [r["success"] for i in range(0, episodes, batch)
+                             for r in rollout_batch(policy, task, seeds[i:i + batch], cfg)]
+        finally:
+            fe.ground_head, policy.predict_chunk = shown, predict
+            for e in envs:
+                del e.observe
     a, b = out["front_end"], out["true_positions"]
     res = {"task": task, "episodes": episodes, "noise_scale": noise_scale, "front_end": sum(a),
            "true_positions": sum(b), "mcnemar_p": mcnemar_exact(sum(x and not y for x, y in zip(a, b)),
@@ -615,10 +632,11 @@ def main(argv=None) -> int:
             p.add_argument("--task", required=True)
             p.add_argument("--episodes", type=int, default=50)
             p.add_argument("--noise-scale", type=float, default=0.0)
+            p.add_argument("--batch", type=int, default=25, help="seeds rolled out together (bimanual tasks)")
             p.add_argument("--out", default="", help="JSON file to write")
             a = p.parse_args(argv[1:])
             res = {"command": "python lab/diagnostics.py " + " ".join(argv), "git_revision": data.git_revision(),
-                   **true_positions(a.ckpt, a.task, a.episodes, a.noise_scale)}
+                   **true_positions(a.ckpt, a.task, a.episodes, a.noise_scale, batch=a.batch)}
             if a.out:
                 data.atomic_write_bytes(Path(a.out), lambda f: f.write(json.dumps(res, indent=1).encode()))
         elif argv[:1] == ["train-bench"]:

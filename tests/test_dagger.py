@@ -95,6 +95,12 @@ def test_recovery_round_tiny_end_to_end_then_resumes(tmp_path, capsys, monkeypat
         res = diagnostics.true_positions(str(out / "round1" / "policy" / "ckpt.pt"), "place_block", 1, max_steps=20)
         assert calls == [0, 10] and res["front_end"] == res["true_positions"] == 0
         assert res["per_episode"] == [{"seed": res["per_episode"][0]["seed"], "front_end": False, "true_positions": False}]
+        calls.clear()  # in a batch, each row reads its own environment's positions
+        monkeypatch.setattr(world, "located", lambda env: calls.append((id(env), env.t)) or real(env))
+        res = diagnostics.true_positions(str(out / "round1" / "policy" / "ckpt.pt"), "place_block", 2, max_steps=20,
+                                         batch=2)
+        (a, _), (b, _) = calls[:2]
+        assert a != b and calls == [(a, 0), (b, 0), (a, 10), (b, 10)] and len(res["per_episode"]) == 2
     finally:
         del recipe.RECIPES["_tiny_recovery"]
 
