@@ -176,8 +176,9 @@ RECIPES = {
         # linear map blends them (first grasps within 2 cm: 15 of 100 -> 40)
         # --positions simulator: 13/100 against 11 on the earlier front end (p 0.82); with this one 7 -> 26/100, and
         # then 12000 steps 26 -> 43/100 on the same seeds (p 0.0095; 100 demonstrations at 6000: 13); on the
-        # annealed front end 81 -> 86/200 (p 0.62; a recovery round: 72, docs/findings.md)
-        train=POLICY + ("--steps", "12000", "--symmetry", "--velocity", "--object-tokens", "--positions", "simulator"),
+        # annealed front end 81 -> 86/200 (p 0.62; a recovery round: 72), and there 24000 steps 86 -> 132/200 on the
+        # same seeds (p 7e-9; docs/findings.md)
+        train=POLICY + ("--steps", "24000", "--symmetry", "--velocity", "--object-tokens", "--positions", "simulator"),
         evaluate=EVAL_SIM,
         evaluator="eval_sim"),
     "stack_three": Recipe(
