@@ -168,7 +168,7 @@ RECIPES = {
           "--grasp-natural", "--word-order"),
          ("--init-from", "{prev}", "--layouts", "4000", "--steps", "2000", "--expert-frac", "0.75", "--grasp-natural",
           "--word-order"),
-         # then 800 steps on 6000 layouts, the rate down in a line (--decay): 0.87 / 1.40 / 0.44 -> 0.71 / 1.02 / 0.28
+         # then 800 steps on 6000 layouts, the rate down in a line (--decay): 0.97 / 1.27 / 0.50 -> 0.71 / 1.02 / 0.28
          # cm; the 12000-step policy had reached 43/100 with its front end's positions, 60 with the simulator's
          ("--init-from", "{prev}", "--layouts", "6000", "--steps", "800", "--decay", "800", "--expert-frac", "0.75",
           "--grasp-natural", "--word-order")),
@@ -190,8 +190,8 @@ RECIPES = {
         ground=from_front_end("frontends/stack_two.pt", "1000", "--word-order") +
         (("--init-from", "{prev}", "--layouts", "2000", "--steps", "1500", "--expert-frac", "0.75", "--grasp-natural",
           "--word-order"),
-         # then 2000 steps on 6000 layouts, the rate down in a line over the last 800 (--decay): held-out 1.35 / 1.83 /
-         # 2.30 / 0.53 -> 0.79 / 1.13 / 1.12 / 0.25 cm; the policy had reached 8/100 with the old, 37 with the
+         # then 2000 steps on 6000 layouts, the rate down in a line over the last 800 (--decay): held-out 1.59 / 1.80 /
+         # 1.74 / 0.50 -> 0.79 / 1.13 / 1.12 / 0.25 cm; the policy had reached 8/100 with the old, 37 with the
          # simulator's positions, and on this one 23/100 on the same seeds (McNemar p 0.0026; docs/findings.md)
          ("--init-from", "{prev}", "--layouts", "6000", "--steps", "2000", "--decay", "800", "--expert-frac", "0.75",
           "--grasp-natural", "--word-order")),
