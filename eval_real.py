@@ -632,9 +632,9 @@ def twin_episode(env, seed: int, rec: dict, ended: str) -> dict:
 
 def evaluate_twin(o: Options, policy=None, log=print, command: str | None = None, backend=None) -> dict:
     """`eval_real.py --robot mujoco`: o.episodes randomised rollouts of twin task o.task through run_episode,
-    scored by the task's success predicate (backend: a twin.TwinBackend built by the caller; default, o's). Writes OUT/results.json as eval_sim.py does: {command, git_revision,
-    config (the options as run: caps, dynamics, arm, the task's max_steps), tasks: {task: eval_sim.summarise},
-    wall_s}."""
+    scored by the task's success predicate (backend: a twin.TwinBackend built by the caller; default, o's).
+    Writes OUT/results.json as eval_sim.py does: {command, git_revision, config (the options as run: caps, dynamics,
+    arm, the task's max_steps), tasks: {task: eval_sim.summarise}, wall_s}."""
     import eval_sim
     from world import twin
     check_options(o)

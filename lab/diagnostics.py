@@ -248,7 +248,7 @@ def true_positions(ckpt: str, task: str, episodes: int, noise_scale: float = 0.0
             where = np.stack([located(e)[1] for e in at["envs"]]) if "envs" in at else located(at["env"])[1][None]
             return ((torch.as_tensor(where, dtype=torch.float32) - mu) / sd).expand(len(xy), -1).to(xy)
 
-    at, out = {}, {}  # at["env"]: the environment whose positions Truth reads
+    at, out = {}, {}  # at["env"] (twin) or at["envs"] (a batch's live rows): where Truth reads the positions
     if task in twin.TASKS:  # the Franka twin: eval_real.py --robot mujoco's loop, as its recipes evaluate
         import eval_real
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))  # as eval_real.load_policy: the same rollouts
@@ -277,8 +277,11 @@ def true_positions(ckpt: str, task: str, episodes: int, noise_scale: float = 0.0
         def predict_reading(obs, **kw):  # (B obs) -> the envs whose positions Truth returns, in the batch's order
             at["envs"] = [o["env"] for o in obs]
             return predict(obs, **kw)
+
+        def tagged(env, observe):  # env's observations carry env itself
+            return lambda *a, **k: observe(*a, **k) | {"env": env}
         for e in envs:
-            e.observe = (lambda f, env: lambda *a, **k: f(*a, **k) | {"env": env})(e.observe, e)
+            e.observe = tagged(e, e.observe)
         policy.predict_chunk = predict_reading
         try:
             for name, head in (("front_end", shown), ("true_positions", Truth())):
