@@ -49,7 +49,9 @@ def criteria(success_rate: float, agreement: float, events: int, metrics: list, 
 
 def report(evals: list, out: Path, device: str, key: dict) -> dict:
     """OUT/pilot.json from the finished pilot evaluations (lab/ablation.py Jobs; each needs its training), made
-    again only where `key` (the protocol and the evaluations' digests) or ANALYSIS changed. Probes are kept."""
+    again only where `key` (the protocol and the evaluations' digests) or ANALYSIS changed. Probes are kept, and so
+    is a task's entry (OUT/pilot/TASK/criteria.json) while its commands, evaluation and ANALYSIS are the same: a
+    fresh clone lacks the trainings' metrics.jsonl."""
     from lab.diagnostics import probe
     path = out / "pilot.json"
     was = json.loads(path.read_text()) if path.is_file() else {}
@@ -58,6 +60,11 @@ def report(evals: list, out: Path, device: str, key: dict) -> dict:
     tasks = {}
     for ev in evals:
         t, train = ev.name.split("__")[1], ev.needs[0]
+        kept = out / "pilot" / t / "criteria.json"
+        same = dict(analysis=ANALYSIS, train=train.command, eval=ev.command, eval_digest=key["inputs"].get(ev.name))
+        if kept.is_file() and json.loads(kept.read_text())["key"] == json.loads(json.dumps(same)):
+            tasks[t] = json.loads(kept.read_text())["task"]
+            continue
         probes = []
         for s in range(ROLLOUTS):
             made = out / "pilot" / t / f"probe_seed{s}.json"   # written after its plot: a killed probe is redone
@@ -73,6 +80,7 @@ def report(evals: list, out: Path, device: str, key: dict) -> dict:
         rate = json.loads(ev.output.read_text())["tasks"][t]["success_rate"]
         tasks[t] = dict(criteria=criteria(rate, agreement, events, metrics, metrics[-1]["step"]), train=train.command,
                         eval=ev.command, probes=[p["command"] for p in probes], probe_success=[p["success"] for p in probes])
+        data.atomic_write_bytes(kept, lambda f: f.write(json.dumps(dict(key=same, task=tasks[t]), indent=1).encode()))
     res = dict(key, analysis=ANALYSIS, git_revision=data.git_revision(), tasks=tasks,  # key["pending"]: tasks to come
                all_pass=not key.get("pending") and all(c["ok"] for t in tasks.values() for c in t["criteria"].values()))
     data.atomic_write_bytes(path, lambda f: f.write(json.dumps(res, indent=1, default=str).encode()))

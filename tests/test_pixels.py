@@ -42,6 +42,11 @@ def test_pixels_presets_plan_the_papers_setting(tmp_path):
     assert [count(second, v) for v in ("none", "SS+KS", "SS", "KS")] == [10, 10, 0, 0]
     evals = [j for j in jobs.values() if j.stage == "eval"]
     assert {(flag(j, "--episodes"), flag(j, "--seed")) for j in evals} == {("200", "0")}
+    # --task-steps in place of the recipe's steps (handover: its pilot at 6000 failed), the others the recipe's
+    steps = lambda j: [a for a, b in zip(map(str, j.argv[1:]), map(str, j.argv)) if b == "--steps"]  # noqa: E731
+    assert steps(jobs["train__handover__none_s0"]) == ["12000"]
+    assert steps(jobs["train__franka_pick_place__none_s0"]) == ["6000"]
+    assert steps(options(tmp_path, "pixels-cpu", "--steps", "7")[1]["train__handover__none_s0"]) == ["7"]
     # the gpu preset: the same runs, on the GPU
     _, gpu = options(tmp_path, "pixels-gpu")
     strip = lambda j: [a for a in map(str, j.argv) if a not in ("cpu", "cuda", "2", "14")]  # noqa: E731
@@ -170,6 +175,18 @@ def test_pilot_report_on_hand_made_runs(tmp_path, monkeypatch, capsys):
     s = ablation.ablate(dataclasses.replace(o, only="pilot"))  # a second invocation: all done
     assert len(calls) == pilot.ROLLOUTS and not s["reported"]
     assert "everything selected is done" in capsys.readouterr().out
+    # the protocol changed elsewhere (more seeds): pilot.json made again, the task's entry kept without its metrics
+    s = ablation.ablate(dataclasses.replace(o, only="pilot", seeds={**o.seeds, "none": 2}))
+    assert s["reported"] and len(calls) == pilot.ROLLOUTS
+    assert json.loads((tmp_path / "res" / "pilot.json").read_text())["tasks"] == res["tasks"]
+    # another evaluation (its digest): the task's criteria are made again, from its success rate
+    ev = next(j for j in jobs if j.stage == "eval")
+    ev.output.write_text(json.dumps({"tasks": {"lift_block": {"success_rate": 0.2}}}))
+    train_job = next(j for j in jobs if j.stage == "train")
+    (train_job.output.parent / "metrics.jsonl").write_text("\n".join(map(json.dumps, lines((1, 0.5), (2, 0.02)))) + "\n")
+    s = ablation.ablate(dataclasses.replace(o, only="pilot"))
+    res = json.loads((tmp_path / "res" / "pilot.json").read_text())
+    assert not res["tasks"]["lift_block"]["criteria"]["base_success"]["ok"] and not res["all_pass"]
 
 
 def test_the_pilot_runs_task_by_task_and_reports_each_task_when_it_is_done(tmp_path, monkeypatch, capsys):
