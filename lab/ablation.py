@@ -4,6 +4,8 @@ so on tasks with more gripper events?
     python lab/ablation.py --preset cpu              # runs for at most --budget-min minutes; rerun to continue
     python lab/ablation.py --preset cpu --dry-run    # every run's command, done or to do
     python lab/ablation.py --preset cpu --only report
+    python lab/ablation.py --preset cpu --only data; python lab/ablation.py --preset cpu --shard 0/2 &
+    python lab/ablation.py --preset cpu --shard 1/2    # two at once: on 2 cores each training keeps its speed
     python lab/ablation.py --preset pixels-cpu --only pilot   # the paper's setting: is it worth the study? (OUT/pilot.json)
     python stats.py power --base 0.5 --seeds 5 --episodes 200   # the gain such a design can detect
 
@@ -44,6 +46,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import re
 import shlex
 import signal
 import sys
@@ -109,6 +112,8 @@ class Options:
     runs_dir: str = opt("", "checkpoints (default runs/ablation/PRESET, git-ignored)")
     data_dir: str = opt("", "demonstrations (default data/ablation/PRESET, git-ignored)")
     dry_run: bool = opt(False, "print every run's command and whether it is done; run nothing")
+    shard: str = opt("", "K/N: only trainings K, K+N, K+2N, ... of the plan and their evaluations, for N invocations "
+                     "side by side (on 2 cores two 1-thread trainings each keep their speed); --only data first")
     tasks: list = popt("recipes (tasks) of the ablation")
     seeds: dict = popt("training seeds per variant, 0 .. n-1 (JSON, e.g. '{\"none\": 5, ...}')")
     episodes: int = popt("evaluation episodes per policy (held-out seeds of block 0, the same for every policy)")
@@ -131,7 +136,9 @@ class Options:
         for name in ("seeds", "sweep", "task_steps"):
             if isinstance(getattr(self, name), str):
                 setattr(self, name, json.loads(getattr(self, name)))
-        checks = [(self.only in ("", *STAGES, "report", "pilot"), f"--only must be one of {STAGES + ['report', 'pilot']}"),
+        k, n = map(int, self.shard.split("/")) if re.fullmatch(r"\d+/\d+", self.shard) else (0, 1)
+        checks = [(not self.shard or (re.fullmatch(r"\d+/\d+", self.shard) and k < n), "--shard must be K/N, 0 <= K < N"),
+                  (self.only in ("", *STAGES, "report", "pilot"), f"--only must be one of {STAGES + ['report', 'pilot']}"),
                   (self.design in ("frozen", "pixels"), "--design must be 'frozen' or 'pixels'"),
                   (self.solo_tasks >= 0 and self.vision_lr_scale > 0, "--solo-tasks >= 0, --vision-lr-scale > 0"),
                   (not (bad := [t for t in self.tasks if t not in RECIPES]), f"no recipe for {bad}; recipes: {list(RECIPES)}"),
@@ -566,6 +573,11 @@ def ablate(o: Options) -> dict:
     records = out / "runs"
     jobs = pilot_plan(o, out, runs, dat) if o.only == "pilot" else plan(o, out, runs, dat)
     chosen = [j for j in jobs if o.only in ("", "pilot") or j.stage == o.only]
+    if o.shard:  # this invocation's trainings and their evaluations; the demonstrations are made beforehand
+        k, n = map(int, o.shard.split("/"))
+        mine = {j.name for j in jobs if j.stage == "train"}
+        mine = set(sorted(mine, key=[j.name for j in jobs].index)[k::n])
+        chosen = [j for j in chosen if j.name in mine or (j.stage == "eval" and j.needs[0].name in mine)]
     t0, ran, stopped = time.time(), [], False
     skipped = [j.name for j in chosen if is_done(j, records, jobs)]
     todo = [j for j in chosen if j.name not in skipped]
@@ -583,7 +595,8 @@ def ablate(o: Options) -> dict:
             break
         if not all(is_done(n, records, jobs) for n in job.needs):
             raise AblationError(f"{job.name} needs {', '.join(n.name for n in job.needs)}: run "
-                                f"`python lab/ablation.py --preset {o.preset}` without --only first")
+                                f"`python lab/ablation.py --preset {o.preset}` " +
+                                ("--only data first (a shard makes no demonstrations)" if o.shard else "without --only first"))
         if run_job(job, o, records, o.budget_min and t0 + 60 * o.budget_min) is None:
             stopped = True
             break

@@ -85,6 +85,29 @@ def test_options_errors():
             ablation.parse_options(["--preset", "tiny", *argv])
 
 
+def test_shards_split_the_trainings_and_their_evaluations(tmp_path, capsys):
+    """--shard K/N: N invocations side by side, each with every N-th training and its evaluation; the
+    demonstrations come first (--only data), a shard does not make them."""
+    base = ["--preset", "cpu", "--out", str(tmp_path / "res"), "--runs-dir", str(tmp_path / "runs"),
+            "--data-dir", str(tmp_path / "data"), "--dry-run"]
+    def commands(*argv):
+        ablation.ablate(ablation.parse_options(base + list(argv)))
+        return [l for l in capsys.readouterr().out.splitlines() if l.startswith("todo")]
+    every = commands()
+    shards = [commands("--shard", f"{k}/3") for k in range(3)]
+    assert not set(shards[0]) & set(shards[1]) and not set(shards[1]) & set(shards[2])
+    assert sorted(sum(shards, [])) == sorted(l for l in every if "data.py" not in l)
+    trains = [l for l in shards[1] if "train.py" in l]
+    assert len(trains) >= 10 and all(f"{t.split('--out ')[1].split()[0]}/ckpt.pt" in e
+                                      for t, e in zip(trains, [l for l in shards[1] if "eval" in l]))
+    for argv in (["--shard", "3/3"], ["--shard", "1"]):
+        with pytest.raises(ValueError, match="--shard must be K/N"):
+            ablation.parse_options(base + argv)
+    o = ablation.parse_options(base[:-1] + ["--shard", "0/2", "--tasks", "lift_block", "--sweep-task", "lift_block"])
+    with pytest.raises(ablation.AblationError, match="--only data first"):
+        ablation.ablate(o)
+
+
 def _digest(*tensors) -> str:
     h = hashlib.sha1()
     for t in tensors:
