@@ -122,7 +122,7 @@ class Options:
     sweep_task: str = popt("the task of the loss-weight sweep")
     sweep: list = popt("(stage, keyframe) weights of the sweep's other SS+KS points (JSON list of pairs)")
     demos: int = popt("demonstrations per task (0: the recipe's)")
-    steps: int = popt("training steps per policy (0: the recipe's, or --task-steps')")
+    steps: int = popt("training steps of every policy (0: a task's --task-steps, else its recipe's)")
     task_steps: dict = popt("training steps per task where not the recipe's (JSON, e.g. '{\"handover\": 12000}')")
     workers: int = popt("processes for data generation and evaluation")
     device: str = popt("torch device for training and evaluation: cpu or cuda")
@@ -575,8 +575,7 @@ def ablate(o: Options) -> dict:
     chosen = [j for j in jobs if o.only in ("", "pilot") or j.stage == o.only]
     if o.shard:  # this invocation's trainings and their evaluations; the demonstrations are made beforehand
         k, n = map(int, o.shard.split("/"))
-        mine = {j.name for j in jobs if j.stage == "train"}
-        mine = set(sorted(mine, key=[j.name for j in jobs].index)[k::n])
+        mine = set([j.name for j in jobs if j.stage == "train"][k::n])
         chosen = [j for j in chosen if j.name in mine or (j.stage == "eval" and j.needs[0].name in mine)]
     t0, ran, stopped = time.time(), [], False
     skipped = [j.name for j in chosen if is_done(j, records, jobs)]
