@@ -64,8 +64,8 @@ from lab.recipe import RECIPES, ROOT  # noqa: E402
 VARIANTS = ["none", "SS", "KS", "SS+KS"]
 FROZEN = dict(design="frozen", solo_tasks=0, vision_lr_scale=1.0, task_steps={})  # options added with "pixels": the earlier protocol
 PIXELS = dict(  # the paper's setting (design "pixels"); the numbers of the issue's study
-    # placeholder until the pilot: handover (4 events) and the twin's franka_pick_place (the issue's suggestion; the
-    # pilot shows whether their base success lies in 0.3-0.9 on this design, else the recipe or the tasks change)
+    # handover (4 events) and the twin's franka_pick_place, as the issue suggests; the pilot passes on both
+    # (results/ablation/pixels-cpu/pilot.json)
     tasks=["handover", "franka_pick_place"], seeds={"none": 10, "SS+KS": 10, "SS": 5, "KS": 5}, solo_tasks=1,
     episodes=200, stage_weight=0.1, keyframe_weight=0.1, sweep_task="handover", sweep=[], demos=0, steps=0,
     design="pixels", vision_lr_scale=0.1,  # pi0-style: the pretrained part at a tenth of the rate
@@ -430,9 +430,9 @@ PRIMARY = ["## Primary analysis (stated before the numbers)", "",
            "the same 200 evaluation seeds); a t interval (df = seeds - 1) on their mean, reported as a relative gain "
            "(divided by none's mean rate) (`stats.paired_t`); and the exact sign-flip test on d, whose smallest "
            "attainable p is 2/2^seeds (0.25 with 3 seeds, 0.0625 with 5). Across tasks, per variant "
-           "(`stats.pooled_gain`): the mean of the five tasks' relative gains, each task's variance from its own "
+           "(`stats.pooled_gain`): the mean of the tasks' relative gains, each task's variance from its own "
            "seeds, Welch-Satterthwaite degrees of freedom (task a fixed effect: the question is about these tasks; "
-           "a t across five tasks would have 4 degrees of freedom). Both intervals hold 0 in 93-97% of simulated "
+           "a t across the tasks would have one degree of freedom fewer than tasks). Both intervals hold 0 in 93-97% of simulated "
            "null studies at 3, 5 and 12 seeds and seed spreads 0-0.75 (tests/test_coverage.py). The hierarchical "
            "bootstrap of earlier reports does not (87-91% at spread 0.75 with 3-5 seeds, 99% at 0: "
            "`python stats.py coverage --method bootstrap --studies 300`); it is left out here and stays only in the "
