@@ -562,7 +562,7 @@ def protocol(o: Options) -> dict:
     """The options that shape the results (not which part this invocation runs); those added with the pixels
     design are left out at their frozen-design values, so the earlier protocol's report stays done."""
     return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(o))).items()
-            if k not in ("only", "dry_run", "budget_min", "workers") and not (k in FROZEN and v == FROZEN[k])}
+            if k not in ("only", "dry_run", "budget_min", "workers", "shard") and not (k in FROZEN and v == FROZEN[k])}
 
 
 # ----------------------------------------------------------------------------- main

@@ -94,6 +94,8 @@ def test_shards_split_the_trainings_and_their_evaluations(tmp_path, capsys):
         ablation.ablate(ablation.parse_options(base + list(argv)))
         return [l for l in capsys.readouterr().out.splitlines() if l.startswith("todo")]
     every = commands()
+    assert ablation.protocol(ablation.parse_options(base + ["--shard", "1/3"])) == ablation.protocol(
+        ablation.parse_options(base))  # a shard's report is the study's
     shards = [commands("--shard", f"{k}/3") for k in range(3)]
     assert not set(shards[0]) & set(shards[1]) and not set(shards[1]) & set(shards[2])
     assert sorted(sum(shards, [])) == sorted(l for l in every if "data.py" not in l)
