@@ -136,8 +136,8 @@ class Options:
         for name in ("seeds", "sweep", "task_steps"):
             if isinstance(getattr(self, name), str):
                 setattr(self, name, json.loads(getattr(self, name)))
-        k, n = map(int, self.shard.split("/")) if re.fullmatch(r"\d+/\d+", self.shard) else (0, 1)
-        checks = [(not self.shard or (re.fullmatch(r"\d+/\d+", self.shard) and k < n), "--shard must be K/N, 0 <= K < N"),
+        shard = re.fullmatch(r"(\d+)/(\d+)", self.shard)
+        checks = [(not self.shard or (shard and int(shard[1]) < int(shard[2])), "--shard must be K/N, 0 <= K < N"),
                   (self.only in ("", *STAGES, "report", "pilot"), f"--only must be one of {STAGES + ['report', 'pilot']}"),
                   (self.design in ("frozen", "pixels"), "--design must be 'frozen' or 'pixels'"),
                   (self.solo_tasks >= 0 and self.vision_lr_scale > 0, "--solo-tasks >= 0, --vision-lr-scale > 0"),

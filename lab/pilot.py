@@ -62,8 +62,9 @@ def report(evals: list, out: Path, device: str, key: dict) -> dict:
         t, train = ev.name.split("__")[1], ev.needs[0]
         kept = out / "pilot" / t / "criteria.json"
         same = dict(analysis=ANALYSIS, train=train.command, eval=ev.command, eval_digest=key["inputs"].get(ev.name))
-        if kept.is_file() and json.loads(kept.read_text())["key"] == json.loads(json.dumps(same)):
-            tasks[t] = json.loads(kept.read_text())["task"]
+        was_t = json.loads(kept.read_text()) if kept.is_file() else {}
+        if was_t.get("key") == json.loads(json.dumps(same)):
+            tasks[t] = was_t["task"]
             continue
         probes = []
         for s in range(ROLLOUTS):
