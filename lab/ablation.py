@@ -62,7 +62,8 @@ from lab import pilot  # noqa: E402
 from lab.recipe import RECIPES, ROOT  # noqa: E402
 
 VARIANTS = ["none", "SS", "KS", "SS+KS"]
-FROZEN = dict(design="frozen", solo_tasks=0, vision_lr_scale=1.0, task_steps={})  # options added with "pixels": the earlier protocol
+# options added with "pixels", at the values of the earlier protocol
+FROZEN = dict(design="frozen", solo_tasks=0, vision_lr_scale=1.0, task_steps={})
 PIXELS = dict(  # the paper's setting (design "pixels"); the numbers of the issue's study
     # handover (4 events) and the twin's franka_pick_place, as the issue suggests; the pilot passes on both
     # (results/ablation/pixels-cpu/pilot.json)
@@ -94,6 +95,7 @@ PRESETS = {  # the protocol's numbers; "gpu" is the same protocol with more seed
 MIN_PIECE_S = 60          # a training gets at least this long per invocation, whatever is left of the budget
 PRESETS = {k: {**FROZEN, **v} for k, v in PRESETS.items()}
 STAGES = ["data", "train", "eval"]
+JSON_OPTIONS = ("seeds", "sweep", "task_steps")  # given as JSON on the command line
 
 
 class AblationError(RuntimeError):
@@ -133,7 +135,7 @@ class Options:
     vision_lr_scale: float = popt("design pixels: the front end's learning rate as a fraction of the policy's")
 
     def __post_init__(self):
-        for name in ("seeds", "sweep", "task_steps"):
+        for name in JSON_OPTIONS:
             if isinstance(getattr(self, name), str):
                 setattr(self, name, json.loads(getattr(self, name)))
         shard = re.fullmatch(r"(\d+)/(\d+)", self.shard)
@@ -167,7 +169,7 @@ def parse_options(argv=None) -> Options:
     preset = pre.parse_known_args(argv)[0].preset
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {list(PRESETS)}, got '{preset}'")
-    defaults = {k: json.dumps(v) if k in ("seeds", "sweep", "task_steps") else v for k, v in copy.deepcopy(PRESETS[preset]).items()}
+    defaults = {k: json.dumps(v) if k in JSON_OPTIONS else v for k, v in copy.deepcopy(PRESETS[preset]).items()}
     return data.parse_options(Options, argv, "ablation.py", __doc__.split("\n")[0], defaults)
 
 
@@ -432,8 +434,8 @@ PRIMARY = ["## Primary analysis (stated before the numbers)", "",
            "attainable p is 2/2^seeds (0.25 with 3 seeds, 0.0625 with 5). Across tasks, per variant "
            "(`stats.pooled_gain`): the mean of the tasks' relative gains, each task's variance from its own "
            "seeds, Welch-Satterthwaite degrees of freedom (task a fixed effect: the question is about these tasks; "
-           "a t across the tasks would have one degree of freedom fewer than tasks). Both intervals hold 0 in 93-97% of simulated "
-           "null studies at 3, 5 and 12 seeds and seed spreads 0-0.75 (tests/test_coverage.py). The hierarchical "
+           "a t across the tasks would have one degree of freedom fewer than tasks). Both intervals hold 0 in "
+           "93-97% of simulated null studies at 3, 5 and 12 seeds and seed spreads 0-0.75 (tests/test_coverage.py). The hierarchical "
            "bootstrap of earlier reports does not (87-91% at spread 0.75 with 3-5 seeds, 99% at 0: "
            "`python stats.py coverage --method bootstrap --studies 300`); it is left out here and stays only in the "
            "per-task compare.md files of lab/diagnostics.py, as a secondary column.", ""]
