@@ -410,7 +410,7 @@ def parse_options(cls, argv=None, prog=None, description=None, defaults=None):
     return cls(**vars(p.parse_args(argv)))
 
 
-# ----------------------------------------------------------------------------- provenance (experts and benchmarks: lab/diagnostics.py)
+# ----------------------------------------------------------------------------- provenance (experts: lab/diagnostics.py; benchmarks: lab/bench.py)
 
 def git_revision() -> str:
     import subprocess

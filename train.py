@@ -4,7 +4,7 @@
     python train.py --data DIR --out RUN --vision-from GROUND_CKPT --freeze-vision --grounded --grounded-only \\
         --shift 0 --symmetry --velocity ...                      # the recipe that succeeds (README)
     torchrun --nproc-per-node N train.py ...   # data-parallel over N GPUs (or CPU processes): docs/distributed.md
-    python lab/diagnostics.py train-bench [--presets tiny small] [--json results/bench_train_cpu.json]   # was train.py bench
+    python lab/bench.py train [--presets tiny small] [--json results/bench/train_cpu.json]   # samples/s (was train.py bench)
 
 Several folders train one multi-task, language-conditioned policy. `--init-from` fine-tunes an earlier
 checkpoint (the paper's setting): its weights (the EMA copy), tokenizer and normalisation statistics are

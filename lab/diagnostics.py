@@ -1,15 +1,12 @@
-"""Diagnostics on top of the pipeline: comparisons, the StaKe probe, open-loop checks and benchmarks (moved from
-eval_sim.py, train.py and data.py; the evaluation itself stays in eval_sim.py).
+"""Diagnostics on top of the pipeline: comparisons, the StaKe probe, open-loop checks, the experts' success (moved
+from eval_sim.py and data.py; the evaluation itself stays in eval_sim.py, the benchmarks are lab/bench.py).
 
   python lab/diagnostics.py compare DIR [DIR ...] --out REPORT_DIR      # markdown table + PNG charts + paired test
   python lab/diagnostics.py compare none=D1,D2 stake=D3,D4 --out R      # several training seeds per variant
   python lab/diagnostics.py probe --ckpt RUN/ckpt.pt --task T --out probe.png   # StaKe heads along a rollout
   python lab/diagnostics.py openloop --ckpt RUN/ckpt.pt --data DIR       # chunk error on demonstrations, by step and phase
   python lab/diagnostics.py true-positions --ckpt RUN/ckpt.pt --task T   # the same seeds with the simulator's positions
-  python lab/diagnostics.py bench --ckpt RUN/ckpt.pt [--task T]           # episodes/min, as evaluation was and as it is
-  python lab/diagnostics.py train-bench [--presets tiny small] [--json results/bench_train_cpu.json]   # training samples/s
   python lab/diagnostics.py experts [--seeds 100] [--tasks T ...] [--out results/experts.json]   # expert success per task
-  python lab/diagnostics.py data-bench [--tasks T ...] [--out results/bench_data.json]   # simulation and recording speed
 """
 from __future__ import annotations
 
@@ -18,7 +15,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 if __package__ in (None, ""): sys.path[0] = str(Path(__file__).resolve().parents[1])   # python lab/diagnostics.py
@@ -28,8 +24,7 @@ import numpy as np  # noqa: E402
 import data  # noqa: E402
 import segment  # noqa: E402
 import stats  # noqa: E402
-from data import _attempt, _worker_env, save_episode  # noqa: E402
-from eval_sim import EvalConfig, _envs, eval_seeds, gripper_events, rollout_batch  # noqa: E402
+from eval_sim import EvalConfig, eval_seeds, gripper_events, rollout_batch  # noqa: E402
 from stats import mcnemar_exact, wilson  # noqa: E402
 from world import sim  # noqa: E402
 
@@ -303,39 +298,6 @@ def true_positions(ckpt: str, task: str, episodes: int, noise_scale: float = 0.0
     return res
 
 
-# ============================================================================ benchmark
-
-def bench(ckpt: str, task: str = "lift_block", episodes: int = 10, batch: int = 10, noise_scale: float = 0.0) -> dict:
-    """Episodes per minute of one process rolling out `ckpt` on the same seeds, as evaluation was (environments
-    built for every batch, cameras rendered at every control step) and as it is (built once per process,
-    cameras rendered only at the steps the policy reads); the outcomes must be the same."""
-    import torch
-    from model import Policy
-    torch.set_num_threads(1)
-    policy = Policy.load(ckpt)
-    policy.noise_scale = noise_scale
-    cfg = EvalConfig(ckpt=ckpt, task=[task], episodes=episodes, batch=batch, noise_scale=noise_scale)
-    seeds, rates, outcomes = eval_seeds(0, episodes), {}, {}
-    for every in (True, False):
-        _envs.clear()
-        t0, eps = time.perf_counter(), []
-        for b in range(0, episodes, batch):
-            if every:
-                _envs.clear()
-            eps += rollout_batch(policy, task, seeds[b:b + batch], cfg, render_every_step=every)
-        rates[every] = 60 * episodes / (time.perf_counter() - t0)
-        outcomes[every] = [(e["success"], e["length"], e["gripper_events"]) for e in eps]
-    if outcomes[True] != outcomes[False]:
-        raise RuntimeError("bench: rendering only the read steps changed the outcomes")
-    res = {"task": task, "episodes": episodes, "batch": batch, "successes": sum(o[0] for o in outcomes[False]),
-           "episodes_per_min_before": rates[True], "episodes_per_min_now": rates[False],
-           "speedup": rates[False] / rates[True]}
-    print(f"{task}: {rates[True]:.1f} episodes/min as evaluation was, {rates[False]:.1f} as it is "
-          f"({res['speedup']:.2f}x); same outcomes ({res['successes']}/{episodes} successes)")
-    return res
-
-
-
 # ============================================================================ open-loop check
 
 def openloop(ckpt: str, folder: str, steps=(0, 5, 10, 20, 30, 45), episodes=10, device="cpu",
@@ -397,99 +359,7 @@ def openloop(ckpt: str, folder: str, steps=(0, 5, 10, 20, 30, 45), episodes=10, 
 
 
 
-# ============================================================================ training benchmark (was train.py bench)
-
-def train_bench(argv=None) -> dict:
-    """Training samples/s on this machine, in one run: the recipe's policy on a frozen grounding front end (the
-    `small` front end, 3 cameras at 96 px) with its output computed from the images every step and cached,
-    and the from-scratch presets; plus inference ms per chunk. Synthetic data unless --data is given."""
-    import copy
-    import torch
-    import dataset
-    from model import PRESETS, VISION_PREFIXES, ModelConfig, Normalizer, Policy, Tokenizer, train_tokenizer
-    from train import (Options, cpu_threads, param_counts, ema_pairs_of, ema_update, language, make_optimizer, new_model,
-                       sample_noise_time, train_step)
-    ap = argparse.ArgumentParser(prog="diagnostics.py train-bench", description=train_bench.__doc__.split("\n")[0])
-    ap.add_argument("--presets", nargs="*", default=["tiny", "small"], help="from-scratch presets to time too")
-    ap.add_argument("--data", nargs="+", default=None, help="episode folders (default: synthetic, 3 cameras 96 px)")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=3, help="at least this many timed steps (after 2 warm-up)")
-    ap.add_argument("--seconds", type=float, default=5.0, help="...and at least this long per measurement")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: train.cpu_threads)")
-    ap.add_argument("--json", default=None, help="write the results here")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads or cpu_threads())
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    tmp = tempfile.TemporaryDirectory()
-    folders = args.data
-    if folders is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from synthetic import make_dataset
-        folders = [str(make_dataset(Path(tmp.name) / "synthetic", n_episodes=4, T=100, image_size=(96, 96),
-                                    cameras=("top", "left_wrist", "right_wrist")))]
-
-    def rate(fn):  # calls/s of fn, timed over at least --steps calls and --seconds
-        for _ in range(2):
-            fn()
-        sync()
-        n, t0 = 0, time.perf_counter()
-        while n < args.steps or time.perf_counter() - t0 < args.seconds:
-            fn()
-            n += 1
-            sync()
-        return n / (time.perf_counter() - t0)
-
-    D = dataset.load_folders(folders)
-    tok = Tokenizer(train_tokenizer(sorted(set(D["texts"])), PRESETS["small"]["vocab_size"]))
-    dims = dict(action_dim=D["action"].shape[1], state_dim=D["qpos"].shape[1], n_cameras=len(D["cameras"]),
-                image_size=tuple(D["meta"]["image_size"]), vocab_size=tok.vocab_size, n_stage=D["stage"].shape[1],
-                keyframe_head=True)
-    recipe = ModelConfig.from_preset("small", vit_stem="conv", vit_pos="sincos", keypoints=16, grounded=2,
-                                     grounded_only=True, ground_mean=(0.0, 0.0), ground_std=(1.0, 1.0), **dims)
-    runs = {"recipe, front end every step": (recipe, False), "recipe, front end cached": (recipe, True),
-            **{f"{p} from scratch": (ModelConfig.from_preset(p, **dims), False) for p in args.presets}}
-    dev_name = (torch.cuda.get_device_name() if device.type == "cuda" else
-                f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)")
-    res = dict(command="python lab/diagnostics.py train-bench " + " ".join(argv or []), git=data.git_revision(), device=dev_name,
-               batch_size=args.batch_size, runs={})
-    print(f"{dev_name} | batch {args.batch_size}\n{'run':30s} {'params':>8s} {'train/s':>9s} {'infer ms':>9s}")
-    opts, stats = Options(data=folders, batch_size=args.batch_size, shift=0), dataset.compute_stats(D)
-    for name, (cfg, cached) in runs.items():
-        model = new_model(cfg, 0).to(device)
-        if cfg.keypoints:  # the recipe: the front end frozen
-            for n, p in model.named_parameters():
-                p.requires_grad_(not n.startswith(VISION_PREFIXES))
-        optimizer, norm, lang = make_optimizer(model, opts), Normalizer(stats, device), language(tok, D["texts"], cfg.lang_len)
-        ema = copy.deepcopy(model).requires_grad_(False)
-        pairs = ema_pairs_of(ema, model)
-        Dr = {**D, "ground": dataset.grounded_positions(model, D, folders, lang, device)} if cached else D
-        g = torch.Generator().manual_seed(0)
-        def step():  # as the training loop: batch, noise, loss, update, EMA
-            batch = dataset.make_batch(Dr, lang, norm, g, opts.batch_size, cfg, 0, device)
-            train_step(model, optimizer, batch, *sample_noise_time(g, opts.batch_size, cfg.horizon, cfg.action_dim,
-                                                                   device), opts, device.type == "cuda")
-            ema_update(pairs, opts.ema_decay)
-        obs = {"images": {c: D["images"][0, i].numpy() for i, c in enumerate(D["cameras"])},
-               "qpos": D["qpos"][0].numpy(), "instruction": D["texts"][0]}
-        policy = Policy(model, tok, stats, D["meta"], device)
-        infer_ms = 1000 / rate(lambda: policy.predict_chunk([obs]))
-        model.train()
-        r = dict(params=param_counts(model)["total"], train_samples_per_s=args.batch_size * rate(step), infer_ms=infer_ms)
-        res["runs"][name] = r
-        print(f"{name:30s} {r['params'] / 1e6:7.2f}M {r['train_samples_per_s']:9.1f} {infer_ms:9.1f}")
-    a, b = res["runs"]["recipe, front end cached"], res["runs"]["recipe, front end every step"]
-    res["cached_over_uncached"] = a["train_samples_per_s"] / b["train_samples_per_s"]
-    print(f"cached front end: {res['cached_over_uncached']:.1f}x the samples/s of running it every step")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        data.atomic_write_bytes(Path(args.json), lambda f: f.write(json.dumps(res, indent=1).encode()))
-        print(f"wrote {args.json}")
-    return res
-
-
-
-# ============================================================================ expert success and recording speed (was data.py experts / bench)
+# ============================================================================ expert success (was data.py experts)
 
 def _expert_stats(args):
     from world import experts
@@ -526,53 +396,6 @@ def experts(tasks, n_seeds, workers=1) -> dict:
                         "max_steps_over_longest": round(suite.TASKS[task].max_steps / max(lengths), 2),
                         "gripper_events": suite.TASKS[task].gripper_events}
     return report
-
-
-def data_bench(tasks, episodes=1, cameras=None, image_size=(96, 96)) -> dict:
-    """Per task: physics steps/s, ms per rendered frame per camera, episodes recorded per minute, and the
-    ratio of recording time (expert + physics + render + compression + write) to the floor (physics + render)."""
-    import time
-    from world import experts
-    from world import sim
-    import world
-    rows = {}
-    for task in tasks:
-        suite = world.suite_of(task)
-        cams = list(cameras or suite.CAMERAS)
-        env = world.make_env(task, cameras=cams, image_size=image_size, render=True)
-        t_phys = t_render = 0.0
-        n_steps = n_frames = 0
-        t_rec = 0.0
-        for s in range(episodes):
-            # instrumented rollout: time physics and rendering separately
-            env.reset(s)
-            x = experts.make_expert(env)
-            for act in x.actions():
-                t0 = time.perf_counter()
-                for c in cams:
-                    env.render(c)
-                t1 = time.perf_counter()
-                env.apply(act)  # physics only; the renders were timed above
-                t2 = time.perf_counter()
-                t_render += t1 - t0
-                t_phys += t2 - t1
-                n_steps += 1
-                n_frames += len(cams)
-            # the real recording path: expert check + recorded rollout + compressed atomic write
-            with tempfile.TemporaryDirectory() as d:
-                t0 = time.perf_counter()
-                _worker_env.clear()
-                _, ok, _, _, ep = _attempt((task, s, cams, tuple(image_size), False))
-                if ep is not None:
-                    save_episode(Path(d) / "ep.npz", ep)
-                t_rec += time.perf_counter() - t0
-        rows[task] = {"physics_steps_per_s": n_steps * sim.SUBSTEPS / t_phys,
-                      "ms_per_frame_per_camera": 1000 * t_render / n_frames,
-                      "episodes_per_min": 60 * episodes / t_rec,
-                      "record_over_floor": t_rec / (t_phys + t_render),
-                      "control_steps_per_episode": n_steps / episodes}
-    return rows
-
 
 
 # ============================================================================ CLI
@@ -617,18 +440,6 @@ def main(argv=None) -> int:
                       f"{r['demo_motion_rad']:.3f}), gripper {r['gripper_error']:.3f}, {r['queries']} queries")
             if a.out:
                 data.atomic_write_bytes(Path(a.out), lambda f: f.write(json.dumps(res, indent=1).encode()))
-        elif argv[:1] == ["bench"]:
-            p = argparse.ArgumentParser(prog="diagnostics.py bench", description=bench.__doc__.split("\n")[0])
-            p.add_argument("--ckpt", required=True)
-            p.add_argument("--task", default="lift_block")
-            p.add_argument("--episodes", type=int, default=10)
-            p.add_argument("--batch", type=int, default=10)
-            p.add_argument("--json", default="", help="write the figures here")
-            a = p.parse_args(argv[1:])
-            res = {"command": "python lab/diagnostics.py " + " ".join(argv), "git_revision": data.git_revision(),
-                   **bench(a.ckpt, a.task, a.episodes, a.batch)}
-            if a.json:
-                data.atomic_write_bytes(Path(a.json), lambda f: f.write(json.dumps(res, indent=1).encode()))
         elif argv[:1] == ["true-positions"]:
             p = argparse.ArgumentParser(prog="diagnostics.py true-positions", description=true_positions.__doc__.split("\n")[0])
             p.add_argument("--ckpt", required=True)
@@ -642,10 +453,8 @@ def main(argv=None) -> int:
                    **true_positions(a.ckpt, a.task, a.episodes, a.noise_scale, batch=a.batch)}
             if a.out:
                 data.atomic_write_bytes(Path(a.out), lambda f: f.write(json.dumps(res, indent=1).encode()))
-        elif argv[:1] == ["train-bench"]:
-            train_bench(argv[1:])
-        elif argv[:1] in (["experts"], ["data-bench"]):
-            data_main(argv)
+        elif argv[:1] == ["experts"]:
+            experts_main(argv[1:])
         else:
             print(__doc__.strip())
             return 0 if argv[:1] in (["-h"], ["--help"]) else 2
@@ -655,40 +464,25 @@ def main(argv=None) -> int:
     return 0
 
 
-def data_main(argv):
-    """`experts` and `data-bench` (as data.py's subcommands were)."""
+def experts_main(argv):
     import world
-    p = argparse.ArgumentParser(prog="diagnostics.py", description="Expert success and recording speed per task.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("experts", help="expert success per task over seeds (no rendering)")
-    e.add_argument("--seeds", type=int, default=100)
-    e.add_argument("--tasks", nargs="+", default=None, help="default: the bimanual suite (twin tasks: franka_*)")
-    e.add_argument("--workers", type=int, default=2)
-    e.add_argument("--out", default=None, help="JSON file to write (e.g. results/experts.json)")
-    b = sub.add_parser("data-bench", help="simulation and recording speed per task on this machine")
-    b.add_argument("--tasks", nargs="+", default=None)
-    b.add_argument("--episodes", type=int, default=1)
-    b.add_argument("--out", default=None, help="JSON file to write")
+    p = argparse.ArgumentParser(prog="diagnostics.py experts", description=experts.__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, default=100)
+    p.add_argument("--tasks", nargs="+", default=None, help="default: the bimanual suite (twin tasks: franka_*)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default=None, help="JSON file to write (e.g. results/experts.json)")
     a = p.parse_args(argv)
     tasks = a.tasks or list(sim.TASKS)
-    unknown = [t for t in tasks if t not in world.all_tasks()]
-    if unknown:
+    if unknown := [t for t in tasks if t not in world.all_tasks()]:
         raise data.DataError(f"unknown task(s) {unknown}; known tasks: {', '.join(world.all_tasks())}")
-    if a.cmd == "experts":
-        rep = experts(tasks, a.seeds, a.workers)
-        for t, r in rep.items():
-            print(f"{t:12s} success {r['success']:.2f} over {r['seeds']} seeds; failures by the stage not reached "
-                  f"{ {k: v for k, v in r['failures_by_stage'].items() if v} }; longest {r['episode_length_max']} "
-                  f"steps, limit {r['max_steps']} ({r['max_steps_over_longest']}x)")
-    else:
-        rep = data_bench(tasks, a.episodes)
-        print(f"{'task':12s} {'physics steps/s':>16s} {'ms/frame/cam':>13s} {'episodes/min':>13s} {'record/floor':>13s}")
-        for t, r in rep.items():
-            print(f"{t:12s} {r['physics_steps_per_s']:16.0f} {r['ms_per_frame_per_camera']:13.1f} "
-                  f"{r['episodes_per_min']:13.1f} {r['record_over_floor']:13.2f}")
+    rep = experts(tasks, a.seeds, a.workers)
+    for t, r in rep.items():
+        print(f"{t:12s} success {r['success']:.2f} over {r['seeds']} seeds; failures by the stage not reached "
+              f"{ {k: v for k, v in r['failures_by_stage'].items() if v} }; longest {r['episode_length_max']} "
+              f"steps, limit {r['max_steps']} ({r['max_steps_over_longest']}x)")
     if a.out:
         import platform
-        doc = {"command": "python " + " ".join(["lab/diagnostics.py", *argv]),
+        doc = {"command": "python " + " ".join(["lab/diagnostics.py", "experts", *argv]),
                "git_revision": data.git_revision(), "machine": f"{platform.processor() or platform.machine()}, "
                f"{os.cpu_count()} cores", "results": rep}
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -20,17 +20,17 @@ DOCS = ["README.md", "docs/pipeline.md", "robot/README.md"]
 TINY = {  # (script, subcommand) -> appended flags
     ("data.py", "generate"): ["--episodes", "1", "--workers", "1"],
     ("lab/diagnostics.py", "experts"): ["--seeds", "1", "--workers", "1", "--tasks", "lift_block"],
-    ("lab/diagnostics.py", "data-bench"): ["--tasks", "lift_block", "--episodes", "1"],
+    ("lab/bench.py", "data"): ["--tasks", "lift_block", "--episodes", "1"],
     ("lab/ground.py", None): ["--layouts", "8", "--holdout", "4", "--steps", "2", "--batch-size", "4", "--eval-every", "2",
                           "--preset", "tiny", "--keypoints", "4", "--workers", "1", "--threads", "1"],
     ("lab/ground.py", "check"): ["--steps", "0", "5"],
     ("lab/ground.py", "export"): ["--layouts", "2"],
     ("train.py", None): ["--steps", "2", "--batch-size", "4", "--save-every", "1", "--warmup", "1", "--threads", "1",
                          "--preset", "tiny"],
-    ("lab/diagnostics.py", "train-bench"): ["--presets", "tiny", "--seconds", "0", "--steps", "1"],
+    ("lab/bench.py", "train"): ["--presets", "tiny", "--seconds", "0", "--steps", "1"],
     ("eval_sim.py", None): ["--episodes", "1", "--workers", "1", "--batch", "1", "--max-steps", "10"],
     ("lab/diagnostics.py", "openloop"): ["--episodes", "1"],
-    ("lab/diagnostics.py", "bench"): ["--episodes", "1", "--batch", "1"],
+    ("lab/bench.py", "eval"): ["--episodes", "1", "--batch", "1"],
     ("eval_real.py", None): ["--episodes", "1", "--max-steps", "10"],
     ("robot/record.py", None): ["--episodes", "1"],
     ("lab/recipe.py", None): ["--demos", "1", "--steps", "2", "--episodes", "1", "--workers", "1"],
@@ -45,7 +45,7 @@ SKIP = {  # a command's start -> the test that runs it instead
 }
 HARDWARE = "--ip"  # a real robot's address: tests/test_franky_sim.py runs the client against franky-sim
 SUBCOMMANDS = {"data.py": {"tasks", "generate", "show"}, "lab/ground.py": {"check", "export"},
-               "lab/diagnostics.py": {"compare", "probe", "openloop", "bench", "train-bench", "experts", "data-bench"},
+               "lab/diagnostics.py": {"compare", "probe", "openloop", "experts"}, "lab/bench.py": {"eval", "train", "data"},
                "stats.py": {"power"}}
 INPUTS = {"--ckpt": "policy", "--init-from": "policy", "--vision-from": "grounding", "--data": "demos"}
 

@@ -138,7 +138,7 @@ def forbidden_edges(g: dict) -> list:
 def test_imports_have_no_circle_and_no_forbidden_edge():
     g = graph()
     assert {"world.sim", "world.twin", "world", "world.experts", "robot.franka", "robot.hardware", "robot.record",
-            "lab.recipe", "lab.ablation", "lab.ground", "lab.diagnostics", "model", "train", "eval_sim", "eval_real",
+            "lab.recipe", "lab.ablation", "lab.ground", "lab.diagnostics", "lab.bench", "model", "train", "eval_sim", "eval_real",
             "segment"} <= set(g)
     assert "world.sim" in g["world"] and "world.sim" in g["world.twin"] and "robot.franka" in g["robot.hardware"]
     assert {"data", "segment"} <= g["interop.lerobot"]
