@@ -351,9 +351,10 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
     done = {j.name for j in jobs if j.stage == "eval" and is_done(j, records, jobs)}
     sections, per_task, missing = [], {}, [j.name for j in jobs if j.stage == "eval" and j.name not in done]
     for t in o.tasks:
-        # seed s of a variant pairs with seed s of none; only seeds done for every variant count
-        seeds = [s for s in range(o.seeds["none"]) if f"eval__{t}__none_s{s}" in done]
-        dirs = {v: [out / "eval" / t / f"{v}_s{s}" for s in seeds if f"eval__{t}__{v}_s{s}" in done] for v in VARIANTS}
+        # seed s of a variant pairs with seed s of none (compare pairs folder i with folder i): per variant, the
+        # leading seeds 0, 1, ... done for it and for none; a seed done after a gap waits for the gap
+        lead = lambda v: next((s for s in range(o.seeds[v]) if f"eval__{t}__{v}_s{s}" not in done), o.seeds[v])
+        dirs = {v: [out / "eval" / t / f"{v}_s{s}" for s in range(min(lead(v), lead("none")))] for v in VARIANTS}
         dirs = {v: d for v, d in dirs.items() if d}
         if "none" not in dirs or len(dirs) < 2:
             continue
@@ -425,11 +426,11 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
     return summary
 
 
-ANALYSIS = "paired-t-v1"  # the report's analysis: a change here remakes the report of the same evaluations
+ANALYSIS = "paired-t-v2"  # the report's analysis: a change here remakes the report of the same evaluations
 PRIMARY = ["## Primary analysis (stated before the numbers)", "",
            "Per task and variant: the per-seed differences d_i = success(variant, training seed i) - success(none, "
-           "seed i) (seeds pair by index: the variants share data order and initial weights; every policy plays "
-           "the same 200 evaluation seeds); a t interval (df = seeds - 1) on their mean, reported as a relative gain "
+           "seed i) (seeds pair by number, the leading seeds 0, 1, ... evaluated in both arms: the variants share data "
+           "order and initial weights; every policy plays the same 200 evaluation seeds); a t interval (df = seeds - 1) on their mean, reported as a relative gain "
            "(divided by none's mean rate) (`stats.paired_t`); and the exact sign-flip test on d, whose smallest "
            "attainable p is 2/2^seeds (0.25 with 3 seeds, 0.0625 with 5). Across tasks, per variant "
            "(`stats.pooled_gain`): the mean of the tasks' relative gains, each task's variance from its own "

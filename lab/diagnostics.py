@@ -106,7 +106,7 @@ def compare(dirs: list, out: str, labels: list | None = None) -> str:
     if len(runs) > 1:
         lines += ["", f"Paired test against **{labels[0]}** (same evaluation seeds" + (
                   "; folder i against the baseline's folder i, a single-folder variant against the first only" if multi else "") + "): exact McNemar on discordant episodes (b = baseline succeeds only, c = variant succeeds only). "
-                  "Relative gain = (variant - baseline) / baseline; 'inconclusive' where the baseline is within 0.1 of floor or ceiling.", "",
+                  "Relative gain = (variant - baseline) / baseline, both over the paired folders; 'inconclusive' where the baseline is within 0.1 of floor or ceiling.", "",
                   "| task | variant | pairs | b | c | p | relative gain |", "|---|---|---|---|---|---|---|"]
         for vi, (lab, res) in enumerate(zip(labels[1:], runs[1:]), start=1):
             m = min(len(runs[0]), len(res))
@@ -118,7 +118,8 @@ def compare(dirs: list, out: str, labels: list | None = None) -> str:
                     ni, bi, ci, _ = paired(runs[0][i]["tasks"][t]["per_episode"], res[i]["tasks"][t]["per_episode"])
                     n, b, c = n + ni, b + bi, c + ci
                 N, B, C, p = N + n, B + b, C + c, mcnemar_exact(b, c)
-                base, var = pooled[t][0]["success_rate"], pooled[t][vi]["success_rate"]
+                rate = lambda rs: sum(r["tasks"][t]["successes"] for r in rs) / max(sum(r["tasks"][t]["episodes"] for r in rs), 1)
+                base, var = rate(runs[0][:m]), rate(res[:m])  # the paired folders only, as b and c
                 gain = None if base < 0.1 or base > 0.9 else (var - base) / base
                 if m > 1 and (X := seed_matrices(runs[0][:m], res[:m], t)) is not None:
                     seeded[(t, lab)] = stats.compare_variants(*X)

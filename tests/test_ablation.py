@@ -196,7 +196,8 @@ def test_compare_pools_seeds_with_spread_and_pairs_by_seed(tmp_path):
     # more folders for one variant: the first min(count) pair, seed i with seed i
     diagnostics.compare([none + [base], stake], str(tmp_path / "rep2"), ["none", "SS+KS"])
     js2 = json.loads((tmp_path / "rep2" / "compare.json").read_text())
-    assert js2["paired"]["SS+KS"]["place_block"]["pairs"] == 40
+    p2 = js2["paired"]["SS+KS"]["place_block"]  # b, c and the gain over the same two pairs of folders
+    assert p2["pairs"] == 40 and abs(p2["relative_gain"] - 2 / 3) < 1e-9
 
 
 def test_headline_gains_by_events_on_synthetic_results(tmp_path):
@@ -216,3 +217,24 @@ def test_headline_gains_by_events_on_synthetic_results(tmp_path):
     assert abs(g["gain"] - 2 / 3) < 1e-9 and g["gain95"][0] > 0 and g["p_sign_flip"] == 0.5
     assert "| place_block | 2 | SS+KS | 2 | +66.7% [" in "\n".join(lines)
     assert (tmp_path / "gain_vs_events.png").is_file() and "![gain vs events](gain_vs_events.png)" in lines
+
+
+def test_the_report_pairs_seeds_by_number_and_waits_for_a_gap(tmp_path):
+    """none has seeds 0-3 evaluated, SS+KS 0, 1 and 3: seed 3 of SS+KS must not pair with seed 2 of none."""
+    o = ablation.parse_options(["--preset", "tiny", "--out", str(tmp_path / "res"), "--runs-dir", str(tmp_path / "runs"),
+                                "--data-dir", str(tmp_path / "data"), "--only", "report",
+                                "--seeds", '{"none": 4, "SS+KS": 4, "SS": 1, "KS": 1}'])
+    jobs = ablation.plan(o, tmp_path / "res", tmp_path / "runs", tmp_path / "data")
+    records = tmp_path / "res" / "runs"
+    records.mkdir(parents=True)
+    outcomes = {"none_s0": [1, 0, 0, 0], "none_s1": [1, 1, 0, 0], "none_s2": [0, 0, 0, 0], "none_s3": [1, 1, 1, 0],
+                "SS+KS_s0": [1, 1, 0, 0], "SS+KS_s1": [1, 1, 1, 0], "SS+KS_s3": [1, 1, 1, 1]}
+    for j in jobs:
+        if j.stage == "eval" and j.name.split("__")[-1] in outcomes:
+            _results(j.output.parent, {"lift_block": outcomes[j.name.split("__")[-1]] * 5})
+            (records / f"{j.name}.json").write_text(json.dumps({"config": j.config(), "command": j.command,
+                                                                "name": j.name, "stage": j.stage, "wall_s": 1.0}))
+    s = ablation.ablate(o)
+    gains = json.loads((tmp_path / "res" / "summary.json").read_text())["gains"]
+    g = next(g for g in gains if g["variant"] == "SS+KS")
+    assert s["reported"] and g["seeds"] == 2 and g["none_rates"] == [0.25, 0.5] and g["other_rates"] == [0.5, 0.75]
