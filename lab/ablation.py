@@ -429,9 +429,9 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
 ANALYSIS = "paired-t-v2"  # the report's analysis: a change here remakes the report of the same evaluations
 PRIMARY = ["## Primary analysis (stated before the numbers)", "",
            "Per task and variant: the per-seed differences d_i = success(variant, training seed i) - success(none, "
-           "seed i) (seeds pair by number, the leading seeds 0, 1, ... evaluated in both arms: the variants share data "
-           "order and initial weights; every policy plays the same 200 evaluation seeds); a t interval (df = seeds - 1) on their mean, reported as a relative gain "
-           "(divided by none's mean rate) (`stats.paired_t`); and the exact sign-flip test on d, whose smallest "
+           "seed i) (seeds pair by number, the leading seeds 0, 1, ... evaluated in both arms: the variants share "
+           "data order and initial weights; every policy plays the same 200 evaluation seeds); a t interval (df = "
+           "seeds - 1) on their mean, reported as a relative gain (divided by none's mean rate) (`stats.paired_t`); and the exact sign-flip test on d, whose smallest "
            "attainable p is 2/2^seeds (0.25 with 3 seeds, 0.0625 with 5). Across tasks, per variant "
            "(`stats.pooled_gain`): the mean of the tasks' relative gains, each task's variance from its own "
            "seeds, Welch-Satterthwaite degrees of freedom (task a fixed effect: the question is about these tasks; "
