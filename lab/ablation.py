@@ -426,7 +426,7 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
     return summary
 
 
-ANALYSIS = "paired-t-v2"  # the report's analysis: a change here remakes the report of the same evaluations
+ANALYSIS = "paired-t-v3"  # the report's analysis: a change here remakes the report of the same evaluations
 PRIMARY = ["## Primary analysis (stated before the numbers)", "",
            "Per task and variant: the per-seed differences d_i = success(variant, training seed i) - success(none, "
            "seed i) (seeds pair by number, the leading seeds 0, 1, ... evaluated in both arms: the variants share "
@@ -532,13 +532,17 @@ def headline_gains(per_task: dict, out: Path) -> tuple:
                 pt = seeded["paired_t"]
                 gains.append(dict(task=t, events=cmp["tasks"][t]["gripper_events"], variant=v, seeds=pt["seeds"],
                                   none=pt["base"], other=pt["other"], diff=pt["diff"], diff95=pt["diff95"],
-                                  gain=pt["gain"], gain95=pt["gain95"], p_t=pt["p_t"],
+                                  gain=pt["gain"], gain95=pt["gain95"], se=pt["se"], p_t=pt["p_t"],
                                   p_sign_flip=pt["p_sign_flip"], min_p_sign_flip=pt["min_p_sign_flip"],
                                   none_rates=[r["base"] for r in seeded["per_seed"]],
                                   other_rates=[r["other"] for r in seeded["per_seed"]]))
                 if v == "SS+KS":
                     points.append((gains[-1]["events"], pt["gain"], t, ti, *pt["gain95"]))
     pooled = pooled_gains(gains)
+    # where every per-seed difference is the same (two seeds can), the t interval has no spread to stand on:
+    # the report shows no interval and no p (t) rather than a zero-width interval and p 0
+    ci = lambda r, k, f: ("[no spread: every seed's difference equal]" if r[k][0] == r[k][1]
+                          else f"[{format(r[k][0], f)}, {format(r[k][1], f)}]")
     if points:
         import plots
         plots.scatter_chart(out / "gain_vs_events.png", points, "SS+KS: relative gain over none vs gripper events",
@@ -546,13 +550,16 @@ def headline_gains(per_task: dict, out: Path) -> tuple:
     lines = ["## Gain over none with the training-seed spread, by gripper events (primary analysis)", "",
              "| task | events | variant | seeds | relative gain [95%] | difference [95%] | p (t) | p (sign flip; floor) |",
              "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {g['task']} | {g['events']} | {g['variant']} | {g['seeds']} | {g['gain']:+.1%} [{g['gain95'][0]:+.1%}, "
-              f"{g['gain95'][1]:+.1%}] | {g['diff']:+.3f} [{g['diff95'][0]:+.3f}, {g['diff95'][1]:+.3f}] | {g['p_t']:.3g} | "
+    lines += [f"| {g['task']} | {g['events']} | {g['variant']} | {g['seeds']} | {g['gain']:+.1%} {ci(g, 'gain95', '+.1%')} | "
+              f"{g['diff']:+.3f} {ci(g, 'diff95', '+.3f')} | {'-' if g['se'] == 0 else format(g['p_t'], '.3g')} | "
               f"{g['p_sign_flip']:.3g}; {g['min_p_sign_flip']:.3g} |" for g in gains]
+    if any(g["se"] == 0 for g in gains):
+        lines += ["", "Where every seed's difference is the same (two seeds can), the t interval has no spread to stand "
+                  "on: no interval and no p (t) are shown."]
     lines += ["", "Pooled over the tasks (stats.pooled_gain, stated above):", "",
               "| variant | tasks | relative gain [95%] | df | p (t) |", "|---|---|---|---|---|"]
-    lines += [f"| {v} | {r['tasks']} | {r['gain']:+.1%} [{r['gain95'][0]:+.1%}, {r['gain95'][1]:+.1%}] | {r['df']:.1f} | "
-              f"{r['p_t']:.3g} |" for v, r in pooled.items()]
+    lines += [f"| {v} | {r['tasks']} | {r['gain']:+.1%} {ci(r, 'gain95', '+.1%')} | {r['df']:.1f} | "
+              f"{'-' if r['gain95'][0] == r['gain95'][1] else format(r['p_t'], '.3g')} |" for v, r in pooled.items()]
     return gains, lines + (["", "![gain vs events](gain_vs_events.png)", ""] if points else [""])
 
 

@@ -215,7 +215,10 @@ def test_headline_gains_by_events_on_synthetic_results(tmp_path):
     assert [(g["task"], g["events"], g["variant"], g["seeds"]) for g in gains] == [("place_block", 2, "SS+KS", 2)]
     g = gains[0]
     assert abs(g["gain"] - 2 / 3) < 1e-9 and g["gain95"][0] > 0 and g["p_sign_flip"] == 0.5
-    assert "| place_block | 2 | SS+KS | 2 | +66.7% [" in "\n".join(lines)
+    # both seeds' differences are +0.25: no spread, so no t interval and no p (t), not a zero-width one and p 0
+    assert "| place_block | 2 | SS+KS | 2 | +66.7% [no spread: every seed's difference equal] | +0.250 [no spread" \
+        in "\n".join(lines) and "equal] | - | 0.5; 0.5 |" in "\n".join(lines)
+    assert "| SS+KS | 1 | +66.7% [no spread: every seed's difference equal] | 1.0 | - |" in lines
     assert (tmp_path / "gain_vs_events.png").is_file() and "![gain vs events](gain_vs_events.png)" in lines
 
 
