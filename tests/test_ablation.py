@@ -201,7 +201,7 @@ def test_compare_pools_seeds_with_spread_and_pairs_by_seed(tmp_path):
 
 
 def test_headline_gains_by_events_on_synthetic_results(tmp_path):
-    from lab import ablation, diagnostics
+    from lab import analysis, diagnostics
     per_task = {}
     # place_block (2 events): SS+KS 0.5 / 0.75 against none 0.25 / 0.5, a known +67%; handover (4): none never
     # succeeds, so it has no relative gain and is left out rather than shown as NaN
@@ -211,7 +211,7 @@ def test_headline_gains_by_events_on_synthetic_results(tmp_path):
                 for v, ocs in (("none", none_oc), ("stake", stake_oc))]
         diagnostics.compare(dirs, str(tmp_path / t / "rep"), ["none", "SS+KS"])
         per_task[t] = {"compare": json.loads((tmp_path / t / "rep" / "compare.json").read_text())}
-    gains, lines = ablation.headline_gains(per_task, tmp_path)
+    gains, lines = analysis.headline_gains(per_task, tmp_path, ["SS", "KS", "SS+KS"])
     assert [(g["task"], g["events"], g["variant"], g["seeds"]) for g in gains] == [("place_block", 2, "SS+KS", 2)]
     g = gains[0]
     assert abs(g["gain"] - 2 / 3) < 1e-9 and g["gain95"][0] > 0 and g["p_sign_flip"] == 0.5
