@@ -345,12 +345,13 @@ def bootstrap_interval(base, other, n_boot: int = 1000) -> tuple:
 COVERAGE_SEEDS, COVERAGE_SPREADS = (3, 5, 12), (0.0, 0.25, 0.5, 0.75)
 
 
-def coverage_table(method: str = "t", studies: int = 2000, n_boot: int = 1000, ease_sd: float = EASE_SD) -> dict:
-    """null_coverage of the primary interval ("t") or the old bootstrap ("bootstrap") at 3, 5 and 12 seeds and
-    seed spreads 0 to 0.75 (logit), 200 episodes, base rate 0.7: {"S seeds": {"spread": coverage}}."""
+def coverage_table(method: str = "t", studies: int = 2000, n_boot: int = 1000, ease_sd: float = EASE_SD,
+                   seeds: tuple = COVERAGE_SEEDS) -> dict:
+    """null_coverage of the primary interval ("t") or the old bootstrap ("bootstrap") at `seeds` (3, 5 and 12
+    seeds) and seed spreads 0 to 0.75 (logit), 200 episodes, base rate 0.7: {"S seeds": {"spread": coverage}}."""
     f = primary_interval if method == "t" else functools.partial(bootstrap_interval, n_boot=n_boot)
     return {f"{S} seeds": {f"{sd:g}": null_coverage(f, S, sd, studies, ease_sd=ease_sd) for sd in COVERAGE_SPREADS}
-            for S in COVERAGE_SEEDS}
+            for S in seeds}
 
 
 def power(base_rate: float, gain: float, seeds: int, episodes: int, seed_sd: float = SEED_SD, sims: int = 2000,

@@ -411,7 +411,8 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
     pooled_pw = {f"{S} seeds": stats.pooled_power([p["base_rate"] for p in per_task.values()], [S] * len(per_task),
                                                   0.14, o.episodes, calib["seed_sd"], ease_sd=calib["ease_sd"])
                  for S in sorted({g["seeds"] for g in gains})} if calib else {}
-    coverage = stats.coverage_table("t", ease_sd=calib["ease_sd"]) if calib else {}
+    cover_seeds = tuple(sorted(set(stats.COVERAGE_SEEDS) | {g["seeds"] for g in gains}))  # and the design's own
+    coverage = stats.coverage_table("t", ease_sd=calib["ease_sd"], seeds=cover_seeds) if calib else {}
     head = [f"# StaKe ablation, preset `{o.preset}`", "",
             f"Git revision {data.git_revision()}. Every run's command: `{records}/*.json`. Seeds per variant: "
             + "; ".join(f"{t}: " + ", ".join(f"{v} {n}" for v, n in p["seeds"].items()) for t, p in per_task.items())
@@ -422,7 +423,7 @@ def report(o: Options, jobs: list, out: Path, records: Path) -> dict:
     recs = [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]
     summary = dict(preset=o.preset, options=protocol(o), analysis=ANALYSIS, git_revision=data.git_revision(),
                    missing=missing, gains=gains, pooled=pooled, pooled_power_at_14pct=pooled_pw, calibration=calib,
-                   coverage_primary=dict(command="stats.coverage_table('t')", studies=2000, base_rate=0.7, table=coverage),
+                   coverage_primary=dict(command=f"stats.coverage_table('t', ease_sd={calib.get('ease_sd')}, seeds={cover_seeds})", studies=2000, base_rate=0.7, table=coverage),
                    tasks=per_task, wall_s_by_stage={s: round(sum(r["wall_s"] for r in recs if r["stage"] == s), 1) for s in STAGES},
                    runs={r["name"]: r["command"] for r in recs}, inputs=inputs(jobs, records))
     data.atomic_write_bytes(out / "summary.json", lambda f: f.write(json.dumps(summary, indent=1, default=str).encode()))

@@ -241,3 +241,6 @@ def test_the_report_pairs_seeds_by_number_and_waits_for_a_gap(tmp_path):
     gains = json.loads((tmp_path / "res" / "summary.json").read_text())["gains"]
     g = next(g for g in gains if g["variant"] == "SS+KS")
     assert s["reported"] and g["seeds"] == 2 and g["none_rates"] == [0.25, 0.5] and g["other_rates"] == [0.5, 0.75]
+    # the primary interval's coverage at the design's own seed count (2) beside the standing 3, 5 and 12
+    cov = json.loads((tmp_path / "res" / "summary.json").read_text())["coverage_primary"]["table"]
+    assert list(cov) == ["2 seeds", "3 seeds", "5 seeds", "12 seeds"] and 0.93 <= cov["2 seeds"]["0"] <= 0.97
