@@ -125,7 +125,8 @@ def headline_gains(per_task: dict, out: Path, variants: list) -> tuple:
     pooled = pooled_gains(gains)
     # where every per-seed difference is the same (two seeds can), the t interval has no spread to stand on:
     # the report shows no interval and no p (t) rather than a zero-width interval and p 0
-    ci = lambda r, k, f: ("[no spread: every seed's difference equal]" if r[k][0] == r[k][1]
+    flat = lambda r: r["gain95"][0] == r["gain95"][1]  # noqa: E731
+    ci = lambda r, k, f: ("[no spread: every seed's difference equal]" if flat(r)  # noqa: E731
                           else f"[{format(r[k][0], f)}, {format(r[k][1], f)}]")
     if points:
         import plots
@@ -135,13 +136,13 @@ def headline_gains(per_task: dict, out: Path, variants: list) -> tuple:
              "| task | events | variant | seeds | relative gain [95%] | difference [95%] | p (t) | p (sign flip; floor) |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {g['task']} | {g['events']} | {g['variant']} | {g['seeds']} | {g['gain']:+.1%} {ci(g, 'gain95', '+.1%')} | "
-              f"{g['diff']:+.3f} {ci(g, 'diff95', '+.3f')} | {'-' if g['se'] == 0 else format(g['p_t'], '.3g')} | "
+              f"{g['diff']:+.3f} {ci(g, 'diff95', '+.3f')} | {'-' if flat(g) else format(g['p_t'], '.3g')} | "
               f"{g['p_sign_flip']:.3g}; {g['min_p_sign_flip']:.3g} |" for g in gains]
-    if any(g["se"] == 0 for g in gains):
+    if any(flat(g) for g in gains):
         lines += ["", "Where every seed's difference is the same (two seeds can), the t interval has no spread to stand "
                   "on: no interval and no p (t) are shown."]
     lines += ["", "Pooled over the tasks (stats.pooled_gain, stated above):", "",
               "| variant | tasks | relative gain [95%] | df | p (t) |", "|---|---|---|---|---|"]
     lines += [f"| {v} | {r['tasks']} | {r['gain']:+.1%} {ci(r, 'gain95', '+.1%')} | {r['df']:.1f} | "
-              f"{'-' if r['gain95'][0] == r['gain95'][1] else format(r['p_t'], '.3g')} |" for v, r in pooled.items()]
+              f"{'-' if flat(r) else format(r['p_t'], '.3g')} |" for v, r in pooled.items()]
     return gains, lines + (["", "![gain vs events](gain_vs_events.png)", ""] if points else [""])
